@@ -1,0 +1,264 @@
+"""B3 speed: the CIFAR10 DDPM++ on this machine, against EDM's own PyTorch training step.
+
+Measures, in one session and one after the other:
+
+1. the matmul peak: a jitted float32 ``jnp.dot`` of two n×n matrices (n = 2048);
+2. one training step of EDM's CIFAR10 DDPM++ (55.7M parameters) behind EDM's preconditioning,
+   at ``--batch`` (8): the library's ``make_train_step`` with EDM's loss (``losses_edm``),
+   Adam (optax) and the EMA update, ``value_and_grad`` inside one ``jax.jit`` — images/s,
+   model FLOPs per step from XLA's cost analysis, and their fraction of the matmul peak;
+3. a forward-only denoiser call (eval mode) at ``--fwd-batch`` (64), the pair generator's cost;
+4. EDM's own PyTorch training step (``training/networks.py`` + ``training/loss.py``: EDMLoss,
+   backward, Adam, EMA) of the same network, run in a subprocess with ``--torch-python`` and
+   an EDM checkout at ``--edm-repo``; skipped with a message if either is missing.
+
+Every figure is the median of ``--repeats`` timed calls after ``--warmup`` untimed ones.
+XLA options are taken from the ``XLA_FLAGS`` environment variable and recorded in the JSON.
+
+Run (exclusive lock: nothing else may use the CPU while timing)::
+
+    git --git-dir=<edm mirror> archive HEAD | tar -x -C /tmp/edm
+    JAX_PLATFORMS=cpu flock -x /tmp/cpu.lock python benchmarks/unet_speed.py \\
+        --out runs/unet_speed.json --edm-repo /tmp/edm --torch-python /tmp/torchvenv/bin/python
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _median_time(fn, *, repeats: int, warmup: int):
+    """Runs ``fn()`` (which must block) ``warmup`` + ``repeats`` times; returns timed seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0]
+    return float(cost.get("flops", float("nan")))
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def bench_jax(args) -> dict:
+    """Matmul peak, DDPM++ train step and forward call with JAX on this CPU."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    sys.path.insert(0, REPO)
+    from configs import backbones
+    from simple_reflow import losses_edm
+    from simple_reflow.models import build_model
+    from simple_reflow.train.step import init_state, make_train_step, split_model
+
+    out = {"jax_version": jax.__version__, "devices": [str(d) for d in jax.devices()]}
+    rep = dict(repeats=args.repeats, warmup=args.warmup)
+
+    # 1. Matmul peak.
+    n = args.matmul_n
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    times = _median_time(lambda: dot(a, a).block_until_ready(), **rep)
+    peak = 2.0 * n**3 / statistics.median(times)
+    out["matmul"] = {"n": n, "seconds": times, "gflops_per_s": peak / 1e9}
+    print(f"matmul {n}x{n} f32: {peak / 1e9:.1f} GFLOP/s", flush=True)
+
+    # 2. Training step.
+    cfg = backbones.ddpmpp_cifar10(dropout=args.dropout)
+    shape = (32, 32, 3)
+    start = time.perf_counter()
+    model = build_model(cfg, data_shape=shape, rngs=nnx.Rngs(0))
+    model_def, params = split_model(model)
+    num_params = sum(x.size for x in jax.tree.leaves(params))
+    out["init_seconds"] = time.perf_counter() - start
+    out["num_params"] = int(num_params)
+    optimizer = optax.adam(2e-4)
+    loss_fn = functools.partial(losses_edm.edm_loss)
+    step = jax.jit(make_train_step(model_def, loss_fn, optimizer, ema_decay=0.9999),
+                   donate_argnums=0)
+    state = init_state(params, optimizer, seed=0)
+    x0 = jax.random.uniform(jax.random.key(1), (args.batch, *shape), minval=-1.0, maxval=1.0)
+    batch = {"x0": x0}
+    start = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    out["train_compile_seconds"] = time.perf_counter() - start
+    train_flops = _flops(compiled)
+
+    holder = [state]
+
+    def run_step():
+        new_state, metrics = compiled(holder[0], batch)
+        jax.block_until_ready(metrics["train/loss"])
+        holder[0] = new_state
+
+    times = _median_time(run_step, **rep)
+    med = statistics.median(times)
+    out["train"] = {
+        "batch": args.batch, "seconds": times, "images_per_s": args.batch / med,
+        "flops_per_step": train_flops, "gflops_per_s": train_flops / med / 1e9,
+        "fraction_of_matmul_peak": train_flops / med / peak,
+        "step": "simple_reflow.train.step.make_train_step + losses_edm.edm_loss + optax.adam",
+    }
+    print(f"train step batch {args.batch}: {args.batch / med:.2f} img/s, "
+          f"{train_flops / 1e9:.1f} GFLOP/step, {train_flops / med / 1e9:.1f} GFLOP/s "
+          f"({100 * train_flops / med / peak:.1f}% of matmul peak)", flush=True)
+    params = holder[0].params
+    state = None  # free the optimizer state before the forward benchmark
+
+    # 3. Forward-only denoiser call (eval mode, no dropout).
+    def forward(p, x_t, t):
+        return model_def.merge(p)(x_t, t)
+
+    fb = args.fwd_batch
+    x_t = jax.random.normal(jax.random.key(2), (fb, *shape))
+    t = jnp.linspace(0.1, 0.9, fb)
+    start = time.perf_counter()
+    fwd = jax.jit(forward).lower(params, x_t, t).compile()
+    out["forward_compile_seconds"] = time.perf_counter() - start
+    fwd_flops = _flops(fwd)
+    times = _median_time(lambda: fwd(params, x_t, t).block_until_ready(), **rep)
+    med = statistics.median(times)
+    out["forward"] = {
+        "batch": fb, "seconds": times, "images_per_s": fb / med, "flops_per_call": fwd_flops,
+        "gflops_per_s": fwd_flops / med / 1e9, "fraction_of_matmul_peak": fwd_flops / med / peak,
+    }
+    print(f"forward batch {fb}: {fb / med:.2f} img/s, {fwd_flops / 1e9:.1f} GFLOP/call, "
+          f"{fwd_flops / med / 1e9:.1f} GFLOP/s ({100 * fwd_flops / med / peak:.1f}% of peak)",
+          flush=True)
+    return out
+
+
+def torch_worker(args) -> None:
+    """Runs in a subprocess: EDM's PyTorch DDPM++ training step; prints one JSON line."""
+    import copy
+
+    import torch
+
+    sys.path.insert(0, args.edm_repo)
+    from training.loss import EDMLoss
+    from training.networks import EDMPrecond
+
+    torch.manual_seed(0)
+    net = EDMPrecond(img_resolution=32, img_channels=3, label_dim=0, model_type="SongUNet",
+                     embedding_type="positional", encoder_type="standard",
+                     decoder_type="standard", channel_mult_noise=1, resample_filter=[1, 1],
+                     model_channels=128, channel_mult=[2, 2, 2], augment_dim=9,
+                     dropout=args.dropout).train()
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    loss_fn = EDMLoss()
+    opt = torch.optim.Adam(net.parameters(), lr=2e-4, betas=(0.9, 0.999), eps=1e-8)
+    images = torch.rand(args.batch, 3, 32, 32) * 2 - 1
+
+    def run_step():  # EDM's training_loop.py, one round with no gradient accumulation
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net=net, images=images, labels=None, augment_pipe=None)
+        loss.sum().mul(1.0 / args.batch).backward()
+        opt.step()
+        with torch.no_grad():
+            for p_ema, p_net in zip(ema.parameters(), net.parameters(), strict=True):
+                p_ema.copy_(p_net.detach().lerp(p_ema, 0.9999))
+
+    times = _median_time(run_step, repeats=args.repeats, warmup=args.warmup)
+    med = statistics.median(times)
+    print(json.dumps({
+        "torch_version": torch.__version__, "threads": torch.get_num_threads(),
+        "num_params": sum(p.numel() for p in net.parameters()), "batch": args.batch,
+        "seconds": times, "images_per_s": args.batch / med,
+    }))
+
+
+def bench_torch(args) -> dict:
+    """EDM's PyTorch step in a subprocess (its own thread pool, no JAX in the process)."""
+    if not args.edm_repo or not os.path.isfile(os.path.join(args.edm_repo, "training",
+                                                            "networks.py")):
+        msg = f"skipped: no EDM checkout at --edm-repo={args.edm_repo!r}"
+        print(msg)
+        return {"skipped": msg}
+    cmd = [args.torch_python, os.path.abspath(__file__), "--torch-worker",
+           "--edm-repo", args.edm_repo, "--batch", str(args.batch), "--dropout",
+           str(args.dropout), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        msg = f"skipped: the PyTorch run failed: {proc.stderr.strip().splitlines()[-1:]}"
+        print(msg)
+        return {"skipped": msg}
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"EDM PyTorch train step batch {args.batch}: {res['images_per_s']:.2f} img/s "
+          f"(torch {res['torch_version']}, {res['threads']} threads)", flush=True)
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", help="JSON file to write")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--fwd-batch", type=int, default=64)
+    p.add_argument("--dropout", type=float, default=0.13)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--matmul-n", type=int, default=2048)
+    p.add_argument("--edm-repo", default=None, help="a checkout of NVlabs/edm")
+    p.add_argument("--torch-python", default=sys.executable,
+                   help="a Python interpreter with torch installed")
+    p.add_argument("--skip-jax", action="store_true")
+    p.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.torch_worker:
+        torch_worker(args)
+        return
+    result = {
+        "benchmark": "unet_speed", "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "args": vars(args),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    try:
+        result["git_commit"] = subprocess.run(
+            ["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True,
+            check=True).stdout.strip()
+    except (subprocess.CalledProcessError, OSError):
+        result["git_commit"] = None
+    if not args.skip_jax:
+        result["jax"] = bench_jax(args)
+    result["edm_pytorch"] = bench_torch(args)
+    if "jax" in result and "images_per_s" in result["edm_pytorch"]:
+        ratio = result["jax"]["train"]["images_per_s"] / result["edm_pytorch"]["images_per_s"]
+        result["train_speedup_vs_edm_pytorch"] = ratio
+        print(f"JAX / EDM PyTorch training throughput: {ratio:.2f}x")
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Shared config sections for every stage (teacher, pairs, reflow, eval).
+
+Sections are named after the library's parts: ``data``, ``model``, ``loss``, ``time``,
+``coupling``, ``pairs``, ``sampler``, ``guidance``, ``optim``, ``training``, ``eval``, ``mesh``.
+Each dataset config starts from :func:`base_config` and overrides what it needs.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from simple_reflow.couplings import default_coupling_config
+
+__all__ = ["base_config"]
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The defaults every stage config starts from."""
+    c = ml_collections.ConfigDict()
+    # Which job `scripts/train.py` runs: "pipeline" (teacher → pairs → reflow → eval, toy data),
+    # "teacher", "pairs", "reflow" or "eval" (one stage, image data).
+    c.stage = "pipeline"
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "8gaussians"  # toy: 8gaussians | moons | checkerboard; images: see data/
+    c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+    c.data.split = "train"
+    c.data.random_flip = False
+    c.data.image_size = 0  # 0 = the dataset's native size
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "mlp"
+    c.model.hidden = 256
+    c.model.depth = 3
+    c.model.dropout = 0.0
+    c.model.label_dropout = 0.0
+    c.model.num_classes = 0
+
+    # Where the teacher comes from: "analytic" (Gaussian mixture, METHOD.md §6), "train"
+    # (a 1-rectified flow trained here with the configured coupling), "auto" (analytic where
+    # the data is a Gaussian mixture, else train), or "checkpoint" (an EMA snapshot written by
+    # the teacher stage, at `teacher.workdir`).
+    c.teacher = ml_collections.ConfigDict()
+    c.teacher.kind = "auto"
+    c.teacher.num_steps = 4000  # 1-RF teacher training steps (toy)
+    c.teacher.workdir = ml_collections.FieldReference(None, field_type=str)
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.kind = "flow"  # "flow" (flow matching on pairs) | "edm" (EDM teacher loss)
+    c.loss.distance = "l2"  # l2 | pseudo_huber | hpf
+    c.loss.normalize = False  # Simple ReFlow's 1/sg(d) normalisation
+    c.loss.space = "denoiser"  # "denoiser": Δ = D − x0; "velocity": v − (x1 − x0)
+    c.loss.hpf_weight = 10.0
+    c.loss.hpf_sigma = 1.0
+
+    c.time = ml_collections.ConfigDict()
+    c.time.dist = "uniform"  # uniform | exp10 | u_shape | logit_normal
+    c.time.u_shape_a = 4.0
+    c.time.logit_mean = 0.0
+    c.time.logit_std = 1.0
+
+    c.coupling = default_coupling_config()
+
+    c.pairs = ml_collections.ConfigDict()
+    c.pairs.num_backward = 50_000
+    c.pairs.num_forward = 0
+    c.pairs.rho = 0.0  # probability of a forward pair in a batch (Simple ReFlow: 0.4)
+    c.pairs.solver = "heun"
+    c.pairs.grid = "edm"
+    c.pairs.steps = 18
+    c.pairs.t_max = 1.0
+    c.pairs.t_min = 2e-3
+    c.pairs.chunk = 1024  # pairs generated per jitted call (and per file shard)
+    c.pairs.dir = ml_collections.FieldReference(None, field_type=str)
+
+    c.sampler = ml_collections.ConfigDict()
+    c.sampler.solver = "dpm2"
+    c.sampler.grid = "sigmoid"
+    c.sampler.kappa = 20.0
+    c.sampler.rho = 7.0
+    c.sampler.r = 0.4
+    c.sampler.t_max = 1.0
+
+    c.guidance = ml_collections.ConfigDict()
+    c.guidance.kind = "none"  # none | autoguidance | cfg
+    c.guidance.w = 0.0
+    c.guidance.bad_workdir = ml_collections.FieldReference(None, field_type=str)
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 2e-4
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.warmup_steps = 0
+    c.optim.grad_clip = 0.0  # 0 = off
+
+    c.training = ml_collections.ConfigDict()
+    c.training.batch_size = 256
+    c.training.num_steps = 1000
+    c.training.ema_decay = 0.9999
+    c.training.log_every = 100
+    c.training.ckpt_every = 1000
+    c.training.keep_checkpoints = 2
+    c.training.steps_per_call = 1  # train steps fused in one jitted lax.scan
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.nfe = (1, 2, 4, 9)
+    c.eval.num_samples = 5000
+    c.eval.accurate_steps = 100
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # devices on the data axis (-1: all)
+    return c

@@ -1,0 +1,198 @@
+"""Shared stage logic of the image configs (teacher → pairs → reflow → eval).
+
+Each dataset file (``cifar10.py``, ``afhqv2.py``, ``ffhq.py``, ``imagenet64.py``,
+``digits.py``) describes its dataset with a :class:`ImageRecipe` and calls
+:func:`image_config`, which starts from :func:`configs.common.base_config` and sets every
+section for one stage. ``arg`` (the part after the colon in ``--config file.py:arg``) is a
+comma-separated list: one stage of :data:`STAGES` and optionally ``smoke``.
+
+Stages:
+
+- ``teacher``: EDM's training recipe for the dataset (``loss.kind = "edm"``, EDM's dropout,
+  batch, learning rate with its linear warm-up, EMA half-life converted to a per-step decay).
+- ``pairs``: backward (and forward) pairs from the teacher's EMA snapshot (``teacher.workdir``)
+  with EDM's Heun sampler on EDM's ρ = 7 grid from t_max = 80/81 (σ_max = 80) to
+  t_min = 0.002/1.002 (σ_min = 0.002).
+- ``reflow``: Simple ReFlow's student training on those pairs (``pairs.dir``), initialised
+  from the teacher: normalised HPF loss, 10^t time distribution, forward-pair ratio ρ, the
+  paper's batch, learning rate, EMA and iteration count (METHOD.md §7).
+- ``eval``: the reflow settings, sampling with DPM-Solver-2 on the sigmoid grid.
+
+``smoke`` swaps in a tiny backbone, mock data of the dataset's channels at 8×8 and a few steps,
+so every stage runs on a CPU in seconds.
+
+Extra fields beyond ``configs/common.py``: ``loss.p_mean``, ``loss.p_std``, ``loss.sigma_data``
+(EDM loss), ``data.source``, ``data.conditional``, ``data.num_classes``, ``data.eval_split``,
+``data.mock_examples`` (see :mod:`simple_reflow.data`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from configs.common import base_config
+
+__all__ = ["STAGES", "ImageRecipe", "parse_arg", "edm_ema_decay", "image_config"]
+
+STAGES = ("teacher", "pairs", "reflow", "eval")
+EDM_T_MAX = 80.0 / 81.0  # t = σ/(1 + σ) at σ_max = 80 (simple_reflow.paths.EDM_T_MAX)
+EDM_T_MIN = 0.002 / 1.002  # t at σ_min = 0.002
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecipe:
+    """A dataset's hyper-parameters for every stage (sources cited in each dataset file)."""
+
+    name: str  # data.name
+    model_fn: object  # () -> model ConfigDict (a preset of configs/backbones.py)
+    smoke_model_fn: object
+    # Teacher (EDM's recipe).
+    teacher_dropout: float
+    teacher_batch: int
+    teacher_lr: float
+    teacher_mimg: float  # training length in millions of images
+    teacher_ema_halflife_mimg: float
+    teacher_warmup_mimg: float = 10.0  # EDM's lr_rampup_kimg = 10,000
+    teacher_flip: bool = True
+    # Pairs.
+    num_backward: int = 1_000_000
+    num_forward: int = 0
+    pair_steps: int = 18  # EDM Heun: 2·steps − 1 NFE
+    # ReFlow (Simple ReFlow, METHOD.md §7).
+    reflow_dropout: float = 0.09
+    reflow_batch: int = 512
+    reflow_steps: int = 200_000
+    reflow_lr: float = 2e-4
+    reflow_ema: float = 0.9999
+    rho: float = 0.4
+    hpf_weight: float = 10.0
+    guidance: str = "autoguidance"
+    guidance_w: float = 0.6
+    label_dropout: float = 0.0
+    eval_split: str = "train"
+    eval_samples: int = 50_000
+
+
+def parse_arg(arg: str, stages=STAGES, default: str = "reflow") -> tuple[str, bool]:
+    """``"reflow,smoke"`` → ``("reflow", True)``; no stage named gives ``default``."""
+    tokens = [t.strip() for t in (arg or "").split(",") if t.strip()]
+    smoke = "smoke" in tokens
+    named = [t for t in tokens if t != "smoke"]
+    if len(named) > 1 or any(t not in stages for t in named):
+        raise ValueError(f"config arg {arg!r}: expected one stage of {tuple(stages)} and "
+                         "optionally 'smoke', e.g. 'teacher,smoke'.")
+    return (named[0] if named else default), smoke
+
+
+def edm_ema_decay(halflife_mimg: float, batch: int) -> float:
+    """EDM's EMA as a per-step decay: β = 0.5^(batch / half-life in images)."""
+    return 0.5 ** (batch / (halflife_mimg * 1e6))
+
+
+def image_config(recipe: ImageRecipe, stage: str, smoke: bool) -> ml_collections.ConfigDict:
+    """The full config of one stage of an image dataset (module docstring)."""
+    c = base_config()
+    c.stage = stage
+    c.data.name = recipe.name
+    c.data.source = ""
+    c.data.conditional = ml_collections.FieldReference(None, field_type=bool)
+    c.data.num_classes = 0  # 0 = the dataset's own class count
+    c.data.eval_split = recipe.eval_split
+    c.data.mock_examples = 256
+    c.data.random_flip = False  # flipping x0 alone would break a (x0, x1) pair
+
+    # EDM's loss parameters (read when loss.kind == "edm").
+    c.loss.p_mean = -1.2
+    c.loss.p_std = 1.2
+    c.loss.sigma_data = 0.5
+
+    # Pair generation: EDM's Heun sampler from σ_max = 80 to σ_min = 0.002.
+    c.teacher.kind = "checkpoint"
+    c.pairs.num_backward = recipe.num_backward
+    c.pairs.num_forward = recipe.num_forward
+    c.pairs.solver = "heun"
+    c.pairs.grid = "edm"
+    c.pairs.steps = recipe.pair_steps
+    c.pairs.t_max = EDM_T_MAX
+    c.pairs.t_min = EDM_T_MIN
+    c.pairs.rho = recipe.rho
+
+    # Sampling: DPM-Solver-2 (r = 0.4) on the sigmoid grid (κ = 20), from t_max = 80/81.
+    c.sampler.solver = "dpm2"
+    c.sampler.grid = "sigmoid"
+    c.sampler.kappa = 20.0
+    c.sampler.r = 0.4
+    c.sampler.t_max = EDM_T_MAX
+    c.guidance.kind = recipe.guidance
+    c.guidance.w = recipe.guidance_w
+    c.eval.nfe = (1, 2, 4, 9)
+    c.eval.num_samples = recipe.eval_samples
+    c.eval.accurate_steps = 2 * recipe.pair_steps  # Heun, ~2× the pair generator's steps
+
+    c.model = recipe.model_fn()
+    if stage == "teacher":
+        c.model.dropout = recipe.teacher_dropout
+        c.loss.kind = "edm"
+        c.data.random_flip = recipe.teacher_flip
+        c.optim.lr = recipe.teacher_lr
+        c.optim.warmup_steps = round(recipe.teacher_warmup_mimg * 1e6 / recipe.teacher_batch)
+        c.training.batch_size = recipe.teacher_batch
+        c.training.num_steps = round(recipe.teacher_mimg * 1e6 / recipe.teacher_batch)
+        c.training.ema_decay = edm_ema_decay(recipe.teacher_ema_halflife_mimg,
+                                             recipe.teacher_batch)
+        c.guidance.kind = "none"
+        c.guidance.w = 0.0
+    else:
+        c.model.dropout = recipe.reflow_dropout
+        c.loss.kind = "flow"
+        c.loss.distance = "hpf"
+        c.loss.hpf_weight = recipe.hpf_weight
+        c.loss.hpf_sigma = 1.0
+        c.loss.normalize = True
+        c.loss.space = "denoiser"
+        c.time.dist = "exp10"
+        c.optim.lr = recipe.reflow_lr
+        c.optim.warmup_steps = 0
+        c.training.batch_size = recipe.reflow_batch
+        c.training.num_steps = recipe.reflow_steps
+        c.training.ema_decay = recipe.reflow_ema
+    if "label_dropout" in c.model and c.model.num_classes:
+        c.model.label_dropout = recipe.label_dropout
+    c.training.log_every = 500
+    c.training.ckpt_every = 10_000
+    c.pairs.chunk = 1024
+    if smoke:
+        apply_smoke(c, recipe)
+    return c
+
+
+def apply_smoke(c: ml_collections.ConfigDict, recipe: ImageRecipe) -> None:
+    """Tiny backbone, 8×8 mock data of the dataset's channels, a few steps (CPU, seconds)."""
+    dropout, classes = c.model.dropout, c.model.get("num_classes", 0)
+    c.model = recipe.smoke_model_fn()
+    c.model.dropout = dropout
+    if classes:  # 10 mock classes instead of 1000: the label embedding stays tiny
+        c.model.num_classes = 10
+        c.data.num_classes = 10
+        c.model.label_dropout = recipe.label_dropout
+    c.data.source = "mock"
+    c.data.image_size = 8
+    c.data.mock_examples = 32
+    c.data.eval_split = "test"
+    c.training.batch_size = 4
+    c.training.num_steps = 2
+    c.training.log_every = 1
+    c.training.ckpt_every = 2
+    c.optim.warmup_steps = min(c.optim.warmup_steps, 1)
+    c.pairs.num_backward = 8
+    c.pairs.num_forward = 4 if recipe.num_forward else 0
+    c.pairs.steps = 2
+    c.pairs.chunk = 4
+    c.guidance.kind = "none"
+    c.guidance.w = 0.0
+    c.eval.nfe = (1, 2)
+    c.eval.num_samples = 8
+    c.eval.accurate_steps = 2
+

@@ -1,0 +1,1 @@
+"""Evaluation metrics: exact W2, straightness, Fréchet distance."""

@@ -1,0 +1,150 @@
+"""Denoiser networks: the toy MLP and EDM's image backbones behind EDM's preconditioning.
+
+:func:`build_model` turns the ``model`` section of a config (presets in
+``configs/backbones.py``, field meanings documented there) into an NNX module whose
+``__call__(x_t, t, cond=None, *, key=None)`` is a flow-time denoiser.
+:func:`validate_model_config` checks that section against the data shape in pure Python, so a
+bad value fails in milliseconds with a message naming the field, before anything compiles.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from flax import nnx
+
+from simple_reflow.models.dhariwal_unet import DhariwalUNet
+from simple_reflow.models.precond import EDMDenoiser, edm_coefficients
+from simple_reflow.models.song_unet import SongUNet
+
+__all__ = [
+    "MODEL_NAMES",
+    "build_model",
+    "validate_model_config",
+    "EDMDenoiser",
+    "edm_coefficients",
+    "SongUNet",
+    "DhariwalUNet",
+]
+
+MODEL_NAMES = ("mlp", "ddpmpp", "adm")
+_IMAGE_FIELDS = ("resolution", "model_channels", "channel_mult", "channel_mult_emb",
+                 "num_blocks", "attn_resolutions", "channels_per_head", "dropout",
+                 "num_classes", "label_dropout", "augment_dim", "sigma_data")
+
+
+def _groups(channels: int) -> int:
+    """EDM's GroupNorm rule: min(32, C // 4) groups."""
+    return max(1, min(32, channels // 4))
+
+
+def _validate_image(cfg, data_shape: Sequence[int]) -> None:
+    for field in _IMAGE_FIELDS:
+        if field not in cfg:
+            raise ValueError(f"model.{field} is missing for model.name={cfg.name!r}; start from "
+                             "a preset in configs/backbones.py")
+    if len(data_shape) != 3 or data_shape[0] != data_shape[1]:
+        raise ValueError(f"model.name={cfg.name!r} needs square images [H, H, C]; the data "
+                         f"shape is {tuple(data_shape)}")
+    size = int(data_shape[0])
+    if cfg.resolution and size != cfg.resolution:
+        raise ValueError(f"model.resolution={cfg.resolution} does not match the data's image "
+                         f"size {size}; use a preset for {size}x{size} or set model.resolution")
+    mults = tuple(cfg.channel_mult)
+    if not mults or any(int(m) < 1 for m in mults):
+        raise ValueError(f"model.channel_mult must be a non-empty list of positive ints, "
+                         f"got {mults}")
+    factor = 2 ** (len(mults) - 1)
+    if size % factor:
+        raise ValueError(f"model.channel_mult has {len(mults)} levels, so the image size must be "
+                         f"divisible by {factor}; the data's image size is {size}")
+    if cfg.model_channels < 1 or cfg.channel_mult_emb < 1:
+        raise ValueError("model.model_channels and model.channel_mult_emb must be positive, got "
+                         f"{cfg.model_channels} and {cfg.channel_mult_emb}")
+    if cfg.num_blocks < 1:
+        raise ValueError(f"model.num_blocks must be >= 1, got {cfg.num_blocks}")
+    widths = {cfg.model_channels * m for m in mults}
+    for c in widths | {a + b for a in widths for b in widths}:
+        if c % _groups(c):
+            raise ValueError(f"model.model_channels={cfg.model_channels} with model.channel_mult="
+                             f"{mults} gives {c} channels, not divisible into EDM's "
+                             f"{_groups(c)} normalisation groups")
+    if cfg.name == "adm":
+        if cfg.channels_per_head < 1 or any(c % cfg.channels_per_head for c in widths):
+            raise ValueError(f"model.channels_per_head={cfg.channels_per_head} must divide every "
+                             f"level's width {sorted(widths)}")
+    if cfg.augment_dim < 0:
+        raise ValueError(f"model.augment_dim must be >= 0, got {cfg.augment_dim}")
+    if cfg.sigma_data <= 0:
+        raise ValueError(f"model.sigma_data must be positive, got {cfg.sigma_data}")
+
+
+def validate_model_config(cfg, *, data_shape: Sequence[int]) -> None:
+    """Checks a ``model`` config section against the data, in pure Python (no compilation).
+
+    Args:
+      cfg: the ``model`` ConfigDict (fields in ``configs/backbones.py``).
+      data_shape: one example's shape, ``[H, W, C]`` for images, ``[dim]`` for vectors.
+
+    Raises:
+      ValueError: naming the offending field (``model.name``, ``model.dropout``,
+        ``model.label_dropout``, ``model.num_classes``, ``model.resolution``,
+        ``model.channel_mult``, ...) and what would be valid.
+    """
+    name = cfg.get("name", None)
+    if name not in MODEL_NAMES:
+        raise ValueError(f"model.name must be one of {MODEL_NAMES}, got {name!r}")
+    dropout = cfg.get("dropout", 0.0)
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
+    label_dropout = cfg.get("label_dropout", 0.0)
+    if not 0.0 <= label_dropout < 1.0:
+        raise ValueError(f"model.label_dropout must be in [0, 1), got {label_dropout}")
+    num_classes = cfg.get("num_classes", 0)
+    if num_classes < 0:
+        raise ValueError(f"model.num_classes must be >= 0 (0 = unconditional), got {num_classes}")
+    if label_dropout > 0 and num_classes == 0:
+        raise ValueError(f"model.label_dropout={label_dropout} needs class labels, but "
+                         "model.num_classes is 0 (unconditional)")
+    if any(int(d) < 1 for d in data_shape):
+        raise ValueError(f"the data shape must be positive, got {tuple(data_shape)}")
+    if name == "mlp":
+        if cfg.get("hidden", 1) < 1 or cfg.get("depth", 1) < 1:
+            raise ValueError("model.hidden and model.depth must be positive, got "
+                             f"{cfg.get('hidden')} and {cfg.get('depth')}")
+        return
+    _validate_image(cfg, data_shape)
+
+
+def build_model(cfg, *, data_shape: Sequence[int], rngs: nnx.Rngs) -> nnx.Module:
+    """Builds the flow-time denoiser ``model(x_t, t, cond=None, *, key=None)`` a config names.
+
+    Args:
+      cfg: the ``model`` ConfigDict; ``name`` in ``{"mlp", "ddpmpp", "adm"}``.
+      data_shape: one example's shape (``[H, W, C]`` images, ``[dim]`` vectors).
+      rngs: parameter initialisation.
+
+    Returns:
+      ``MLPDenoiser`` for ``"mlp"`` (on ``prod(data_shape)`` features), otherwise
+      :class:`EDMDenoiser` around :class:`SongUNet` (``"ddpmpp"``) or :class:`DhariwalUNet`
+      (``"adm"``).
+    """
+    validate_model_config(cfg, data_shape=data_shape)
+    if cfg.name == "mlp":
+        from simple_reflow.models.mlp import MLPDenoiser
+
+        return MLPDenoiser(math.prod(data_shape), hidden=cfg.get("hidden", 256),
+                           depth=cfg.get("depth", 3), dropout=cfg.get("dropout", 0.0), rngs=rngs)
+    size, _, channels = data_shape
+    backbone_cls = SongUNet if cfg.name == "ddpmpp" else DhariwalUNet
+    kwargs = dict(
+        num_classes=cfg.num_classes, augment_dim=cfg.augment_dim,
+        model_channels=cfg.model_channels, channel_mult=tuple(cfg.channel_mult),
+        channel_mult_emb=cfg.channel_mult_emb, num_blocks=cfg.num_blocks,
+        attn_resolutions=tuple(cfg.attn_resolutions), dropout=cfg.dropout,
+        label_dropout=cfg.label_dropout, rngs=rngs)
+    if cfg.name == "adm":
+        kwargs["channels_per_head"] = cfg.channels_per_head
+    backbone = backbone_cls(int(size), int(channels), int(channels), **kwargs)
+    return EDMDenoiser(backbone, sigma_data=cfg.sigma_data)

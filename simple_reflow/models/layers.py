@@ -1,0 +1,263 @@
+"""Layers shared by the DDPM++ and ADM backbones (NHWC), after EDM's ``training/networks.py``.
+
+Our Flax NNX re-implementation of the building blocks of EDM's SongUNet and DhariwalUNet
+(Karras et al. 2022): EDM's weight initialisers, a linear and a 3×3/1×1 convolution with
+optional 2× resampling, group normalisation with EDM's group rule, the sinusoidal noise
+embedding, and the unified residual U-Net block with optional self-attention.
+
+Only EDM's box resampling filter ``[1, 1]`` (the one DDPM++ and ADM use) is supported: with it
+EDM's depthwise strided convolution is exactly 2×2 average pooling and its transposed
+convolution is nearest-neighbour upsampling, which we compute directly (cheaper on a CPU).
+Channel layouts (affine scale/shift order, the interleaved q/k/v split of the attention
+projection, sin/cos order) follow EDM's so that checkpoints can be mapped one to one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+__all__ = [
+    "edm_init",
+    "Linear",
+    "Conv2d",
+    "GroupNorm",
+    "positional_embedding",
+    "class_labels",
+    "downsample_2x",
+    "upsample_2x",
+    "UNetBlock",
+]
+
+
+def edm_init(mode: str, fan_in: int, fan_out: int, gain: float = 1.0):
+    """EDM's ``weight_init`` as a JAX initializer with fans fixed by the layer, scaled by ``gain``.
+
+    Modes: ``xavier_uniform`` (√(6/(fan_in+fan_out))·U(−1, 1)), ``xavier_normal``,
+    ``kaiming_uniform`` (√(3/fan_in)·U(−1, 1)) and ``kaiming_normal`` (√(1/fan_in)·N(0, 1)).
+    The fans come from the layer, not from the shape, so the same rule serves the bias.
+    """
+    if mode == "xavier_uniform":
+        scale, uniform = math.sqrt(6.0 / (fan_in + fan_out)), True
+    elif mode == "xavier_normal":
+        scale, uniform = math.sqrt(2.0 / (fan_in + fan_out)), False
+    elif mode == "kaiming_uniform":
+        scale, uniform = math.sqrt(3.0 / fan_in), True
+    elif mode == "kaiming_normal":
+        scale, uniform = math.sqrt(1.0 / fan_in), False
+    else:
+        raise ValueError(f"init mode must be one of xavier_uniform, xavier_normal, "
+                         f"kaiming_uniform, kaiming_normal; got {mode!r}")
+
+    def init(key, shape, dtype=jnp.float32):
+        if gain == 0.0:
+            return jnp.zeros(shape, dtype)
+        if uniform:
+            z = jax.random.uniform(key, shape, dtype, minval=-1.0, maxval=1.0)
+        else:
+            z = jax.random.normal(key, shape, dtype)
+        return (scale * gain) * z
+
+    return init
+
+
+class Linear(nnx.Module):
+    """Fully connected layer ``y = x W + b`` with EDM's initialisation.
+
+    Args: ``in_features``, ``out_features``, ``bias``; ``init`` = dict(mode, weight, bias gains).
+    Shapes: ``[..., in_features] -> [..., out_features]``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
+                 mode: str = "kaiming_normal", init_weight: float = 1.0, init_bias: float = 0.0,
+                 rngs: nnx.Rngs):
+        self.weight = nnx.Param(edm_init(mode, in_features, out_features, init_weight)(
+            rngs.params(), (in_features, out_features)))
+        self.bias = (nnx.Param(edm_init(mode, in_features, out_features, init_bias)(
+            rngs.params(), (out_features,))) if bias else None)
+
+    def __call__(self, x):
+        y = x @ self.weight[...]
+        return y + self.bias[...] if self.bias is not None else y
+
+
+def downsample_2x(x):
+    """2×2 average pooling (EDM's ``down`` with filter [1, 1]). ``[B,H,W,C] -> [B,H/2,W/2,C]``."""
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def upsample_2x(x):
+    """Nearest-neighbour 2× upsampling, EDM's ``up`` resampling with filter [1, 1]."""
+    b, h, w, c = x.shape
+    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
+    return x.reshape(b, 2 * h, 2 * w, c)
+
+
+class Conv2d(nnx.Module):
+    """Square convolution, stride 1, "same" padding, with optional 2× up/downsampling first.
+
+    ``kernel = 0`` gives a parameter-free resampling layer (EDM's ``kernel=0``). The kernel is
+    stored HWIO. Shapes: ``[B, H, W, in_channels] -> [B, H', W', out_channels]``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, *, bias: bool = True,
+                 up: bool = False, down: bool = False, mode: str = "kaiming_normal",
+                 init_weight: float = 1.0, init_bias: float = 0.0, rngs: nnx.Rngs):
+        if up and down:
+            raise ValueError("Conv2d cannot both upsample and downsample")
+        self.up, self.down, self.kernel = up, down, kernel
+        fan_in, fan_out = in_channels * kernel * kernel, out_channels * kernel * kernel
+        self.weight = (nnx.Param(edm_init(mode, fan_in, fan_out, init_weight)(
+            rngs.params(), (kernel, kernel, in_channels, out_channels))) if kernel else None)
+        self.bias = (nnx.Param(edm_init(mode, fan_in, fan_out, init_bias)(
+            rngs.params(), (out_channels,))) if kernel and bias else None)
+
+    def __call__(self, x):
+        if self.up:
+            x = upsample_2x(x)
+        if self.down:
+            x = downsample_2x(x)
+        if self.weight is not None:
+            w = self.weight[...]
+            if self.kernel == 1:
+                x = x @ w[0, 0]
+            else:
+                x = jax.lax.conv_general_dilated(
+                    x, w, window_strides=(1, 1), padding="SAME",
+                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if self.bias is not None:
+            x = x + self.bias[...]
+        return x
+
+
+class GroupNorm(nnx.Module):
+    """Group normalisation with EDM's rule ``groups = min(32, C // 4)``. ``[B,H,W,C] -> same``."""
+
+    def __init__(self, num_channels: int, *, num_groups: int = 32,
+                 min_channels_per_group: int = 4, eps: float = 1e-5):
+        self.num_groups = max(1, min(num_groups, num_channels // min_channels_per_group))
+        self.eps = eps
+        self.weight = nnx.Param(jnp.ones((num_channels,)))
+        self.bias = nnx.Param(jnp.zeros((num_channels,)))
+
+    def __call__(self, x):
+        b, h, w, c = x.shape
+        g = x.reshape(b, h, w, self.num_groups, c // self.num_groups)
+        mean = g.mean(axis=(1, 2, 4), keepdims=True)
+        var = jnp.square(g - mean).mean(axis=(1, 2, 4), keepdims=True)
+        g = (g - mean) * jax.lax.rsqrt(var + self.eps)
+        return g.reshape(b, h, w, c) * self.weight[...] + self.bias[...]
+
+
+def class_labels(cond, num_classes: int, batch: int, *, label_dropout: float = 0.0, key=None):
+    """EDM's class-label input: one-hot labels, the null class as all zeros, with label dropout.
+
+    Args:
+      cond: ``[B]`` integer labels in ``[0, num_classes]`` (``num_classes`` is the null class,
+        whose one-hot vector is zero), or ``[B, num_classes]`` float label vectors, or ``None``
+        (every sample gets the null class, as EDM does when no labels are passed).
+      num_classes: number of classes (> 0).
+      batch: batch size B.
+      label_dropout: probability of replacing a sample's labels by the null class; applied only
+        when ``key`` is given (training).
+      key: PRNG key for label dropout, or ``None``.
+
+    Returns:
+      ``[B, num_classes]`` float32.
+    """
+    if cond is None:
+        labels = jnp.zeros((batch, num_classes), jnp.float32)
+    elif jnp.ndim(cond) == 1:
+        labels = jax.nn.one_hot(cond, num_classes, dtype=jnp.float32)  # out of range -> 0
+    else:
+        labels = jnp.asarray(cond, jnp.float32).reshape(batch, num_classes)
+    if key is not None and label_dropout > 0:
+        keep = jax.random.uniform(key, (batch, 1)) >= label_dropout
+        labels = labels * keep.astype(labels.dtype)
+    return labels
+
+
+def positional_embedding(x, num_channels: int, *, max_positions: int = 10000,
+                         endpoint: bool = False):
+    """Sinusoidal embedding ``[cos(x f), sin(x f)]`` of EDM's ``PositionalEmbedding``.
+
+    ``f_i = (1/max_positions)^(i / (C/2 − endpoint))``. Shapes: ``[B] -> [B, num_channels]``.
+    """
+    half = num_channels // 2
+    freqs = jnp.arange(half, dtype=jnp.float32) / (half - (1 if endpoint else 0))
+    freqs = (1.0 / max_positions) ** freqs
+    x = x.astype(jnp.float32)[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.cos(x), jnp.sin(x)], axis=1)
+
+
+class UNetBlock(nnx.Module):
+    """EDM's unified residual block (DDPM++ and ADM), with optional resampling and attention.
+
+    ``x -> conv0(silu(norm0(x)))``, conditioned on the embedding by an affine map (adaptive
+    scale/shift for ADM, additive for DDPM++), ``conv1(dropout(silu(norm1(·))))``, plus the
+    (projected, resampled) skip, times ``skip_scale``; then optional multi-head self-attention
+    with its own residual. Shapes: ``x [B, H, W, in_channels]``, ``emb [B, emb_channels]`` ->
+    ``[B, H', W', out_channels]``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, emb_channels: int, *,
+                 up: bool = False, down: bool = False, attention: bool = False,
+                 num_heads: int | None = None, channels_per_head: int = 64,
+                 dropout: float = 0.0, skip_scale: float = 1.0, eps: float = 1e-5,
+                 resample_proj: bool = False, adaptive_scale: bool = True,
+                 init: dict | None = None, init_zero: dict | None = None,
+                 init_attn: dict | None = None, rngs: nnx.Rngs):
+        init = init or {}
+        init_zero = init_zero if init_zero is not None else {"init_weight": 0.0}
+        init_attn = init_attn if init_attn is not None else init
+        self.in_channels, self.out_channels = in_channels, out_channels
+        if num_heads is None:
+            num_heads = out_channels // channels_per_head
+        self.num_heads = num_heads if attention else 0
+        self.skip_scale = skip_scale
+        self.adaptive_scale = adaptive_scale
+
+        self.norm0 = GroupNorm(in_channels, eps=eps)
+        self.conv0 = Conv2d(in_channels, out_channels, 3, up=up, down=down, rngs=rngs, **init)
+        self.affine = Linear(emb_channels, out_channels * (2 if adaptive_scale else 1),
+                             rngs=rngs, **init)
+        self.norm1 = GroupNorm(out_channels, eps=eps)
+        self.dropout = nnx.Dropout(dropout)
+        self.conv1 = Conv2d(out_channels, out_channels, 3, rngs=rngs, **init_zero)
+        needs_skip = out_channels != in_channels or up or down
+        kernel = 1 if resample_proj or out_channels != in_channels else 0
+        self.skip = (Conv2d(in_channels, out_channels, kernel, up=up, down=down, rngs=rngs,
+                            **init) if needs_skip else None)
+        if self.num_heads:
+            self.norm2 = GroupNorm(out_channels, eps=eps)
+            self.qkv = Conv2d(out_channels, out_channels * 3, 1, rngs=rngs, **init_attn)
+            self.proj = Conv2d(out_channels, out_channels, 1, rngs=rngs, **init_zero)
+
+    def __call__(self, x, emb, *, key=None):
+        orig = x
+        x = self.conv0(jax.nn.silu(self.norm0(x)))
+        params = self.affine(emb)[:, None, None, :]
+        if self.adaptive_scale:
+            scale, shift = jnp.split(params, 2, axis=-1)
+            x = jax.nn.silu(shift + self.norm1(x) * (scale + 1.0))
+        else:
+            x = jax.nn.silu(self.norm1(x + params))
+        x = self.dropout(x, deterministic=key is None, rngs=key)
+        x = self.conv1(x)
+        x = (x + (self.skip(orig) if self.skip is not None else orig)) * self.skip_scale
+
+        if self.num_heads:
+            b, h, w, c = x.shape
+            heads, ch = self.num_heads, c // self.num_heads
+            # EDM's layout: the 3C projection channels are [head, channel, (q, k, v)].
+            qkv = self.qkv(self.norm2(x)).reshape(b, h * w, heads, ch, 3)
+            q, k, v = qkv[..., 0], qkv[..., 1], qkv[..., 2]
+            logits = jnp.einsum("bqhc,bkhc->bhqk", q, k / math.sqrt(ch))
+            weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+            a = jnp.einsum("bhqk,bkhc->bqhc", weights, v).reshape(b, h, w, c)
+            x = (self.proj(a) + x) * self.skip_scale
+        return x

@@ -1,0 +1,106 @@
+"""The straight path and every conversion between parametrisations (METHOD.md §1).
+
+One time convention for the whole library: data at ``t = 0``, noise at ``t = 1``,
+``x_t = (1 - t) x0 + t x1``. A *denoiser* ``D(x_t, t) ≈ E[x0 | x_t]`` is the network's
+output everywhere; velocity, noise prediction, EDM's σ-space and the log-SNR are derived
+from it here and nowhere else.
+
+All functions take ``t`` of shape ``[batch]`` (or a scalar) and images/vectors of shape
+``[batch, ...]``; ``t`` is broadcast over the trailing axes.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+__all__ = [
+    "T_EPS",
+    "EDM_SIGMA_MIN",
+    "EDM_SIGMA_MAX",
+    "EDM_T_MAX",
+    "expand_t",
+    "interpolate",
+    "target_velocity",
+    "velocity_from_denoised",
+    "denoised_from_velocity",
+    "noise_from_denoised",
+    "sigma_from_t",
+    "t_from_sigma",
+    "to_ve",
+    "from_ve",
+    "log_snr",
+    "t_from_log_snr",
+]
+
+T_EPS = 1e-5
+"""Lower clip for t wherever a division by t occurs (METHOD.md §3)."""
+
+EDM_SIGMA_MIN = 0.002
+EDM_SIGMA_MAX = 80.0
+EDM_T_MAX = EDM_SIGMA_MAX / (1.0 + EDM_SIGMA_MAX)
+"""t = σ/(1 + σ) at EDM's σ_max = 80: 80/81."""
+
+
+def expand_t(t, x):
+    """Reshapes ``t`` ([batch] or scalar) to broadcast against ``x`` ([batch, ...])."""
+    t = jnp.asarray(t, dtype=x.dtype)
+    if t.ndim == 0:
+        return t
+    return t.reshape(t.shape + (1,) * (x.ndim - t.ndim))
+
+
+def interpolate(x0, x1, t):
+    """x_t = (1 − t)·x0 + t·x1 (METHOD.md §1)."""
+    tb = expand_t(t, x0)
+    return (1.0 - tb) * x0 + tb * x1
+
+
+def target_velocity(x0, x1):
+    """u = dx_t/dt = x1 − x0."""
+    return x1 - x0
+
+
+def velocity_from_denoised(x_t, t, denoised):
+    """v = (x_t − D)/t."""
+    return (x_t - denoised) / expand_t(t, x_t)
+
+
+def denoised_from_velocity(x_t, t, v):
+    """D = x_t − t·v."""
+    return x_t - expand_t(t, x_t) * v
+
+
+def noise_from_denoised(x_t, t, denoised):
+    """ε̂ = (x_t − (1 − t)·D)/t."""
+    tb = expand_t(t, x_t)
+    return (x_t - (1.0 - tb) * denoised) / tb
+
+
+def sigma_from_t(t):
+    """EDM noise level σ = t/(1 − t)."""
+    return t / (1.0 - t)
+
+
+def t_from_sigma(sigma):
+    """Flow time t = σ/(1 + σ)."""
+    return sigma / (1.0 + sigma)
+
+
+def to_ve(x_t, t):
+    """EDM variance-exploding coordinates x_VE = x_t/(1 − t)."""
+    return x_t / (1.0 - expand_t(t, x_t))
+
+
+def from_ve(x_ve, t):
+    """Inverse of :func:`to_ve`: x_t = (1 − t)·x_VE."""
+    return x_ve * (1.0 - expand_t(t, x_ve))
+
+
+def log_snr(t):
+    """λ(t) = log((1 − t)/t), the log signal-to-noise ratio of the straight path."""
+    return jnp.log1p(-t) - jnp.log(t)
+
+
+def t_from_log_snr(lam):
+    """Inverse of :func:`log_snr`: t = S(−λ), S the logistic function."""
+    return 1.0 / (1.0 + jnp.exp(lam))

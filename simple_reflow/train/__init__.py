@@ -1,0 +1,1 @@
+"""Orchestration: train state and step, the loop with checkpoints, and the stages."""
