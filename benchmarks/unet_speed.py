@@ -134,6 +134,35 @@ def bench_jax(args) -> dict:
     params = holder[0].params
     state = None  # free the optimizer state before the forward benchmark
 
+    if args.breakdown:
+        # Where the step's time goes: the loss alone, value_and_grad, and Adam + EMA alone.
+        key = jax.random.key(3)
+
+        def loss_only(p):
+            return loss_fn(model_def.merge(p), batch, key)[0]
+
+        grad_fn = jax.jit(jax.value_and_grad(loss_only))
+        loss_jit = jax.jit(loss_only)
+        grads = grad_fn(params)[1]
+        opt_state = optimizer.init(params)
+
+        def update(p, g, o, e):
+            u, o = optimizer.update(g, o, p)
+            p = optax.apply_updates(p, u)
+            return p, o, jax.tree.map(lambda a, b: 0.9999 * a + 1e-4 * b, e, p)
+
+        upd = jax.jit(update)
+        parts = {
+            "loss_forward": lambda: loss_jit(params).block_until_ready(),
+            "value_and_grad": lambda: jax.block_until_ready(grad_fn(params)),
+            "adam_and_ema": lambda: jax.block_until_ready(upd(params, grads, opt_state, params)),
+        }
+        out["train_breakdown_seconds"] = {}
+        for name, fn in parts.items():
+            med_part = statistics.median(_median_time(fn, **rep))
+            out["train_breakdown_seconds"][name] = med_part
+            print(f"  {name}: {med_part:.3f} s", flush=True)
+
     # 3. Forward-only denoiser call (eval mode, no dropout).
     def forward(p, x_t, t):
         return model_def.merge(p)(x_t, t)
@@ -230,6 +259,8 @@ def main() -> None:
     p.add_argument("--torch-python", default=sys.executable,
                    help="a Python interpreter with torch installed")
     p.add_argument("--skip-jax", action="store_true")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time the loss alone, value_and_grad, and Adam + EMA alone")
     p.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.torch_worker:

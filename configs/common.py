@@ -108,6 +108,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.nfe = (1, 2, 4, 9)
     c.eval.num_samples = 5000
     c.eval.accurate_steps = 100
+    # The eval stage samples the EMA snapshot in this folder (default: the stage's workdir).
+    c.eval.model_dir = ml_collections.FieldReference(None, field_type=str)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # devices on the data axis (-1: all)

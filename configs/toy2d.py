@@ -63,6 +63,7 @@ def get_config(arg: str = ""):
         c.pairs.num_forward = 500
         c.pairs.steps = 8
         c.training.num_steps = 200
+        c.training.ema_decay = 0.9  # an EMA over the last ~10 of 200 steps
         c.training.log_every = 100
         c.training.ckpt_every = 100
         c.eval.num_samples = 500

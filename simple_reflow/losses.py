@@ -146,6 +146,8 @@ def flow_loss(model, batch, key, cfg, time_cfg):
 
 def validate_loss_config(cfg):
     """Checks a ``loss`` config section; raises ``ValueError`` naming the bad field."""
+    if cfg.get("kind", "flow") not in ("flow", "edm"):
+        raise ValueError(f"loss.kind={cfg.kind!r} is not one of ('flow', 'edm').")
     if cfg.distance not in DISTANCES:
         raise ValueError(f"loss.distance={cfg.distance!r} is not one of {DISTANCES}.")
     if cfg.space not in LOSS_SPACES:

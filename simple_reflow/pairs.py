@@ -26,6 +26,8 @@ __all__ = [
     "forward_pairs",
     "write_pair_shards",
     "load_pair_shards",
+    "mix_indices",
+    "gather_pairs",
     "mix_pairs",
 ]
 
@@ -130,26 +132,40 @@ def load_pair_shards(out_dir, num=None):
     return out
 
 
+def mix_indices(key, num_backward, num_forward, rho, batch_size):
+    """Which pairs a batch takes: forward with probability ρ, backward otherwise [paper, §3].
+
+    Returns:
+      ``(use_forward [B] bool, backward_index [B], forward_index [B])``, drawn uniformly with
+      replacement (``forward_index`` is zeros when there are no forward pairs).
+    """
+    key_b, key_f, key_m = jax.random.split(key, 3)
+    ib = jax.random.randint(key_b, (batch_size,), 0, num_backward)
+    if not num_forward or rho == 0:
+        return jnp.zeros((batch_size,), bool), ib, jnp.zeros((batch_size,), jnp.int32)
+    i_f = jax.random.randint(key_f, (batch_size,), 0, num_forward)
+    return jax.random.bernoulli(key_m, rho, (batch_size,)), ib, i_f
+
+
+def gather_pairs(backward, forward, use_forward, ib, i_f, xp=jnp):
+    """Gathers a mixed batch from pair arrays (``xp``: jnp on device, np on the host)."""
+    out = {k: v[ib] for k, v in backward.items()}
+    if forward is None:
+        return out
+    for k in out:
+        m = use_forward.reshape((-1,) + (1,) * (out[k].ndim - 1))
+        out[k] = xp.where(m, forward[k][i_f], out[k])
+    return out
+
+
 def mix_pairs(key, backward, forward, rho, batch_size):
-    """A batch of pairs: forward with probability ρ, backward otherwise [paper, METHOD.md §3].
+    """A batch of ``batch_size`` pairs mixed with ratio ρ, on the device (inside a jit).
 
     Args:
       key: PRNG key (fold in the step for a reproducible stream).
-      backward, forward: dicts with "x0", "x1" (and optional "cond") ``[N_b, ...]``, ``[N_f, ...]``;
-        ``forward`` may be None when ρ = 0.
-      rho: probability that an element is a forward pair.
-
-    Returns:
-      ``{"x0", "x1"[, "cond"]}`` of ``batch_size`` pairs, drawn uniformly with replacement.
+      backward, forward: dicts with "x0", "x1" (and optional "cond") ``[N_b, ...]``,
+        ``[N_f, ...]``; ``forward`` may be None when ρ = 0.
     """
-    key_b, key_f, key_m = jax.random.split(key, 3)
-    ib = jax.random.randint(key_b, (batch_size,), 0, backward["x0"].shape[0])
-    out = {k: v[ib] for k, v in backward.items()}
-    if forward is None or rho == 0:
-        return out
-    i_f = jax.random.randint(key_f, (batch_size,), 0, forward["x0"].shape[0])
-    use_f = jax.random.bernoulli(key_m, rho, (batch_size,))
-    for k in out:
-        m = use_f.reshape((batch_size,) + (1,) * (out[k].ndim - 1))
-        out[k] = jnp.where(m, forward[k][i_f], out[k])
-    return out
+    n_f = 0 if forward is None else forward["x0"].shape[0]
+    use_f, ib, i_f = mix_indices(key, backward["x0"].shape[0], n_f, rho, batch_size)
+    return gather_pairs(backward, forward if n_f and rho else None, use_f, ib, i_f)

@@ -13,7 +13,7 @@ from flax import nnx
 from configs import backbones
 from simple_reflow import paths
 from simple_reflow.models import build_model, validate_model_config
-from simple_reflow.models.layers import class_labels
+from simple_reflow.models.layers import class_labels, conv3x3
 
 # Reference parameter counts, obtained by instantiating EDM's own PyTorch networks
 # (NVlabs/edm training/networks.py, torch 2.13 CPU) as `EDMPrecond(**kwargs)` with the network
@@ -181,6 +181,22 @@ def test_build_model_mlp():
     assert _num_params(model) == (2 + 32) * 32 + 32 + 32 * 32 + 32 + 32 * 2 + 2
 
 
+@pytest.mark.parametrize("batch, size", [(4, 8), (1, 8), (6, 16)])
+def test_chunked_conv_gradient_equals_xla(batch, size):
+    # conv3x3's custom VJP (input grad as a forward conv, weight grad summed over batch
+    # chunks) must equal XLA's own transpose rules; float32 sums in another order.
+    x = jax.random.normal(jax.random.key(0), (batch, size, size, 8))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 8, 16))
+    g = jax.random.normal(jax.random.key(2), (batch, size, size, 16))
+    ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y, vjp = jax.vjp(conv3x3, x, w)
+    y_ref, vjp_ref = jax.vjp(ref, x, w)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
+    for a, b in zip(vjp(g), vjp_ref(g), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
+
+
 def _set(**fields):
     def edit(cfg):
         for k, v in fields.items():
@@ -205,6 +221,7 @@ def _set(**fields):
         (backbones.ddpmpp_smoke, _set(), (16, 12, 3), "model.name"),
         (backbones.ddpmpp_smoke, _set(model_channels=34), (16, 16, 3), "model.model_channels"),
         (backbones.adm_smoke, _set(channels_per_head=12), (16, 16, 3), "model.channels_per_head"),
+        (backbones.adm_smoke, _set(conv_grad="fast"), (16, 16, 3), "model.conv_grad"),
     ],
 )
 def test_validation_names_the_field(preset, edit, data_shape, field):

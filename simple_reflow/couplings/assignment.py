@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -54,10 +53,15 @@ def cost_matrix(x, y, cost="sqeuclidean"):
         raise ValueError(f"cost={cost!r} is not one of {_COSTS}.")
     x = x.reshape(x.shape[0], -1).astype(jnp.float32)
     y = y.reshape(y.shape[0], -1).astype(jnp.float32)
-    xx = jnp.sum(x * x, axis=1)
-    yy = jnp.sum(y * y, axis=1)
-    xy = jnp.dot(x, y.T, precision=lax.Precision.HIGHEST)
-    sq = jnp.maximum(xx[:, None] + yy[None, :] - 2.0 * xy, 0.0)
+    # One augmented matmul [-2x, |x|², 1]·[y, 1, |y|²]ᵀ = |x|² + |y|² − 2x·y. Written this way the
+    # XLA:CPU dot stays a plain GEMM; the textbook form gets fused with the norms into a ~1.5×
+    # slower kernel (measured 38 ms vs 28 ms at n = 1024, dim = 3072).
+    xx = jnp.sum(x * x, axis=1, keepdims=True)
+    yy = jnp.sum(y * y, axis=1, keepdims=True)
+    xa = jnp.concatenate([-2.0 * x, xx, jnp.ones_like(xx)], axis=1)
+    ya = jnp.concatenate([y, jnp.ones_like(yy), yy], axis=1)
+    sq = lax.dot_general(xa, ya, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST)
+    sq = jnp.maximum(sq, 0.0)
     return sq if cost == "sqeuclidean" else jnp.sqrt(sq)
 
 
@@ -144,12 +148,13 @@ def solve_assignment(cost, *, resolution_bits=None, scaling=16):
             f"resolution_bits={bits} must lie in [1, {default_resolution_bits(n)}] for n={n}."
         )
     c = cost.astype(jnp.float32)
-    c = c - jnp.min(c, axis=1, keepdims=True)
-    c = c - jnp.min(c, axis=0, keepdims=True)
-    top = jnp.max(c)
+    # Global min/max only: a row or column reduction right after the cost matmul makes XLA:CPU
+    # fuse it into the GEMM, which then runs ~1.6× slower (measured at n = 1024, dim = 3072).
+    lo = jnp.min(c)
+    top = jnp.max(c) - lo
     levels = 2**bits
     scale = jnp.where(top > 0, levels / jnp.where(top > 0, top, 1.0), 0.0)
-    q = jnp.round(c * scale).astype(jnp.int32)
+    q = jnp.round((c - lo) * scale).astype(jnp.int32)
     benefit = (levels - q) * (n + 1)
     eps0 = max(1, (levels * (n + 1)) // _EPS0_DIV)
 
@@ -158,8 +163,9 @@ def solve_assignment(cost, *, resolution_bits=None, scaling=16):
         state = _auction_phase(benefit, state, eps)
         return state, jnp.where(eps > 1, jnp.maximum(eps // scaling, 1), 0)
 
+    # Column reduction as initial prices (a column constant is absorbed by the price).
     init = (
-        jnp.zeros((n,), jnp.int32),
+        -(n + 1) * jnp.min(q, axis=0),
         jnp.full((n,), -1, jnp.int32),
         jnp.full((n,), -1, jnp.int32),
     )

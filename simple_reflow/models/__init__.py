@@ -32,6 +32,7 @@ MODEL_NAMES = ("mlp", "ddpmpp", "adm")
 _IMAGE_FIELDS = ("resolution", "model_channels", "channel_mult", "channel_mult_emb",
                  "num_blocks", "attn_resolutions", "channels_per_head", "dropout",
                  "num_classes", "label_dropout", "augment_dim", "sigma_data")
+_CONV_GRADS = ("auto", "chunked", "xla")
 
 
 def _groups(channels: int) -> int:
@@ -76,6 +77,8 @@ def _validate_image(cfg, data_shape: Sequence[int]) -> None:
                              f"level's width {sorted(widths)}")
     if cfg.augment_dim < 0:
         raise ValueError(f"model.augment_dim must be >= 0, got {cfg.augment_dim}")
+    if cfg.get("conv_grad", "auto") not in _CONV_GRADS:
+        raise ValueError(f"model.conv_grad must be one of {_CONV_GRADS}, got {cfg.conv_grad!r}")
     if cfg.sigma_data <= 0:
         raise ValueError(f"model.sigma_data must be positive, got {cfg.sigma_data}")
 
@@ -143,7 +146,7 @@ def build_model(cfg, *, data_shape: Sequence[int], rngs: nnx.Rngs) -> nnx.Module
         model_channels=cfg.model_channels, channel_mult=tuple(cfg.channel_mult),
         channel_mult_emb=cfg.channel_mult_emb, num_blocks=cfg.num_blocks,
         attn_resolutions=tuple(cfg.attn_resolutions), dropout=cfg.dropout,
-        label_dropout=cfg.label_dropout, rngs=rngs)
+        label_dropout=cfg.label_dropout, conv_grad=cfg.get("conv_grad", "auto"), rngs=rngs)
     if cfg.name == "adm":
         kwargs["channels_per_head"] = cfg.channels_per_head
     backbone = backbone_cls(int(size), int(channels), int(channels), **kwargs)

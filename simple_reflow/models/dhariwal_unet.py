@@ -42,6 +42,8 @@ class DhariwalUNet(nnx.Module):
       channels_per_head: attention head width (heads = width // channels_per_head).
       dropout: dropout probability inside each residual block.
       label_dropout: probability of dropping the class label to the null class in training.
+      conv_grad: weight gradient of the 3×3 convolutions, "auto" | "chunked" | "xla"
+        (:class:`~simple_reflow.models.layers.Conv2d`).
       rngs: parameter initialisation.
     """
 
@@ -50,7 +52,7 @@ class DhariwalUNet(nnx.Module):
                  channel_mult: Sequence[int] = (1, 2, 3, 4), channel_mult_emb: int = 4,
                  num_blocks: int = 3, attn_resolutions: Sequence[int] = (32, 16, 8),
                  channels_per_head: int = 64, dropout: float = 0.10,
-                 label_dropout: float = 0.0, rngs: nnx.Rngs):
+                 label_dropout: float = 0.0, conv_grad: str = "auto", rngs: nnx.Rngs):
         self.num_classes, self.augment_dim = num_classes, augment_dim
         self.label_dropout = label_dropout
         self.noise_channels = model_channels
@@ -59,7 +61,8 @@ class DhariwalUNet(nnx.Module):
         init = {"mode": "kaiming_uniform", "init_weight": gain, "init_bias": gain}
         init_zero = {"mode": "kaiming_uniform", "init_weight": 0.0, "init_bias": 0.0}
         block_kw = dict(emb_channels=emb_channels, channels_per_head=channels_per_head,
-                        dropout=dropout, init=init, init_zero=init_zero, rngs=rngs)
+                        dropout=dropout, init=init, init_zero=init_zero, conv_grad=conv_grad,
+                        rngs=rngs)
 
         # Mapping network.
         self.map_augment = (Linear(augment_dim, model_channels, bias=False, rngs=rngs,
@@ -76,7 +79,8 @@ class DhariwalUNet(nnx.Module):
         for level, mult in enumerate(channel_mult):
             res = img_resolution >> level
             if level == 0:
-                enc.append(Conv2d(cout, model_channels * mult, 3, rngs=rngs, **init))
+                enc.append(Conv2d(cout, model_channels * mult, 3, conv_grad=conv_grad, rngs=rngs,
+                                   **init))
                 cout = model_channels * mult
             else:
                 enc.append(UNetBlock(cout, cout, down=True, **block_kw))
@@ -105,7 +109,8 @@ class DhariwalUNet(nnx.Module):
         self.dec = nnx.List(dec)
         self.dec_concat = tuple(concat)
         self.out_norm = GroupNorm(cout)
-        self.out_conv = Conv2d(cout, out_channels, 3, rngs=rngs, **init_zero)
+        self.out_conv = Conv2d(cout, out_channels, 3, conv_grad=conv_grad, rngs=rngs,
+                               **init_zero)
 
     def __call__(self, x, noise_labels, cond=None, *, key=None, augment_labels=None):
         """Applies the network.

@@ -48,6 +48,8 @@ class SongUNet(nnx.Module):
       model_channels, channel_mult, channel_mult_emb, num_blocks, attn_resolutions: EDM's.
       dropout: dropout probability inside each residual block.
       label_dropout: probability of dropping the class label to the null class in training.
+      conv_grad: weight gradient of the 3×3 convolutions, "auto" | "chunked" | "xla"
+        (:class:`~simple_reflow.models.layers.Conv2d`).
       rngs: parameter initialisation.
     """
 
@@ -55,7 +57,8 @@ class SongUNet(nnx.Module):
                  num_classes: int = 0, augment_dim: int = 0, model_channels: int = 128,
                  channel_mult: Sequence[int] = (1, 2, 2, 2), channel_mult_emb: int = 4,
                  num_blocks: int = 4, attn_resolutions: Sequence[int] = (16,),
-                 dropout: float = 0.10, label_dropout: float = 0.0, rngs: nnx.Rngs):
+                 dropout: float = 0.10, label_dropout: float = 0.0, conv_grad: str = "auto",
+                 rngs: nnx.Rngs):
         self.num_classes, self.augment_dim = num_classes, augment_dim
         self.label_dropout = label_dropout
         self.noise_channels = model_channels
@@ -66,7 +69,7 @@ class SongUNet(nnx.Module):
         block_kw = dict(emb_channels=emb_channels, num_heads=1, dropout=dropout,
                         skip_scale=float(np.sqrt(0.5)), eps=1e-6, resample_proj=True,
                         adaptive_scale=False, init=init, init_zero=init_zero,
-                        init_attn=init_attn, rngs=rngs)
+                        init_attn=init_attn, conv_grad=conv_grad, rngs=rngs)
 
         # Mapping network.
         self.map_label = (Linear(num_classes, model_channels, rngs=rngs, **init)
@@ -82,7 +85,8 @@ class SongUNet(nnx.Module):
         for level, mult in enumerate(channel_mult):
             res = img_resolution >> level
             if level == 0:
-                enc.append(Conv2d(cout, model_channels, 3, rngs=rngs, **init))
+                enc.append(Conv2d(cout, model_channels, 3, conv_grad=conv_grad, rngs=rngs,
+                                   **init))
                 cout = model_channels
             else:
                 enc.append(UNetBlock(cout, cout, down=True, **block_kw))
@@ -113,7 +117,8 @@ class SongUNet(nnx.Module):
         self.dec = nnx.List(dec)
         self.dec_concat = tuple(concat)
         self.out_norm = GroupNorm(cout, eps=1e-6)
-        self.out_conv = Conv2d(cout, out_channels, 3, rngs=rngs, **init_zero)
+        self.out_conv = Conv2d(cout, out_channels, 3, conv_grad=conv_grad, rngs=rngs,
+                               **init_zero)
 
     def __call__(self, x, noise_labels, cond=None, *, key=None, augment_labels=None):
         """Applies the network.

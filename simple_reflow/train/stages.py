@@ -56,6 +56,13 @@ def validate_config(cfg):
     """Validates a full config for its stage; raises ``ValueError`` naming the bad field."""
     from simple_reflow.couplings import make_coupling
 
+    if cfg.stage == "pipeline" and "stages" in cfg:  # an image pipeline: one config per stage
+        for name in ("teacher", "pairs", "reflow", "eval"):
+            _check(name in cfg.stages, f"stages.{name} is missing from the pipeline config.")
+            _check(cfg.stages[name].stage == name,
+                   f"stages.{name}.stage={cfg.stages[name].stage!r} must be {name!r}.")
+            validate_config(cfg.stages[name])
+        return
     _validate_common(cfg)
     toy = cfg.data.name in TOY_DATASETS
     if cfg.stage == "pipeline":
@@ -70,10 +77,10 @@ def validate_config(cfg):
                f"teacher.num_steps={cfg.teacher.num_steps!r} must be > 0.")
         make_coupling(cfg.coupling, data_shape=(2,))  # validates the coupling section
         return
-    from simple_reflow.data import make_image_source, validate_data_config
+    from simple_reflow.data import validate_data_config
     from simple_reflow.models import validate_model_config
 
-    del make_image_source
+    _check(not toy, f"data.name={cfg.data.name!r} is toy data: use stage='pipeline'.")
     validate_data_config(cfg.data)
     from simple_reflow.train.images import data_shape_of
 

@@ -108,9 +108,9 @@ def write_outputs(workdir, cfg, metrics, models):
     trajectories = {}
     fine = grids.uniform_grid(64)
     for name, fn in models.items():
-        samples[f"{name} ({nfe} NFE)"] = np.asarray(
-            _sample_fn(fn, grid, cfg.sampler.solver, cfg.sampler.r)(x1))
+        label = f"{name} ({nfe} NFE, {cfg.sampler.solver}; paths: accurate)"
+        samples[label] = np.asarray(_sample_fn(fn, grid, cfg.sampler.solver, cfg.sampler.r)(x1))
         traj = jax.jit(lambda x, fn=fn: sampler.integrate(fn, x, fine, solver="heun",
-                                                          trajectory=True)[2])(x1[:16])
-        trajectories[name] = np.asarray(traj)
+                                                          trajectory=True)[2])(x1[:24])
+        trajectories[label] = np.asarray(traj)
     save_toy_figure(os.path.join(workdir, "samples.png"), samples, trajectories)

@@ -1,0 +1,264 @@
+"""The image stages: teacher (EDM loss), pairs, reflow, eval, and the chained pipeline.
+
+Each stage reads one config (``configs/<dataset>.py:<stage>``) and one workdir:
+
+- ``teacher``: trains the EDM-preconditioned backbone with EDM's loss on real images;
+- ``pairs``: integrates the teacher's EMA snapshot (``teacher.workdir/ema.npz``) into backward
+  and forward pair shards under ``workdir/backward`` and ``workdir/forward`` (resumable);
+- ``reflow``: trains the student, initialised from the teacher, on the pairs of ``pairs.dir``
+  mixed with ratio ρ;
+- ``eval``: samples the model in ``eval.model_dir`` (default: the workdir) and the teacher at
+  each NFE budget, writes sample grids and the pixel-space Fréchet distance to held-out images;
+- ``pipeline``: runs the four stage configs in ``cfg.stages`` one after the other, wiring each
+  stage's inputs to the previous stage's workdir (the ``digits`` config).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from simple_reflow import grids, guidance, losses, pairs, sampler
+from simple_reflow.data import batch_at, data_spec, make_image_source
+from simple_reflow.losses_edm import edm_loss
+from simple_reflow.metrics.frechet import frechet_distance
+from simple_reflow.models import build_model
+from simple_reflow.train import checkpoint, sharding
+from simple_reflow.train.loop import train_loop
+from simple_reflow.train.step import init_state, make_optimizer, make_train_step, split_model
+from simple_reflow.viz import save_image_grid
+
+__all__ = ["data_shape_of", "run_image_stage"]
+
+
+def data_shape_of(cfg_data):
+    """One example's shape ``(H, W, C)`` from the data section, reading no image."""
+    return tuple(data_spec(cfg_data).shape)
+
+
+def _build(cfg, seed):
+    model = build_model(cfg.model, data_shape=data_shape_of(cfg.data), rngs=nnx.Rngs(seed))
+    return split_model(model)
+
+
+def _snapshot(workdir, field):
+    if not workdir:
+        raise ValueError(f"{field} must name the workdir of the stage that produced it.")
+    return os.path.join(workdir, "ema.npz")
+
+
+def _loss_fn(cfg):
+    if cfg.loss.kind == "edm":
+        return functools.partial(edm_loss, p_mean=cfg.loss.p_mean, p_std=cfg.loss.p_std,
+                                 sigma_data=cfg.loss.sigma_data)
+    if cfg.loss.kind == "flow":
+        return functools.partial(losses.flow_loss, cfg=cfg.loss, time_cfg=cfg.time)
+    raise ValueError(f"loss.kind={cfg.loss.kind!r} is not one of ('edm', 'flow').")
+
+
+def _train(cfg, workdir, model_def, params, host_batch_at, desc):
+    mesh = sharding.make_mesh(cfg.get("mesh"))
+    optimizer = make_optimizer(cfg.optim)
+    state = init_state(params, optimizer, cfg.seed)
+    step = make_train_step(model_def, _loss_fn(cfg), optimizer,
+                           ema_decay=cfg.training.ema_decay)
+    repl = sharding.replicated(mesh)
+    compiled = jax.jit(step, in_shardings=(repl, sharding.batch_sharding(mesh)),
+                       out_shardings=(repl, repl), donate_argnums=(0,))
+    state = jax.device_put(state, repl)
+    return train_loop(
+        state, compiled, num_steps=cfg.training.num_steps, workdir=workdir,
+        batch_at=lambda s: sharding.shard_batch(host_batch_at(s), mesh),
+        log_every=cfg.training.log_every, ckpt_every=cfg.training.ckpt_every,
+        keep=cfg.training.keep_checkpoints, batch_size=cfg.training.batch_size, desc=desc)
+
+
+def run_teacher(cfg, workdir):
+    """Trains a teacher with EDM's loss on real images; writes ``workdir/ema.npz``."""
+    source = make_image_source(cfg.data)
+    model_def, params = _build(cfg, cfg.seed)
+
+    def host_batch(step):
+        b = batch_at(source, cfg.seed, step, cfg.training.batch_size,
+                     random_flip=cfg.data.random_flip, process_index=jax.process_index(),
+                     process_count=jax.process_count())
+        return {k: v for k, v in b.items() if k in ("x0", "cond")}
+
+    _train(cfg, workdir, model_def, params, host_batch, "teacher (EDM)")
+    return f"teacher EMA snapshot: {os.path.join(workdir, 'ema.npz')}"
+
+
+def _teacher(cfg):
+    model_def, like = _build(cfg, cfg.seed)
+    params = checkpoint.load_params(_snapshot(cfg.teacher.workdir, "teacher.workdir"), like)
+    return model_def, params
+
+
+def _pair_grid(p, increasing=False):
+    g = grids.make_grid(p.grid, p.steps, t_max=p.t_max)
+    if not increasing:
+        return g
+    g = np.sort(g)[1:]  # drop t = 0: the forward solve starts at t_min
+    return np.concatenate([[p.t_min], g[g > p.t_min]])
+
+
+def run_pairs(cfg, workdir):
+    """Backward and forward pairs from the teacher snapshot, as resumable shards."""
+    p = cfg.pairs
+    model_def, params = _teacher(cfg)
+    shape = data_shape_of(cfg.data)
+    num_classes = data_spec(cfg.data).num_classes
+    key = jax.random.key(cfg.seed + 11)
+    denoise = model_def.denoiser(params)
+    grid_b = _pair_grid(p)
+
+    @jax.jit
+    def gen_backward(idx):
+        cond = None
+        if num_classes:  # each pair's class from its own index, like its noise
+            cond = jax.vmap(lambda i: jax.random.randint(
+                jax.random.fold_in(jax.random.fold_in(key, i), 1), (), 0, num_classes))(idx)
+        x0, x1, _ = pairs.backward_pairs(denoise, key, idx, shape, grid_b, solver=p.solver,
+                                         cond=cond)
+        return {"x0": x0, "x1": x1, **({"cond": cond} if num_classes else {})}
+
+    kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    with tqdm(total=p.num_backward, desc="backward pairs", disable=jax.process_index()) as bar:
+        pairs.write_pair_shards(lambda i: gen_backward(jnp.asarray(i)), p.num_backward, p.chunk,
+                                os.path.join(workdir, "backward"), progress=bar.update, **kw)
+    if p.num_forward:
+        source = make_image_source(cfg.data)
+        grid_f = _pair_grid(p, increasing=True)
+        gen_f = jax.jit(lambda x0, c: pairs.forward_pairs(denoise, x0, grid_f, solver=p.solver,
+                                                          cond=c)[:2])
+
+        def gen_forward(idx):
+            data = source.get(np.asarray(idx) % len(source))  # pair i ← training image i
+            x0, x1 = gen_f(jnp.asarray(data["x0"]), data.get("cond"))
+            return {"x0": x0, "x1": x1, **({"cond": data["cond"]} if "cond" in data else {})}
+
+        with tqdm(total=p.num_forward, desc="forward pairs", disable=jax.process_index()) as bar:
+            pairs.write_pair_shards(gen_forward, p.num_forward, p.chunk,
+                                    os.path.join(workdir, "forward"), progress=bar.update, **kw)
+    nfe_b = sampler.nfe_of(grid_b, p.solver)
+    return (f"pairs in {workdir}: {p.num_backward} backward ({nfe_b} NFE each), "
+            f"{p.num_forward} forward")
+
+
+def run_reflow(cfg, workdir):
+    """Trains the student, initialised from the teacher, on the ρ-mixed pairs."""
+    p = cfg.pairs
+    if not p.dir:
+        raise ValueError("pairs.dir must name the workdir of the pairs stage.")
+    backward = pairs.load_pair_shards(os.path.join(p.dir, "backward"), p.num_backward)
+    forward = None
+    if p.rho > 0:
+        forward = pairs.load_pair_shards(os.path.join(p.dir, "forward"), p.num_forward)
+    keep = ("x0", "x1", "cond")
+    backward = {k: v for k, v in backward.items() if k in keep}
+    forward = forward and {k: v for k, v in forward.items() if k in keep}
+    model_def, params = _teacher(cfg)  # the student starts from the teacher's weights
+    key = jax.random.key(cfg.seed + 17)
+    n_b, n_f = len(backward["x0"]), 0 if forward is None else len(forward["x0"])
+    mix = jax.jit(lambda step: pairs.mix_indices(jax.random.fold_in(key, step), n_b, n_f, p.rho,
+                                                 cfg.training.batch_size))
+    per_host = cfg.training.batch_size // jax.process_count()
+    lo = jax.process_index() * per_host
+
+    def host_batch(step):
+        use_f, ib, i_f = (np.asarray(a)[lo:lo + per_host] for a in mix(step))
+        return pairs.gather_pairs(backward, forward, use_f, ib, i_f, xp=np)
+
+    _train(cfg, workdir, model_def, params, host_batch, "student (ReFlow)")
+    return f"student EMA snapshot: {os.path.join(workdir, 'ema.npz')}"
+
+
+def _guided(cfg, model_def, params, denoise):
+    g = cfg.guidance
+    if g.kind == "none" or g.w == 0:
+        return denoise
+    if g.kind == "autoguidance":
+        bad = checkpoint.load_params(_snapshot(g.bad_workdir, "guidance.bad_workdir"), params)
+        return guidance.autoguidance(denoise, model_def.denoiser(bad), g.w)
+    if g.kind == "cfg":
+        return guidance.classifier_free(denoise, g.w, null_class=cfg.model.num_classes)
+    raise ValueError(f"guidance.kind={g.kind!r} is not one of ('none', 'autoguidance', 'cfg').")
+
+
+def run_eval(cfg, workdir):
+    """Pixel-space FD to held-out images per NFE, for ``eval.model_dir`` and the teacher."""
+    model_def, like = _build(cfg, cfg.seed)
+    model_dir = cfg.eval.get("model_dir") or workdir
+    models = {"student": checkpoint.load_params(_snapshot(model_dir, "eval.model_dir"), like)}
+    if cfg.teacher.workdir:
+        models["teacher"] = checkpoint.load_params(_snapshot(cfg.teacher.workdir,
+                                                             "teacher.workdir"), like)
+    held_out = make_image_source(cfg.data, split=cfg.data.eval_split)
+    n = min(cfg.eval.num_samples, len(held_out))
+    ref = held_out.get(np.arange(n))["x0"]
+    shape = data_shape_of(cfg.data)
+    num_classes = data_spec(cfg.data).num_classes
+    x1 = jax.random.normal(jax.random.key(cfg.seed + 1000), (n, *shape))
+    cond = (jax.random.randint(jax.random.key(cfg.seed + 1001), (n,), 0, num_classes)
+            if num_classes else None)
+    s = cfg.sampler
+
+    def grid_fn(k):
+        return grids.make_grid(s.grid, k, kappa=s.kappa, rho=s.rho, t_max=s.t_max)
+
+    results, lines = {}, []
+    for name, params in models.items():
+        denoise = _guided(cfg, model_def, params, model_def.denoiser(params)) \
+            if name == "student" else model_def.denoiser(params)
+        done = set()
+        for budget in cfg.eval.nfe:
+            grid, nfe = sampler.grid_for_budget(budget, s.solver, grid_fn)
+            if nfe in done:  # two budgets that buy the same grid
+                continue
+            done.add(nfe)
+            fn = jax.jit(lambda x, c, g=grid, d=denoise: sampler.sample(d, x, g, solver=s.solver,
+                                                                        r=s.r, cond=c)[0])
+            out = np.concatenate([np.asarray(fn(x1[i:i + 256], None if cond is None else
+                                                cond[i:i + 256])) for i in range(0, n, 256)])
+            fd = frechet_distance(out.reshape(n, -1), ref.reshape(n, -1))
+            results[f"eval/{name}/fd_pixel@nfe={nfe}"] = fd
+            save_image_grid(os.path.join(workdir, f"samples_{name}_nfe{nfe}.png"),
+                            np.clip(out[:64], -1, 1), ncols=8, scale=4 if shape[0] <= 16 else 1)
+            lines.append(f"{name:>8} NFE {nfe:>3}: pixel FD {fd:.3f}")
+    with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    return "Fréchet distance in pixel space to held-out images\n" + "\n".join(lines)
+
+
+def run_pipeline(cfg, workdir):
+    """Runs ``cfg.stages`` (teacher, pairs, reflow, eval) in subfolders of ``workdir``."""
+    out = []
+    dirs = {k: os.path.join(workdir, k) for k in ("teacher", "pairs", "reflow", "eval")}
+    for stage in ("teacher", "pairs", "reflow", "eval"):
+        sc = cfg.stages[stage]
+        with sc.unlocked():
+            sc.teacher.workdir = dirs["teacher"]
+            sc.pairs.dir = dirs["pairs"]
+            sc.eval.model_dir = dirs["reflow"]
+        wd = dirs[stage]
+        os.makedirs(wd, exist_ok=True)
+        out.append(_RUNNERS[stage](sc, wd))
+        print(out[-1], flush=True)
+    return "\n".join(out)
+
+
+_RUNNERS = {"teacher": run_teacher, "pairs": run_pairs, "reflow": run_reflow, "eval": run_eval}
+
+
+def run_image_stage(cfg, workdir):
+    """Dispatches an image config to its stage."""
+    if cfg.stage == "pipeline":
+        return run_pipeline(cfg, workdir)
+    return _RUNNERS[cfg.stage](cfg, workdir)
