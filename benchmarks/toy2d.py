@@ -99,6 +99,7 @@ def run_task(task, seed, args, workroot):
     cfg.pairs.num_backward = args.num_pairs
     cfg.pairs.num_forward = args.num_pairs // 4
     cfg.training.log_every = min(cfg.training.log_every, args.steps)
+    cfg.training.ema_decay = args.ema_decay
     workdir = os.path.join(workroot, f"{task}_seed{seed}")
     sample_data = make_toy_sampler(task)
     n = cfg.eval.num_samples
@@ -193,7 +194,8 @@ def main(argv=None):
         if m not in METHODS:
             parser.error(f"--methods: {m!r} is not one of {sorted(METHODS)}")
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    args.steps = 1500 if args.quick else 4000
+    args.steps = 2000 if args.quick else 4000
+    args.ema_decay = 0.995 if args.quick else 0.999  # EMA horizon ≈ 200 / 1000 steps
     args.teacher_steps = 2000 if args.quick else 4000
     args.num_pairs = 10_000 if args.quick else 20_000
     args.num_samples = 2000 if args.quick else 5000

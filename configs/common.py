@@ -53,6 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.space = "denoiser"  # "denoiser": Δ = D − x0; "velocity": v − (x1 − x0)
     c.loss.hpf_weight = 10.0
     c.loss.hpf_sigma = 1.0
+    c.loss.p_mean = -1.2  # EDM's log-normal σ distribution (loss.kind = "edm")
+    c.loss.p_std = 1.2
+    c.loss.sigma_data = 0.5
 
     c.time = ml_collections.ConfigDict()
     c.time.dist = "uniform"  # uniform | exp10 | u_shape | logit_normal

@@ -2,9 +2,7 @@
 
 import chex
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 import pytest
 from flax import nnx

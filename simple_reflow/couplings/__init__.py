@@ -39,8 +39,9 @@ METHODS = ("exact", "sinkhorn")
 class Coupling(NamedTuple):
     """A pair source with ``init(key) -> state`` and ``apply(key, batch, state)``.
 
-    ``apply`` returns ``(batch, state, metrics)``, is pure and jit-compatible; ``batch_factor`` is how many times the train batch the
-    loader must deliver (OT batch larger than the train batch).
+    ``apply`` returns ``(batch, state, metrics)``, is pure and jit-compatible;
+    ``batch_factor`` is how many times the train batch the loader must deliver (OT batch
+    larger than the train batch).
     """
 
     name: str

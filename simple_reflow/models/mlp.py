@@ -51,7 +51,8 @@ class MLPDenoiser(nnx.Module):
         h = jnp.concatenate(
             [x_t.reshape(x_t.shape[0], -1), fourier_time_features(t, self.time_features)], axis=-1
         )
-        keys = (None,) * len(self.layers) if key is None else jax.random.split(key, len(self.layers))
+        n = len(self.layers)
+        keys = (None,) * n if key is None else jax.random.split(key, n)
         for layer, k in zip(self.layers, keys, strict=True):
             h = jax.nn.silu(layer(h))
             h = self.dropout(h, deterministic=k is None, rngs=k)

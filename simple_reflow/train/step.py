@@ -102,7 +102,8 @@ def make_train_step(model_def, loss_fn, optimizer, *, ema_decay, coupling=None):
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, params)
-        metrics = {**metrics, **aux, "train/loss": loss, "train/grad_norm": optax.global_norm(grads)}
+        metrics = {**metrics, **aux, "train/loss": loss,
+                   "train/grad_norm": optax.global_norm(grads)}
         new = TrainState(state.step + 1, params, opt_state, ema, state.key, coupling_state)
         return new, metrics
 

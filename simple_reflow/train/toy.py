@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from simple_reflow import grids, losses, pairs, sampler
+from simple_reflow import grids, losses, pairs
 from simple_reflow.couplings import make_coupling
 from simple_reflow.data.toy import make_toy_sampler, toy_mixture
 from simple_reflow.models.mlp import MLPDenoiser
