@@ -28,6 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.split = "train"
     c.data.random_flip = False
     c.data.image_size = 0  # 0 = the dataset's native size
+    c.data.num_examples = 0  # toy: 0 = fresh samples every step, else a fixed set of this size
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "mlp"

@@ -88,6 +88,34 @@ def train_flow(cfg, workdir, *, batch_fn, data=None, loss_cfg, time_cfg, init_pa
     return model_def, state
 
 
+def make_data_batch_fn(name, batch_size, seed, num_data=None):
+    """``batch_fn(step, data) -> {"x0", "index"}`` for 1-RF training on a toy target.
+
+    With ``num_data`` None every step draws fresh samples (index = global example number);
+    otherwise the data is a fixed set of ``num_data`` samples (returned as ``data``) visited in
+    a fresh permutation each epoch, which couplings with per-example state (LOOM-CFM) need.
+    """
+    sample_data = make_toy_sampler(name)
+    key = jax.random.key(seed)
+    if num_data is None:
+        def fresh(step, _):
+            return {"x0": sample_data(jax.random.fold_in(key, step), batch_size),
+                    "index": step * batch_size + jnp.arange(batch_size, dtype=jnp.int32)}
+
+        return fresh, None
+    if num_data % batch_size:
+        raise ValueError(f"data.num_examples={num_data} must be a multiple of "
+                         f"training.batch_size={batch_size}.")
+    per_epoch = num_data // batch_size
+
+    def finite(step, data):
+        perm = jax.random.permutation(jax.random.fold_in(key, step // per_epoch), num_data)
+        idx = jax.lax.dynamic_slice_in_dim(perm, (step % per_epoch) * batch_size, batch_size)
+        return {"x0": data[idx], "index": idx.astype(jnp.int32)}
+
+    return finite, sample_data(jax.random.split(key)[1], num_data)
+
+
 def teacher_fn(cfg, workdir):
     """The teacher: analytic for ``8gaussians`` ("auto" or "analytic"), else a trained 1-RF.
 
@@ -105,17 +133,12 @@ def teacher_fn(cfg, workdir):
             raise ValueError(f"teacher.kind='analytic' needs data.name='8gaussians' (a Gaussian "
                              f"mixture), got data.name={cfg.data.name!r}.")
         return toy_mixture(), None, None
-    sample_data = make_toy_sampler(cfg.data.name)
-    coupling = make_coupling(cfg.coupling, data_shape=TOY_SHAPE)
-    b = cfg.training.batch_size
-    data_key = jax.random.key(cfg.seed + 7)
-
-    def batch_fn(step, _):
-        return {"x0": sample_data(jax.random.fold_in(data_key, step), b),
-                "index": step * b + jnp.arange(b, dtype=jnp.int32)}
-
+    num_data = cfg.data.get("num_examples", 0) or None
+    coupling = make_coupling(cfg.coupling, data_shape=TOY_SHAPE, num_data=num_data)
+    batch_fn, data = make_data_batch_fn(cfg.data.name, cfg.training.batch_size, cfg.seed + 7,
+                                        num_data)
     model_def, state = train_flow(
-        cfg, os.path.join(workdir, "teacher"), batch_fn=batch_fn, loss_cfg=ONE_RF_LOSS,
+        cfg, os.path.join(workdir, "teacher"), batch_fn=batch_fn, data=data, loss_cfg=ONE_RF_LOSS,
         time_cfg=ONE_RF_TIME, coupling=coupling, num_steps=cfg.teacher.num_steps,
         seed=cfg.seed, desc="teacher (1-RF)")
     return model_def.denoiser(state.ema), state.ema, model_def

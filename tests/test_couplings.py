@@ -1,0 +1,241 @@
+"""Couplings: exact assignment, OT-CFM, LOOM-CFM, W-CFM, projection, mixing (issue 3)."""
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+
+from simple_reflow.couplings import default_coupling_config, make_coupling
+from simple_reflow.couplings.assignment import (
+    cost_matrix,
+    default_resolution_bits,
+    solve_assignment,
+)
+from simple_reflow.couplings.loom import loom_noise
+from simple_reflow.couplings.mixing import mix_sources, mixture_counts
+from simple_reflow.couplings.noise import noise_from_ids, pair_cost
+from simple_reflow.couplings.projection import pairs_from_plan, project_pairs, search_lambda
+from simple_reflow.couplings.wcfm import gibbs_weights
+
+
+def _np_cost(x, y, cost):
+    d = np.sqrt(((x[:, None, :] - y[None, :, :]) ** 2).sum(-1))
+    return d**2 if cost == "sqeuclidean" else d
+
+
+@pytest.mark.parametrize("cost", ["sqeuclidean", "euclidean"])
+def test_exact_assignment_equals_brute_force(cost):
+    """Optimal within n·h (h = range/2^bits) always; the brute-force permutation itself whenever
+    the optimum beats the runner-up by more than n·h (module docstring of assignment.py)."""
+    rng = np.random.default_rng(0)
+    solve = jax.jit(jax.vmap(solve_assignment))
+    checked = 0
+    for n in range(2, 8):
+        perms = np.array(list(itertools.permutations(range(n))))
+        xs = rng.normal(size=(6, n, 2)).astype(np.float32)
+        ys = rng.normal(size=(6, n, 2)).astype(np.float32)
+        cs = np.stack([_np_cost(x, y, cost) for x, y in zip(xs, ys, strict=True)])
+        cs = cs.astype(np.float32)
+        ours = np.asarray(solve(jnp.asarray(cs)))
+        for c, p in zip(cs.astype(np.float64), ours, strict=True):
+            totals = c[np.arange(n), perms].sum(1)
+            order = np.argsort(totals)
+            h = (c.max() - c.min()) / 2 ** default_resolution_bits(n)
+            assert sorted(p.tolist()) == list(range(n))
+            assert c[np.arange(n), p].sum() <= totals[order[0]] + n * h + 1e-9
+            if totals[order[1]] - totals[order[0]] > n * h:
+                np.testing.assert_array_equal(p, perms[order[0]])
+                checked += 1
+    assert checked >= 30  # nearly every random instance is separated by more than n·h
+
+
+def test_exact_on_grid_costs_matches_scipy():
+    """Integer costs spanning exactly [0, 2^12] with 12 bits lie on the grid: exact optimum."""
+    rng = np.random.default_rng(1)
+    n = 60
+    c = rng.integers(0, 4097, size=(n, n)).astype(np.float32)
+    c[0, 0], c[1, 1] = 0, 4096  # pin the range
+    p = np.asarray(jax.jit(lambda c: solve_assignment(c, resolution_bits=12))(jnp.asarray(c)))
+    r, s = linear_sum_assignment(c)
+    assert c[np.arange(n), p].sum() == c[r, s].sum()
+
+
+def test_exact_vs_scipy_float_n128():
+    rng = np.random.default_rng(2)
+    n = 128
+    x, y = rng.normal(size=(n, 8)), rng.normal(size=(n, 8))
+    c = np.asarray(cost_matrix(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)))
+    p = np.asarray(jax.jit(solve_assignment)(jnp.asarray(c)))
+    r, s = linear_sum_assignment(c.astype(np.float64))
+    h = (c.max() - c.min()) / 2 ** default_resolution_bits(n)
+    assert sorted(p.tolist()) == list(range(n))
+    assert c[np.arange(n), p].sum(dtype=np.float64) <= c[r, s].sum(dtype=np.float64) + n * h
+
+
+def test_cost_matrix_matches_numpy():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(5, 3, 2)), rng.normal(size=(4, 3, 2))
+    for cost in ("sqeuclidean", "euclidean"):
+        got = cost_matrix(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), cost)
+        want = _np_cost(x.reshape(5, -1), y.reshape(4, -1), cost)
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
+
+
+def _batch(b, shape=(2,), seed=0, scale=3.0):
+    x0 = scale * jax.random.normal(jax.random.key(seed), (b,) + shape)
+    return {"x0": x0, "index": jnp.arange(b, dtype=jnp.int32)}
+
+
+def _cfg(**kw):
+    cfg = default_coupling_config()
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def test_ot_pairs_permute_the_independent_noise():
+    batch, key = _batch(32), jax.random.key(5)
+    ot = make_coupling(_cfg(name="ot"), data_shape=(2,))
+    out, _, m = jax.jit(ot.apply)(key, batch, {})
+    x1 = np.asarray(noise_from_ids(jax.random.split(key)[0], batch["index"], (2,)))
+    got = np.asarray(out["x1"])
+    # Same multiset of noise vectors (a permutation, no resampling), lower total cost.
+    np.testing.assert_array_equal(got[np.lexsort(got.T)], x1[np.lexsort(x1.T)])
+    assert float(m["coupling/cost_after"]) < float(m["coupling/cost_before"])
+    np.testing.assert_allclose(float(m["coupling/cost_after"]),
+                               float(jnp.mean(pair_cost(out["x0"], out["x1"]))), rtol=1e-5)
+
+
+def test_ot_batch_factor_and_groups_shapes():
+    ot = make_coupling(_cfg(name="ot", ot_batch_factor=2, ot_groups=2), data_shape=(2,))
+    assert ot.batch_factor == 2
+    batch = {**_batch(16), "cond": jnp.arange(16, dtype=jnp.int32)}
+    out, _, _ = jax.jit(ot.apply)(jax.random.key(0), batch, {})
+    assert out["x0"].shape == (8, 2) and out["x1"].shape == (8, 2)
+    # The first 4 rows of each group of 8 are kept, aligned with their labels.
+    np.testing.assert_array_equal(np.asarray(out["cond"]), [0, 1, 2, 3, 8, 9, 10, 11])
+
+
+def test_sinkhorn_ot_is_sharp_at_small_epsilon_in_2d():
+    ot = make_coupling(_cfg(name="ot", method="sinkhorn", epsilon=1e-3), data_shape=(2,))
+    _, _, m = jax.jit(ot.apply)(jax.random.key(0), _batch(16), {})
+    assert float(m["coupling/plan_max_row"]) > 0.9
+    assert float(m["coupling/cost_after"]) < float(m["coupling/cost_before"])
+
+
+def _dataset_cost(state, data, shape):
+    seeds = state["seeds"]
+    total = 0.0
+    for k in range(seeds.shape[1]):
+        x1 = loom_noise(state, seeds[:, k], shape)
+        total += float(jnp.sum(pair_cost(data, x1)))
+    return total
+
+
+def test_loom_never_increases_dataset_cost_and_touches_only_the_batch():
+    n, k, b, shape = 24, 2, 6, (3,)
+    data = 2.0 * jax.random.normal(jax.random.key(0), (n,) + shape)
+    loom = make_coupling(_cfg(name="loom", num_caches=k), data_shape=shape, num_data=n)
+    state = loom.init(jax.random.key(1))
+    apply = jax.jit(loom.apply)
+    total = _dataset_cost(state, data, shape)
+    for step in range(8):
+        idx = jax.random.permutation(jax.random.key(100 + step), n)[:b].astype(jnp.int32)
+        batch = {"x0": data[idx], "index": idx}
+        out, new, m = apply(jax.random.key(step), batch, state)
+        changed = np.argwhere(np.asarray(new["seeds"] != state["seeds"]))
+        assert set(changed[:, 0].tolist()) <= set(np.asarray(idx).tolist())
+        assert sorted(np.asarray(new["seeds"]).ravel().tolist()) == list(range(n * k))
+        new_total = _dataset_cost(new, data, shape)
+        assert new_total <= total * (1 + 1e-6)  # float32 re-summation of identical terms
+        assert float(m["coupling/cost_after"]) <= float(m["coupling/cost_before"])
+        # The returned noise is the noise of the written-back seeds (cache drawn as loom.py).
+        cache = jax.random.randint(jax.random.key(step), (b,), 0, k)
+        np.testing.assert_array_equal(
+            np.asarray(out["x1"]), np.asarray(loom_noise(new, new["seeds"][idx, cache], shape)))
+        state, total = new, new_total
+    assert total < _dataset_cost(loom.init(jax.random.key(1)), data, shape)
+
+
+def test_wcfm_weights_mean_one_and_proportional_to_gibbs():
+    shape = (4,)
+    wc = make_coupling(_cfg(name="wcfm", kappa=0.5), data_shape=shape)
+    out, _, m = jax.jit(wc.apply)(jax.random.key(0), _batch(64, shape, scale=1.0), {})
+    w = np.asarray(out["weight"], np.float64)
+    c = np.asarray(pair_cost(out["x0"], out["x1"]), np.float64)
+    eps = 0.5 * math.sqrt(4)
+    np.testing.assert_allclose(w.mean(), 1.0, rtol=1e-5)
+    ratio = w / np.exp(-(c - c.min()) / eps)
+    np.testing.assert_allclose(ratio / ratio.mean(), 1.0, rtol=1e-4)
+    np.testing.assert_allclose(float(m["coupling/ess"]), w.sum() ** 2 / (w**2).sum(), rtol=1e-4)
+    # Log-space normalisation survives costs that would underflow exp(−c/ε).
+    w2, ess = gibbs_weights(jnp.asarray([1e4, 1e4 + 1.0]), 1.0)
+    np.testing.assert_allclose(np.asarray(w2), 2 * np.array([1, np.exp(-1)]) / (1 + np.exp(-1)),
+                               rtol=1e-5)
+
+
+def test_projection_with_permutation_plan_uses_each_image_and_noise_once():
+    n, shape = 16, (3,)
+    y = jax.random.normal(jax.random.key(0), (n,) + shape)
+    sigma = np.asarray(jax.random.permutation(jax.random.key(1), n))
+    x_hat0 = y[sigma] + 1e-3 * jax.random.normal(jax.random.key(2), (n,) + shape)
+    x1 = jax.random.normal(jax.random.key(3), (n,) + shape)
+    plan = jax.nn.one_hot(sigma, n) / n
+    for mode in ("sample", "argmax"):
+        np.testing.assert_array_equal(np.asarray(pairs_from_plan(jax.random.key(4), plan,
+                                                                 mode=mode)), sigma)
+        out, m = jax.jit(lambda k, a, b, c, mode=mode: project_pairs(
+            k, a, b, c, epsilon=1e-3, mode=mode))(jax.random.key(5), x_hat0, x1, y)
+        assert sorted(np.asarray(out["j"]).tolist()) == list(range(n))  # each image once
+        np.testing.assert_array_equal(np.asarray(out["j"]), sigma)
+        np.testing.assert_array_equal(np.asarray(out["x1"]), np.asarray(x1))  # each noise once
+        np.testing.assert_allclose(np.asarray(out["x0"]), np.asarray(y[sigma]))
+        assert float(m["projection/unique_fraction"]) == 1.0
+
+
+def test_lambda_search_picks_largest_lambda_within_budget():
+    x_hat0 = jax.random.normal(jax.random.key(0), (24, 2)) + jnp.array([1.0, 0.0])
+    y = jax.random.normal(jax.random.key(1), (24, 2))
+    lambdas = (0.01, 1.0, 100.0, None)
+    search = jax.jit(lambda b: search_lambda(x_hat0, y, budget=b, lambdas=lambdas,
+                                             epsilon=0.05)[:2])
+    idx, disps = search(jnp.inf)
+    d = np.asarray(disps)
+    assert int(idx) == len(lambdas) - 1
+    assert np.all(np.diff(d) >= -1e-3 * d.max())  # a harder marginal displaces more
+    mid = 0.5 * (d[1] + d[2])
+    assert int(search(mid)[0]) == 1
+    assert int(search(-1.0)[0]) == 0  # nothing fits: the loosest λ
+
+
+def test_mixing_exact_counts_and_sources():
+    b = 10
+    src = {name: {"x0": jnp.full((b, 2), v), "x1": jnp.full((b, 2), -v)}
+           for name, v in (("backward", 1.0), ("forward", 2.0), ("projected", 3.0))}
+    fr = {"backward": 0.5, "forward": 0.3, "projected": 0.2}
+    out = mix_sources(jax.random.key(0), src, fr, mode="exact")
+    assert np.bincount(np.asarray(out["source"]), minlength=3).tolist() == [5, 3, 2]
+    np.testing.assert_array_equal(np.asarray(out["x0"][:, 0]),
+                                  np.array([1.0, 2.0, 3.0])[np.asarray(out["source"])])
+    assert mixture_counts([1 / 3] * 3, 10).tolist() == [4, 3, 3]
+    one = mix_sources(jax.random.key(1), src, {"backward": 1.0, "forward": 0.0,
+                                               "projected": 0.0})
+    assert np.all(np.asarray(one["x0"]) == 1.0)
+
+
+@pytest.mark.parametrize("field,value", [("name", "foo"), ("cost", "l1"), ("method", "emd"),
+                                         ("epsilon", 0.0), ("ot_batch_factor", 0),
+                                         ("num_caches", 0), ("kappa", -1.0),
+                                         ("resolution_bits", 30)])
+def test_config_errors_name_the_field(field, value):
+    with pytest.raises(ValueError, match=f"coupling.{field}="):
+        make_coupling(_cfg(**{field: value}), data_shape=(2,))
+
+
+def test_loom_needs_num_data():
+    with pytest.raises(ValueError, match="num_data"):
+        make_coupling(_cfg(name="loom"), data_shape=(2,))
