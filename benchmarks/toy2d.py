@@ -11,8 +11,9 @@ pairs, then every student trained with the same MLP, steps and initialisation. M
 - ``2rf++``: U-shaped t (a = 4), pseudo-Huber on the velocity, backward pairs, Euler;
 - ``simple_reflow``: normalised loss, 10^t, forward pairs ρ = 0.4, DPM-Solver-2 (r = 0.4) on
   the sigmoid grid (κ = 20);
-- coupling methods (1-RF from scratch with another coupling) are listed in ``METHODS`` with
-  ``kind = "coupling"``.
+- ``ot-cfm``, ``loom-cfm``, ``w-cfm``: a 1-RF trained from scratch (the teacher's steps) with
+  minibatch OT, LOOM-CFM's persistent assignment (a fixed set of 16,384 samples) or W-CFM's
+  Gibbs weights, sampled with Euler.
 
 FILE receives a JSON list of records ``{"task", "method", "seed", "solver", "nfe", "w2",
 "w2_floor", "straightness"}`` (plus ``budget``), one per task/method/seed/solver/NFE budget;
@@ -30,7 +31,6 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,6 +46,7 @@ from simple_reflow.train.toy import (  # noqa: E402
     ONE_RF_TIME,
     TOY_SHAPE,
     generate_toy_pairs,
+    make_data_batch_fn,
     teacher_fn,
     train_flow,
 )
@@ -66,6 +67,11 @@ METHODS = {
     "simple_reflow": {"kind": "student", "solvers": [DPM2], "rho": 0.4,
                       "loss": {"distance": "l2", "normalize": True, "space": "denoiser"},
                       "time": {"dist": "exp10"}},
+    # 1-RF from scratch with other couplings (teachers in their own right), Euler like 1-RF.
+    "ot-cfm": {"kind": "coupling", "solvers": [EULER], "coupling": {"name": "ot"}},
+    "loom-cfm": {"kind": "coupling", "solvers": [EULER], "num_data": 16_384,
+                 "coupling": {"name": "loom"}},
+    "w-cfm": {"kind": "coupling", "solvers": [EULER], "coupling": {"name": "wcfm"}},
 }
 
 
@@ -135,18 +141,14 @@ def run_task(task, seed, args, workroot):
         else:  # a 1-RF trained from scratch with another coupling
             mcfg = copy.deepcopy(cfg)
             mcfg.coupling = _override(cfg.coupling, spec["coupling"])
-            coupling = make_coupling(mcfg.coupling, data_shape=TOY_SHAPE)
-            b = cfg.training.batch_size
-            data_key = jax.random.key(seed + 7)
-
-            def batch_fn(step, _, b=b, data_key=data_key):
-                return {"x0": sample_data(jax.random.fold_in(data_key, step), b),
-                        "index": step * b + jnp.arange(b, dtype=jnp.int32)}
-
+            num_data = spec.get("num_data")
+            coupling = make_coupling(mcfg.coupling, data_shape=TOY_SHAPE, num_data=num_data)
+            batch_fn, data = make_data_batch_fn(
+                task, cfg.training.batch_size * coupling.batch_factor, seed + 7, num_data)
             model_def, state = train_flow(
-                mcfg, os.path.join(workdir, name), batch_fn=batch_fn, loss_cfg=ONE_RF_LOSS,
-                time_cfg=ONE_RF_TIME, coupling=coupling, num_steps=cfg.teacher.num_steps,
-                seed=seed, desc=f"{task}/{name}")
+                mcfg, os.path.join(workdir, name), batch_fn=batch_fn, data=data,
+                loss_cfg=ONE_RF_LOSS, time_cfg=ONE_RF_TIME, coupling=coupling,
+                num_steps=cfg.teacher.num_steps, seed=seed, desc=f"{task}/{name}")
             fn = model_def.denoiser(state.ema)
         recs = _evaluate(name, fn, spec, cfg, task, seed, floor, eval_key)
         records.extend(recs)

@@ -81,8 +81,10 @@ def parse_arg(arg: str, stages=STAGES, default: str = "reflow") -> tuple[str, bo
     smoke = "smoke" in tokens
     named = [t for t in tokens if t != "smoke"]
     if len(named) > 1 or any(t not in stages for t in named):
-        raise ValueError(f"config arg {arg!r}: expected one stage of {tuple(stages)} and "
-                         "optionally 'smoke', e.g. 'teacher,smoke'.")
+        raise ValueError(
+            f"config arg {arg!r}: expected one stage of {tuple(stages)} and "
+            "optionally 'smoke', e.g. 'teacher,smoke'."
+        )
     return (named[0] if named else default), smoke
 
 
@@ -140,8 +142,7 @@ def image_config(recipe: ImageRecipe, stage: str, smoke: bool) -> ml_collections
         c.optim.warmup_steps = round(recipe.teacher_warmup_mimg * 1e6 / recipe.teacher_batch)
         c.training.batch_size = recipe.teacher_batch
         c.training.num_steps = round(recipe.teacher_mimg * 1e6 / recipe.teacher_batch)
-        c.training.ema_decay = edm_ema_decay(recipe.teacher_ema_halflife_mimg,
-                                             recipe.teacher_batch)
+        c.training.ema_decay = edm_ema_decay(recipe.teacher_ema_halflife_mimg, recipe.teacher_batch)
         c.guidance.kind = "none"
         c.guidance.w = 0.0
     else:
@@ -195,4 +196,3 @@ def apply_smoke(c: ml_collections.ConfigDict, recipe: ImageRecipe) -> None:
     c.eval.nfe = (1, 2)
     c.eval.num_samples = 8
     c.eval.accurate_steps = 2
-

@@ -37,8 +37,9 @@ def edm_weight(sigma, sigma_data: float = 0.5):
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
-def edm_loss(model, batch, key, *, p_mean: float = -1.2, p_std: float = 1.2,
-             sigma_data: float = 0.5):
+def edm_loss(
+    model, batch, key, *, p_mean: float = -1.2, p_std: float = 1.2, sigma_data: float = 0.5
+):
     """EDM's denoising loss for a flow-time denoiser (module docstring for the formulas).
 
     Args:

@@ -43,7 +43,7 @@ def image_grid(images, ncols: int, *, scale: int = 1, pad: int = 0) -> np.ndarra
     grid = np.zeros((rows * (h + pad) - pad, ncols * (w + pad) - pad, c), np.uint8)
     for i in range(n):
         r, q = divmod(i, ncols)
-        grid[r * (h + pad): r * (h + pad) + h, q * (w + pad): q * (w + pad) + w] = x[i]
+        grid[r * (h + pad) : r * (h + pad) + h, q * (w + pad) : q * (w + pad) + w] = x[i]
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     return grid
@@ -58,9 +58,15 @@ def save_image_grid(path: str, images, ncols: int, *, scale: int = 1, pad: int =
     return path
 
 
-def save_toy_figure(path: str, samples_by_label: dict, trajectories=None, *,
-                    lim: float | None = None, max_trajectories: int = 200,
-                    title: str | None = None) -> str:
+def save_toy_figure(
+    path: str,
+    samples_by_label: dict,
+    trajectories=None,
+    *,
+    lim: float | None = None,
+    max_trajectories: int = 200,
+    title: str | None = None,
+) -> str:
     """Scatter plots of 2-D sample sets side by side, optionally over their ODE trajectories.
 
     Args:
@@ -92,8 +98,7 @@ def save_toy_figure(path: str, samples_by_label: dict, trajectories=None, *,
             traj = np.asarray(trajectories[label], np.float64)[:, :max_trajectories]
             ax.plot(traj[..., 0], traj[..., 1], color="0.6", lw=0.4, alpha=0.6, zorder=1)
             ax.scatter(traj[0, :, 0], traj[0, :, 1], s=2, c="0.4", zorder=2)
-        ax.scatter(pts[label][:, 0], pts[label][:, 1], s=1.5, alpha=0.6, c="C0", lw=0,
-                   zorder=3)
+        ax.scatter(pts[label][:, 0], pts[label][:, 1], s=1.5, alpha=0.6, c="C0", lw=0, zorder=3)
         ax.set_title(str(label), fontsize=9)
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)

@@ -72,8 +72,9 @@ def test_same_seed_step_same_batch_and_hosts_agree():
     assert not np.array_equal(batch_at(source, 7, 6, **kw)["index"], a["index"])
     assert not np.array_equal(batch_at(source, 8, 5, **kw)["index"], a["index"])
     for count in (2, 3, 4):
-        parts = [batch_at(source, 7, 5, process_index=i, process_count=count, **kw)
-                 for i in range(count)]
+        parts = [
+            batch_at(source, 7, 5, process_index=i, process_count=count, **kw) for i in range(count)
+        ]
         for key in a:
             np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), a[key])
     with pytest.raises(ValueError, match="batch_size=12"):
@@ -83,11 +84,12 @@ def test_same_seed_step_same_batch_and_hosts_agree():
 def test_each_epoch_visits_every_example_once():
     n, bs = 37, 8  # batches straddle epoch boundaries
     source = _ramp_source(n)
-    idx = np.concatenate([batch_at(source, 1, s, bs, random_flip=False)["index"]
-                          for s in range(2 * n)])  # 16 epochs' worth of positions
+    idx = np.concatenate(
+        [batch_at(source, 1, s, bs, random_flip=False)["index"] for s in range(2 * n)]
+    )  # 16 epochs' worth of positions
     for e in range(idx.size // n):
-        assert sorted(idx[e * n:(e + 1) * n].tolist()) == list(range(n))
-    assert not np.array_equal(idx[:n], idx[n:2 * n])  # a fresh permutation per epoch
+        assert sorted(idx[e * n : (e + 1) * n].tolist()) == list(range(n))
+    assert not np.array_equal(idx[:n], idx[n : 2 * n])  # a fresh permutation per epoch
 
 
 def test_flips_mirror_width_and_are_fair():
@@ -147,16 +149,19 @@ def test_digits_splits_are_disjoint_and_quantised():
     assert len(source) == 297 and source.shape == (8, 8, 1)
 
 
-@pytest.mark.parametrize("fields, field", [
-    (dict(name="cifar100"), "data.name='cifar100' is not one of"),
-    (dict(name="digits", random_flip=True), "data.random_flip=True"),
-    (dict(name="afhqv2"), "data.data_dir=None"),
-    (dict(name="afhqv2", data_dir="/nonexistent/afhq"), "data.data_dir='/nonexistent/afhq'"),
-    (dict(name="cifar10", image_size=-1), "data.image_size=-1"),
-    (dict(name="cifar10", source="lmdb"), "data.source='lmdb'"),
-    (dict(name="afhqv2", source="mock", conditional=True), "data.conditional=True"),
-    (dict(name="digits", split="validation"), "data.split='validation'"),
-])
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        (dict(name="cifar100"), "data.name='cifar100' is not one of"),
+        (dict(name="digits", random_flip=True), "data.random_flip=True"),
+        (dict(name="afhqv2"), "data.data_dir=None"),
+        (dict(name="afhqv2", data_dir="/nonexistent/afhq"), "data.data_dir='/nonexistent/afhq'"),
+        (dict(name="cifar10", image_size=-1), "data.image_size=-1"),
+        (dict(name="cifar10", source="lmdb"), "data.source='lmdb'"),
+        (dict(name="afhqv2", source="mock", conditional=True), "data.conditional=True"),
+        (dict(name="digits", split="validation"), "data.split='validation'"),
+    ],
+)
 def test_bad_data_config_names_the_field(fields, field):
     with pytest.raises(ValueError, match=field.replace("(", r"\(").replace(".", r"\.")):
         validate_data_config(_data(**fields))

@@ -36,15 +36,16 @@ def test_edm_loss_equals_numpy_formula():
     eps = np.asarray(jax.random.normal(k_eps, y.shape), np.float64)
     yn = np.asarray(y, np.float64)
     sigma = np.exp(P_MEAN + P_STD * n)[:, None, None, None]
-    x_ve = yn + sigma * eps                      # EDM: y + n, n ~ N(0, σ² I)
-    t = sigma / (1.0 + sigma)                    # METHOD.md §1: σ = t/(1 − t)
+    x_ve = yn + sigma * eps  # EDM: y + n, n ~ N(0, σ² I)
+    t = sigma / (1.0 + sigma)  # METHOD.md §1: σ = t/(1 − t)
     d_edm = 0.7 * x_ve / (1.0 + sigma) + 0.3 * t  # D_EDM(x; σ) = D(x/(1 + σ), σ/(1 + σ))
     weight = (sigma**2 + SIGMA_DATA**2) / (sigma * SIGMA_DATA) ** 2
     per = (weight * (d_edm - yn) ** 2).reshape(16, -1).mean(axis=1)
     # float32 arithmetic on O(1)–O(100) terms: relative error ~1e-6.
     np.testing.assert_allclose(float(loss), per.mean(), rtol=2e-5)
     np.testing.assert_allclose(
-        float(metrics["train/edm_mse"]), ((d_edm - yn) ** 2).mean(), rtol=2e-5)
+        float(metrics["train/edm_mse"]), ((d_edm - yn) ** 2).mean(), rtol=2e-5
+    )
     np.testing.assert_array_equal(seen["cond"], cond)
     assert seen["key"] is not None  # dropout is on while training
 

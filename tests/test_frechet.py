@@ -38,16 +38,23 @@ def test_general_covariances_match_sqrtm_and_are_symmetric():
     rng = np.random.default_rng(1)
     c1, c2 = _random_cov(rng, 12), _random_cov(rng, 12)
     mu1, mu2 = rng.normal(size=12), rng.normal(size=12)
-    ref = (np.sum((mu1 - mu2) ** 2) + np.trace(c1) + np.trace(c2)
-           - 2.0 * np.trace(scipy.linalg.sqrtm(c1 @ c2)).real)
+    ref = (
+        np.sum((mu1 - mu2) ** 2)
+        + np.trace(c1)
+        + np.trace(c2)
+        - 2.0 * np.trace(scipy.linalg.sqrtm(c1 @ c2)).real
+    )
     got = frechet_distance_from_stats(mu1, c1, mu2, c2)
     assert got == pytest.approx(ref, rel=1e-8)
     assert frechet_distance_from_stats(mu2, c2, mu1, c1) == pytest.approx(got, rel=1e-10)
     assert frechet_distance_from_stats(mu1, c1, mu1, c1) == pytest.approx(0.0, abs=1e-10)
     # Rank-deficient covariances (fewer samples than dimensions) stay finite and exact.
     l1, l2 = _random_cov(rng, 12, rank=3), _random_cov(rng, 12, rank=5)
-    ref = np.trace(l1) + np.trace(l2) - 2.0 * np.sum(
-        np.sqrt(np.clip(np.linalg.eigvals(l1 @ l2).real, 0, None)))
+    ref = (
+        np.trace(l1)
+        + np.trace(l2)
+        - 2.0 * np.sum(np.sqrt(np.clip(np.linalg.eigvals(l1 @ l2).real, 0, None)))
+    )
     assert frechet_distance_from_stats(mu1, l1, mu1, l2) == pytest.approx(ref, rel=1e-6)
 
 

@@ -9,8 +9,9 @@ from simple_reflow.viz import image_grid, save_image_grid, save_toy_figure, to_u
 
 
 def test_to_uint8_maps_unit_range():
-    np.testing.assert_array_equal(to_uint8(np.array([-2.0, -1.0, 0.0, 1.0, 3.0])),
-                                  [0, 0, 128, 255, 255])  # rint(127.5) = 128 (round-half-even)
+    np.testing.assert_array_equal(
+        to_uint8(np.array([-2.0, -1.0, 0.0, 1.0, 3.0])), [0, 0, 128, 255, 255]
+    )  # rint(127.5) = 128 (round-half-even)
 
 
 def test_grid_layout_is_row_major_with_padding(tmp_path):
@@ -21,9 +22,9 @@ def test_grid_layout_is_row_major_with_padding(tmp_path):
     assert grid.shape == (2 * h + 1, 3 * w + 2, 3)
     for i in range(n):
         r, q = divmod(i, 3)
-        cell = grid[r * (h + 1): r * (h + 1) + h, q * (w + 1): q * (w + 1) + w]
+        cell = grid[r * (h + 1) : r * (h + 1) + h, q * (w + 1) : q * (w + 1) + w]
         assert np.all(cell == np.rint(255 * (i + 1) / 8))
-    assert np.all(grid[h + 1:, 2 * (w + 1):] == 0)  # the empty sixth cell
+    assert np.all(grid[h + 1 :, 2 * (w + 1) :] == 0)  # the empty sixth cell
     path = save_image_grid(str(tmp_path / "g" / "gray.png"), images[..., :1], ncols=5, scale=4)
     with Image.open(path) as im:
         assert im.mode == "L" and im.size == (5 * w * 4, h * 4)

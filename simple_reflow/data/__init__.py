@@ -44,6 +44,7 @@ from simple_reflow.data.images import (
     mock_images,
 )
 from simple_reflow.data.pipeline import BatchIterator, batch_at
+from simple_reflow.data.toy import TOY_DATASETS, make_toy_sampler, sample_toy, toy_mixture
 
 __all__ = [
     "TOY_DATASETS",
@@ -56,9 +57,11 @@ __all__ = [
     "batch_at",
     "BatchIterator",
     "ArraySource",
+    "make_toy_sampler",
+    "sample_toy",
+    "toy_mixture",
 ]
 
-TOY_DATASETS = ("8gaussians", "moons", "checkerboard")
 SOURCES = ("tfds", "folder", "digits", "mock")
 
 
@@ -142,22 +145,31 @@ def data_spec(cfg_data) -> DataSpec:
     data_dir = get("data_dir", None)
     if source == "folder":
         if not data_dir:
-            _fail("data_dir", data_dir, f"must name a folder of images for data.name={name!r} "
-                  "(TFDS has no builder for it; unzip EDM's dataset_tool.py output there).")
+            _fail(
+                "data_dir",
+                data_dir,
+                f"must name a folder of images for data.name={name!r} "
+                "(TFDS has no builder for it; unzip EDM's dataset_tool.py output there).",
+            )
         if not os.path.isdir(data_dir):
             _fail("data_dir", data_dir, "is not an existing directory.")
     if source == "folder" and conditional:
-        classes = len([d for d in os.listdir(data_dir)
-                       if os.path.isdir(os.path.join(data_dir, d))])
+        classes = len([d for d in os.listdir(data_dir) if os.path.isdir(os.path.join(data_dir, d))])
     mock_examples = int(get("mock_examples", 256))
     if source == "mock" and mock_examples < 1:
         _fail("mock_examples", mock_examples, "must be positive.")
     return DataSpec(
-        name=name, source=source, shape=(size, size, channels),
-        num_classes=classes if conditional else 0, tfds_name=tfds_name,
+        name=name,
+        source=source,
+        shape=(size, size, channels),
+        num_classes=classes if conditional else 0,
+        tfds_name=tfds_name,
         image_key=get("image_key", "image") or "image",
         label_key=get("label_key", "label") or "label",
-        split=split, data_dir=data_dir, mock_examples=mock_examples)
+        split=split,
+        data_dir=data_dir,
+        mock_examples=mock_examples,
+    )
 
 
 def validate_data_config(cfg_data) -> None:
@@ -186,9 +198,16 @@ def make_image_source(cfg_data, *, split: str | None = None):
     if spec.source == "digits":
         return digits_source(split, size, conditional=bool(spec.num_classes))
     if spec.source == "folder":
-        return FolderSource(spec.data_dir, size, channels=spec.shape[2],
-                            conditional=bool(spec.num_classes))
+        return FolderSource(
+            spec.data_dir, size, channels=spec.shape[2], conditional=bool(spec.num_classes)
+        )
     native = IMAGE_DATASETS[spec.name][2]
-    return TfdsSource(spec.tfds_name, split, spec.data_dir, image_key=spec.image_key,
-                      label_key=spec.label_key, num_classes=spec.num_classes,
-                      image_size=0 if size == native else size)
+    return TfdsSource(
+        spec.tfds_name,
+        split,
+        spec.data_dir,
+        image_key=spec.image_key,
+        label_key=spec.label_key,
+        num_classes=spec.num_classes,
+        image_size=0 if size == native else size,
+    )

@@ -57,16 +57,21 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
         out = np.asarray(pil.resize((size, size), Image.LANCZOS))
         return out.reshape(size, size, image.shape[2])
     chans = [
-        np.asarray(Image.fromarray(image[..., c].astype(np.float32), mode="F").resize(
-            (size, size), Image.BILINEAR))
+        np.asarray(
+            Image.fromarray(image[..., c].astype(np.float32), mode="F").resize(
+                (size, size), Image.BILINEAR
+            )
+        )
         for c in range(image.shape[2])
     ]
     return np.stack(chans, axis=-1).astype(image.dtype)
 
 
 def _batch(x0: np.ndarray, labels, indices: np.ndarray, num_classes: int) -> dict:
-    out = {"x0": np.ascontiguousarray(x0, dtype=np.float32),
-           "index": np.asarray(indices, dtype=np.int32)}
+    out = {
+        "x0": np.ascontiguousarray(x0, dtype=np.float32),
+        "index": np.asarray(indices, dtype=np.int32),
+    }
     if num_classes:
         out["cond"] = np.asarray(labels, dtype=np.int32)
     return out
@@ -120,9 +125,17 @@ class TfdsSource:
         Lanczos-resize each image.
     """
 
-    def __init__(self, name: str, split: str = "train", data_dir=None, *,
-                 image_key: str = "image", label_key: str = "label", num_classes: int = 0,
-                 image_size: int = 0):
+    def __init__(
+        self,
+        name: str,
+        split: str = "train",
+        data_dir=None,
+        *,
+        image_key: str = "image",
+        label_key: str = "label",
+        num_classes: int = 0,
+        image_size: int = 0,
+    ):
         import tensorflow_datasets as tfds  # imported here: TFDS is slow to import
 
         self._ds = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
@@ -148,8 +161,11 @@ class TfdsSource:
         # One record at a time: TFDS 4.9's `mock_data` breaks `__getitems__`, and on real
         # array-record files per-record reads cost about the same as a batched read.
         records = [self._ds[int(i)] for i in idx]
-        images = np.stack([self._image(r) for r in records]) if len(idx) else np.zeros(
-            (0, *self.shape), np.uint8)
+        images = (
+            np.stack([self._image(r) for r in records])
+            if len(idx)
+            else np.zeros((0, *self.shape), np.uint8)
+        )
         labels = [int(r[self.label_key]) for r in records] if self.num_classes else None
         return _batch(to_unit_range(images), labels, idx, self.num_classes)
 
@@ -176,8 +192,9 @@ class FolderSource:
         numbered in sorted order.
     """
 
-    def __init__(self, root: str, image_size: int = 0, *, channels: int = 3,
-                 conditional: bool = False):
+    def __init__(
+        self, root: str, image_size: int = 0, *, channels: int = 3, conditional: bool = False
+    ):
         if not os.path.isdir(root):
             raise ValueError(f"data.data_dir={root!r} is not a directory of images.")
         self.root = root

@@ -55,17 +55,22 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 def flip_bits(seed: int, positions: np.ndarray) -> np.ndarray:
     """Whether to mirror each global position: bool ``[n]``, a fair coin per (seed, position)."""
     with np.errstate(over="ignore"):
-        h = _splitmix64(np.asarray(positions, np.uint64) ^ _splitmix64(
-            np.full(np.shape(positions), seed, np.uint64)))
+        h = _splitmix64(
+            np.asarray(positions, np.uint64)
+            ^ _splitmix64(np.full(np.shape(positions), seed, np.uint64))
+        )
     return (h >> np.uint64(63)).astype(bool)
 
 
-def host_positions(step: int, batch_size: int, process_index: int = 0,
-                   process_count: int = 1) -> np.ndarray:
+def host_positions(
+    step: int, batch_size: int, process_index: int = 0, process_count: int = 1
+) -> np.ndarray:
     """The global example positions int64 ``[batch_size // process_count]`` this host reads."""
     if batch_size % process_count:
-        raise ValueError(f"training.batch_size={batch_size} is not divisible by the "
-                         f"process count {process_count}.")
+        raise ValueError(
+            f"training.batch_size={batch_size} is not divisible by the "
+            f"process count {process_count}."
+        )
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, {process_count})")
     per_host = batch_size // process_count
@@ -73,8 +78,16 @@ def host_positions(step: int, batch_size: int, process_index: int = 0,
     return np.arange(start, start + per_host, dtype=np.int64)
 
 
-def batch_at(source, seed: int, step: int, batch_size: int, *, random_flip: bool,
-             process_index: int = 0, process_count: int = 1) -> dict:
+def batch_at(
+    source,
+    seed: int,
+    step: int,
+    batch_size: int,
+    *,
+    random_flip: bool,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> dict:
     """This host's slice of global batch ``step``.
 
     Args:
@@ -111,13 +124,27 @@ class BatchIterator:
     context manager (or call :meth:`close`) to stop the thread.
     """
 
-    def __init__(self, source, seed: int, batch_size: int, *, start_step: int = 0,
-                 random_flip: bool = False, process_index: int = 0, process_count: int = 1,
-                 prefetch: int = 2):
+    def __init__(
+        self,
+        source,
+        seed: int,
+        batch_size: int,
+        *,
+        start_step: int = 0,
+        random_flip: bool = False,
+        process_index: int = 0,
+        process_count: int = 1,
+        prefetch: int = 2,
+    ):
         self.step = int(start_step)
-        self._args = dict(source=source, seed=seed, batch_size=batch_size,
-                          random_flip=random_flip, process_index=process_index,
-                          process_count=process_count)
+        self._args = dict(
+            source=source,
+            seed=seed,
+            batch_size=batch_size,
+            random_flip=random_flip,
+            process_index=process_index,
+            process_count=process_count,
+        )
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._produce, daemon=True)

@@ -43,8 +43,9 @@ def frechet_distance_from_stats(mu1, cov1, mu2, cov2) -> float:
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     cov1, cov2 = np.atleast_2d(cov1).astype(np.float64), np.atleast_2d(cov2).astype(np.float64)
     if mu1.shape != mu2.shape or cov1.shape != cov2.shape:
-        raise ValueError(f"mismatched statistics: {mu1.shape}/{cov1.shape} vs "
-                         f"{mu2.shape}/{cov2.shape}")
+        raise ValueError(
+            f"mismatched statistics: {mu1.shape}/{cov1.shape} vs {mu2.shape}/{cov2.shape}"
+        )
     s1 = _psd_sqrt(cov1)
     m = s1 @ cov2 @ s1
     cross = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2.0), 0.0, None)))

@@ -1,0 +1,92 @@
+"""Every dataset config builds for each stage and its smoke variant, and validates."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+pytest.importorskip("simple_reflow.couplings", reason="configs/common.py needs the couplings")
+
+from configs.image_stages import edm_ema_decay, parse_arg  # noqa: E402
+from simple_reflow.data import data_spec, validate_data_config  # noqa: E402
+
+DATASETS = ("cifar10", "afhqv2", "ffhq", "imagenet64", "digits")
+STAGES = ("teacher", "pairs", "reflow", "eval")
+
+
+def _get(name, arg):
+    return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+@pytest.mark.parametrize("name", DATASETS)
+@pytest.mark.parametrize("stage", STAGES)
+def test_smoke_configs_build_and_validate(name, stage):
+    c = _get(name, f"{stage},smoke")
+    assert c.stage == stage and c.data.name == name
+    validate_data_config(c.data)  # smoke data (mock or digits) needs no download or folder
+    spec = data_spec(c.data)
+    assert spec.num_classes == c.model.num_classes
+    assert c.training.num_steps <= 5 and c.training.batch_size <= 8
+    from simple_reflow.models import validate_model_config
+
+    validate_model_config(c.model, data_shape=spec.shape)
+
+
+@pytest.mark.parametrize("name", DATASETS)
+@pytest.mark.parametrize("stage", STAGES)
+def test_full_configs_build(name, stage):
+    c = _get(name, stage)
+    assert c.stage == stage
+    assert c.loss.kind == ("edm" if stage == "teacher" else "flow")
+    if name in ("afhqv2", "ffhq"):  # folder datasets: data_dir must be given
+        with pytest.raises(ValueError, match="data.data_dir=None"):
+            validate_data_config(c.data)
+    else:
+        validate_data_config(c.data)
+    from simple_reflow.models import validate_model_config
+
+    if name != "digits":
+        validate_model_config(c.model, data_shape=(c.model.resolution,) * 2 + (3,))
+
+
+def test_paper_hyper_parameters():
+    c = _get("cifar10", "reflow")
+    assert (c.loss.distance, c.loss.hpf_weight, c.loss.normalize) == ("hpf", 10.0, True)
+    assert (c.model.dropout, c.pairs.rho, c.time.dist) == (0.09, 0.4, "exp10")
+    assert (c.sampler.solver, c.sampler.grid, c.sampler.kappa, c.sampler.r) == (
+        "dpm2",
+        "sigmoid",
+        20.0,
+        0.4,
+    )
+    assert (c.guidance.kind, c.guidance.w) == ("autoguidance", 0.6)
+    assert (c.optim.lr, c.training.ema_decay, c.training.num_steps, c.training.batch_size) == (
+        2e-4,
+        0.9999,
+        200_000,
+        512,
+    )
+    assert (c.pairs.num_backward, c.pairs.num_forward, c.pairs.steps) == (1_000_000, 50_000, 18)
+    t = _get("cifar10", "teacher")
+    assert (t.model.dropout, t.optim.lr, t.training.batch_size) == (0.13, 1e-3, 512)
+    assert t.training.num_steps == 390_625  # 200 Mimg / 512
+    i = _get("imagenet64", "reflow")
+    assert (i.pairs.num_backward, i.pairs.num_forward, i.pairs.steps) == (8_000_000, 4_000_000, 40)
+    assert (i.model.num_classes, i.model.label_dropout, i.guidance.kind) == (1000, 0.1, "cfg")
+    assert (i.training.batch_size, i.training.num_steps) == (1024, 500_000)
+    assert _get("afhqv2", "teacher").model.dropout == 0.25
+    assert _get("ffhq", "pairs").pairs.num_forward == 70_000
+
+
+def test_edm_ema_half_life():
+    # After one half-life of images the EMA weight of the start is exactly 1/2.
+    beta = edm_ema_decay(0.5, 512)
+    assert beta ** (0.5e6 / 512) == pytest.approx(0.5, rel=1e-12)
+
+
+def test_bad_arg_is_rejected():
+    assert parse_arg("") == ("reflow", False)
+    assert parse_arg("teacher,smoke") == ("teacher", True)
+    with pytest.raises(ValueError, match="'distill'"):
+        parse_arg("distill")
