@@ -11,6 +11,8 @@ pairs, then every student trained with the same MLP, steps and initialisation. M
 - ``2rf++``: U-shaped t (a = 4), pseudo-Huber on the velocity, backward pairs, Euler;
 - ``simple_reflow``: normalised loss, 10^t, forward pairs ρ = 0.4, DPM-Solver-2 (r = 0.4) on
   the sigmoid grid (κ = 20);
+- ``simple_reflow+projection``: the same with 20% of each batch from projected pairs
+  (balanced entropic OT of 4,096 teacher samples onto 4,096 target samples, METHOD.md §3);
 - ``ot-cfm``, ``loom-cfm``, ``w-cfm``: a 1-RF trained from scratch (the teacher's steps) with
   minibatch OT, LOOM-CFM's persistent assignment (a fixed set of 16,384 samples) or W-CFM's
   Gibbs weights, sampled with Euler.
@@ -39,6 +41,8 @@ from benchmarks.common import run_metadata, write_json  # noqa: E402
 from configs.toy2d import get_config  # noqa: E402
 from simple_reflow import pairs  # noqa: E402
 from simple_reflow.couplings import make_coupling  # noqa: E402
+from simple_reflow.couplings.mixing import mix_sources  # noqa: E402
+from simple_reflow.couplings.projection import project_pairs  # noqa: E402
 from simple_reflow.data.toy import TOY_DATASETS, make_toy_sampler  # noqa: E402
 from simple_reflow.metrics.transport import w2  # noqa: E402
 from simple_reflow.train.toy import (  # noqa: E402
@@ -67,6 +71,12 @@ METHODS = {
     "simple_reflow": {"kind": "student", "solvers": [DPM2], "rho": 0.4,
                       "loss": {"distance": "l2", "normalize": True, "space": "denoiser"},
                       "time": {"dist": "exp10"}},
+    # Simple ReFlow with 20% of the batch from projected pairs (METHOD.md §3, balanced OT).
+    "simple_reflow+projection": {"kind": "student", "solvers": [DPM2], "rho": 0.4,
+                                 "projection": 0.2,
+                                 "loss": {"distance": "l2", "normalize": True,
+                                          "space": "denoiser"},
+                                 "time": {"dist": "exp10"}},
     # 1-RF from scratch with other couplings (teachers in their own right), Euler like 1-RF.
     "ot-cfm": {"kind": "coupling", "solvers": [EULER], "coupling": {"name": "ot"}},
     "loom-cfm": {"kind": "coupling", "solvers": [EULER], "num_data": 16_384,
@@ -84,6 +94,14 @@ def _override(section, values):
 
 def _solver_cfg(cfg, values):
     return _override(cfg.sampler, {"t_max": 1.0, **values})
+
+
+def _projected_pairs(backward, sample_data, seed, n=4096):
+    """Balanced-OT projection of the first n backward pairs onto n fresh target samples."""
+    y = sample_data(jax.random.key(40_000 + seed), n)
+    out, _ = jax.jit(lambda k, xh, x1, y: project_pairs(k, xh, x1, y))(
+        jax.random.key(50_000 + seed), backward["x0"][:n], backward["x1"][:n], y)
+    return {"x0": out["x0"], "x1": out["x1"]}
 
 
 def _evaluate(name, fn, spec, cfg, task, seed, floor, key):
@@ -128,11 +146,23 @@ def run_task(task, seed, args, workroot):
             b = cfg.training.batch_size
             pair_key = jax.random.key(seed + 17)
 
-            def batch_fn(step, data, rho=rho, b=b, pair_key=pair_key):
-                return pairs.mix_pairs(jax.random.fold_in(pair_key, step), data["backward"],
-                                       data.get("forward"), rho, b)
-
             data = {"backward": backward, **({"forward": forward} if rho > 0 else {})}
+            q = spec.get("projection", 0.0)
+            if q:
+                data["projected"] = _projected_pairs(backward, sample_data, seed)
+
+            def batch_fn(step, data, rho=rho, q=q, b=b, pair_key=pair_key):
+                key = jax.random.fold_in(pair_key, step)
+                if not q:
+                    return pairs.mix_pairs(key, data["backward"], data.get("forward"), rho, b)
+                keys = jax.random.split(key, 4)
+                sources = {name: pairs.mix_pairs(k, data[name], None, 0.0, b)
+                           for name, k in zip(("backward", "forward", "projected"), keys[:3],
+                                              strict=True)}
+                mixed = mix_sources(keys[3], sources, {"backward": 1 - rho - q,
+                                                       "forward": rho, "projected": q})
+                return {k: mixed[k] for k in ("x0", "x1")}
+
             model_def, state = train_flow(
                 mcfg, os.path.join(workdir, name), batch_fn=batch_fn, data=data,
                 loss_cfg=mcfg.loss, time_cfg=mcfg.time, init_params=teacher_params,
