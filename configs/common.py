@@ -63,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.time.u_shape_a = 4.0
     c.time.logit_mean = 0.0
     c.time.logit_std = 1.0
+    c.time.t_max = 1.0  # training t is clipped to [1e-5, t_max] (EDM-wrapped models: 80/81)
 
     c.coupling = default_coupling_config()
 

@@ -154,6 +154,7 @@ def image_config(recipe: ImageRecipe, stage: str, smoke: bool) -> ml_collections
         c.loss.normalize = True
         c.loss.space = "denoiser"
         c.time.dist = "exp10"
+        c.time.t_max = EDM_T_MAX  # σ ≤ 80: the EDM-wrapped network's range
         c.optim.lr = recipe.reflow_lr
         c.optim.warmup_steps = 0
         c.training.batch_size = recipe.reflow_batch

@@ -129,7 +129,7 @@ def flow_loss(model, batch, key, cfg, time_cfg):
         key_t, (x0.shape[0],), time_cfg.dist, a=time_cfg.u_shape_a,
         mean=time_cfg.logit_mean, std=time_cfg.logit_std,
     )
-    t = jnp.clip(t, paths.T_EPS, 1.0).astype(x0.dtype)
+    t = jnp.clip(t, paths.T_EPS, time_cfg.get("t_max", 1.0)).astype(x0.dtype)
     x_t = paths.interpolate(x0, x1, t)
     denoised = model(x_t, t, batch.get("cond"), key=key_drop)
     delta = denoised - x0

@@ -69,5 +69,7 @@ def validate_time_config(cfg):
         raise ValueError(f"time.dist={cfg.dist!r} is not one of {TIME_DISTS}.")
     if cfg.dist == "u_shape" and not cfg.u_shape_a > 0:
         raise ValueError(f"time.u_shape_a={cfg.u_shape_a!r} must be > 0.")
+    if not 0 < cfg.get("t_max", 1.0) <= 1:
+        raise ValueError(f"time.t_max={cfg.t_max!r} must lie in (0, 1].")
     if cfg.dist == "logit_normal" and not cfg.logit_std > 0:
         raise ValueError(f"time.logit_std={cfg.logit_std!r} must be > 0.")
