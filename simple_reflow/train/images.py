@@ -230,7 +230,8 @@ def run_eval(cfg, workdir):
             fd = frechet_distance(out.reshape(n, -1), ref.reshape(n, -1))
             results[f"eval/{name}/fd_pixel@nfe={nfe}"] = fd
             save_image_grid(os.path.join(workdir, f"samples_{name}_nfe{nfe}.png"),
-                            np.clip(out[:64], -1, 1), ncols=8, scale=4 if shape[0] <= 16 else 1)
+                            np.clip(out[:64], -1, 1), ncols=8, scale=4 if shape[0] <= 16 else 1,
+                            pad=1)
             lines.append(f"{name:>8} NFE {nfe:>3}: pixel FD {fd:.3f}")
     with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
         json.dump(results, f, indent=1)
