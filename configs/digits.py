@@ -18,7 +18,9 @@ parameters). Measured on this 2-core CPU (``/tmp`` scratch script of the data en
 loss, batch 128): 172 ms per training step, 153 ms per forward pass at batch 512. A 1,500-step
 teacher (batch 128, lr 1e-3, 200-step warm-up) reached pixel FD 1.23 (raw weights) / 2.16
 (EMA 0.999, which lags in so short a run; hence EMA 0.995 here) at Heun 18 steps, with
-digit-like samples. Budget: teacher ~4.5 min, pairs ~1 min, reflow ~4.5 min, eval ~1 min.
+digit-like samples. Measured end to end with the four commands above on a 2-core CPU: teacher
+307 s, pairs 81 s, reflow 214 s (1,000 steps), eval 65 s — 11 min 21 s in all; pixel FD at
+9 NFE: student 1.263, teacher 1.742.
 """
 
 from __future__ import annotations
