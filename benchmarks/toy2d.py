@@ -15,7 +15,7 @@ pairs, then every student trained with the same MLP, steps and initialisation. M
   (balanced entropic OT of 4,096 teacher samples onto 4,096 target samples, METHOD.md §3);
 - ``ot-cfm``, ``loom-cfm``, ``w-cfm``: a 1-RF trained from scratch (the teacher's steps) with
   minibatch OT, LOOM-CFM's persistent assignment (a fixed set of 16,384 samples) or W-CFM's
-  Gibbs weights, sampled with Euler.
+  Gibbs weights (ε = κ·√2, ``--wcfm-kappa``), sampled with Euler.
 
 FILE receives a JSON list of records ``{"task", "method", "seed", "solver", "nfe", "w2",
 "w2_floor", "straightness"}`` (plus ``budget``), one per task/method/seed/solver/NFE budget;
@@ -38,11 +38,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import run_metadata, write_json  # noqa: E402
-from configs.toy2d import get_config  # noqa: E402
-from simple_reflow import pairs  # noqa: E402
+from configs.toy2d import COUPLINGS, LOOM_NUM_EXAMPLES, get_config  # noqa: E402
 from simple_reflow.couplings import make_coupling  # noqa: E402
-from simple_reflow.couplings.mixing import mix_sources  # noqa: E402
-from simple_reflow.couplings.projection import project_pairs  # noqa: E402
 from simple_reflow.data.toy import TOY_DATASETS, make_toy_sampler  # noqa: E402
 from simple_reflow.metrics.transport import w2  # noqa: E402
 from simple_reflow.train.toy import (  # noqa: E402
@@ -51,7 +48,9 @@ from simple_reflow.train.toy import (  # noqa: E402
     TOY_SHAPE,
     generate_toy_pairs,
     make_data_batch_fn,
+    pair_batch_fn,
     teacher_fn,
+    toy_projected_pairs,
     train_flow,
 )
 from simple_reflow.train.toy_eval import evaluate_model  # noqa: E402
@@ -59,6 +58,8 @@ from simple_reflow.train.toy_eval import evaluate_model  # noqa: E402
 EULER = {"solver": "euler", "grid": "uniform"}
 DPM2 = {"solver": "dpm2", "grid": "sigmoid", "kappa": 20.0, "r": 0.4}
 HEUN = {"solver": "heun", "grid": "uniform"}
+
+WCFM_KAPPA = 8.0  # best mean W2 at 2 and 4 NFE of κ ∈ {2, 4, 8, 16, 64} (quick runs, seed 0)
 
 METHODS = {
     "teacher": {"kind": "teacher", "solvers": [EULER, HEUN, DPM2]},
@@ -78,10 +79,10 @@ METHODS = {
                                           "space": "denoiser"},
                                  "time": {"dist": "exp10"}},
     # 1-RF from scratch with other couplings (teachers in their own right), Euler like 1-RF.
-    "ot-cfm": {"kind": "coupling", "solvers": [EULER], "coupling": {"name": "ot"}},
-    "loom-cfm": {"kind": "coupling", "solvers": [EULER], "num_data": 16_384,
-                 "coupling": {"name": "loom"}},
-    "w-cfm": {"kind": "coupling", "solvers": [EULER], "coupling": {"name": "wcfm"}},
+    # (configs/toy2d.py:<name> trains the same 1-RF as the toy pipeline's teacher.)
+    **{name: {"kind": "coupling", "solvers": [EULER], "coupling": coupling,
+              **({"num_data": LOOM_NUM_EXAMPLES} if name == "loom-cfm" else {})}
+       for name, coupling in COUPLINGS.items()},
 }
 
 
@@ -94,14 +95,6 @@ def _override(section, values):
 
 def _solver_cfg(cfg, values):
     return _override(cfg.sampler, {"t_max": 1.0, **values})
-
-
-def _projected_pairs(backward, sample_data, seed, n=4096):
-    """Balanced-OT projection of the first n backward pairs onto n fresh target samples."""
-    y = sample_data(jax.random.key(40_000 + seed), n)
-    out, _ = jax.jit(lambda k, xh, x1, y: project_pairs(k, xh, x1, y))(
-        jax.random.key(50_000 + seed), backward["x0"][:n], backward["x1"][:n], y)
-    return {"x0": out["x0"], "x1": out["x1"]}
 
 
 def _evaluate(name, fn, spec, cfg, task, seed, floor, key):
@@ -131,7 +124,7 @@ def run_task(task, seed, args, workroot):
                sample_data(jax.random.key(20_000 + seed), n))
     eval_key = jax.random.key(30_000 + seed)  # same noise and target for every method
     teacher, teacher_params, _ = teacher_fn(cfg, workdir)
-    backward, forward = generate_toy_pairs(teacher, cfg, seed)
+    stores = generate_toy_pairs(teacher, cfg, seed)  # backward, and forward (rho = 0.4)
     records = []
     for name in args.methods:
         spec = METHODS[name]
@@ -142,27 +135,14 @@ def run_task(task, seed, args, workroot):
             mcfg = copy.deepcopy(cfg)
             mcfg.loss = _override(cfg.loss, spec["loss"])
             mcfg.time = _override(cfg.time, spec["time"])
-            rho = spec["rho"]
-            b = cfg.training.batch_size
-            pair_key = jax.random.key(seed + 17)
-
-            data = {"backward": backward, **({"forward": forward} if rho > 0 else {})}
-            q = spec.get("projection", 0.0)
-            if q:
-                data["projected"] = _projected_pairs(backward, sample_data, seed)
-
-            def batch_fn(step, data, rho=rho, q=q, b=b, pair_key=pair_key):
-                key = jax.random.fold_in(pair_key, step)
-                if not q:
-                    return pairs.mix_pairs(key, data["backward"], data.get("forward"), rho, b)
-                keys = jax.random.split(key, 4)
-                sources = {name: pairs.mix_pairs(k, data[name], None, 0.0, b)
-                           for name, k in zip(("backward", "forward", "projected"), keys[:3],
-                                              strict=True)}
-                mixed = mix_sources(keys[3], sources, {"backward": 1 - rho - q,
-                                                       "forward": rho, "projected": q})
-                return {k: mixed[k] for k in ("x0", "x1")}
-
+            mcfg.pairs.rho = spec["rho"]
+            mcfg.pairs.projection.fraction = spec.get("projection", 0.0)
+            data = {"backward": stores["backward"]}
+            if mcfg.pairs.rho > 0:
+                data["forward"] = stores["forward"]
+            if mcfg.pairs.projection.fraction > 0:
+                data["projected"] = toy_projected_pairs(teacher, mcfg, seed, stores)
+            batch_fn = pair_batch_fn(mcfg, seed)
             model_def, state = train_flow(
                 mcfg, os.path.join(workdir, name), batch_fn=batch_fn, data=data,
                 loss_cfg=mcfg.loss, time_cfg=mcfg.time, init_params=teacher_params,
@@ -171,12 +151,17 @@ def run_task(task, seed, args, workroot):
         else:  # a 1-RF trained from scratch with another coupling
             mcfg = copy.deepcopy(cfg)
             mcfg.coupling = _override(cfg.coupling, spec["coupling"])
+            if spec["coupling"]["name"] == "wcfm":
+                mcfg.coupling.kappa = args.wcfm_kappa
             num_data = spec.get("num_data")
             coupling = make_coupling(mcfg.coupling, data_shape=TOY_SHAPE, num_data=num_data)
             batch_fn, data = make_data_batch_fn(
                 task, cfg.training.batch_size * coupling.batch_factor, seed + 7, num_data)
+            run_name = name
+            if spec["coupling"]["name"] == "wcfm":  # a resumed run must match its κ
+                run_name = f"{name}_kappa{args.wcfm_kappa:g}"
             model_def, state = train_flow(
-                mcfg, os.path.join(workdir, name), batch_fn=batch_fn, data=data,
+                mcfg, os.path.join(workdir, run_name), batch_fn=batch_fn, data=data,
                 loss_cfg=ONE_RF_LOSS, time_cfg=ONE_RF_TIME, coupling=coupling,
                 num_steps=cfg.teacher.num_steps, seed=seed, desc=f"{task}/{name}")
             fn = model_def.denoiser(state.ema)
@@ -221,7 +206,11 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--workdir", default=None, help="Keep the runs here (default: temp).")
+    parser.add_argument("--wcfm-kappa", type=float, default=WCFM_KAPPA,
+                        help="W-CFM temperature ε = κ·√dim.")
     args = parser.parse_args(argv)
+    if args.wcfm_kappa <= 0:
+        parser.error(f"--wcfm-kappa={args.wcfm_kappa} must be > 0")
     for m in args.methods:
         if m not in METHODS:
             parser.error(f"--methods: {m!r} is not one of {sorted(METHODS)}")

@@ -67,8 +67,7 @@ def train_figures(peak):
     key = jax.random.key(3)
 
     def batch_fn(s, d):
-        return pairs.mix_pairs(jax.random.fold_in(key, s), d["backward"], d["forward"], 0.4,
-                               BATCH)
+        return pairs.mix_pairs(jax.random.fold_in(key, s), d, pairs.pair_fractions(0.4), BATCH)
 
     state = init_state(params, optimizer, 0)
     batch = batch_fn(0, data)

@@ -78,6 +78,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.pairs.t_min = 2e-3
     c.pairs.chunk = 1024  # pairs generated per jitted call (and per file shard)
     c.pairs.dir = ml_collections.FieldReference(None, field_type=str)
+    # Coupling projection (METHOD.md §3 [recon]): a fraction of each batch from backward pairs
+    # re-paired with real data by entropic OT (OTT-JAX). Off by default.
+    c.pairs.projection = ml_collections.ConfigDict()
+    c.pairs.projection.fraction = 0.0  # share of a batch (backward gets 1 − rho − fraction)
+    c.pairs.projection.num = 4096  # backward pairs projected onto as many real samples
+    c.pairs.projection.epsilon = 0.05  # entropic ε relative to the mean cost
+    c.pairs.projection.lam = "balanced"  # "balanced" (λ = ∞) | "search" (Algorithm 2)
+    c.pairs.projection.draw = "sample"  # j(i) drawn from the plan's row i | "argmax"
 
     c.sampler = ml_collections.ConfigDict()
     c.sampler.solver = "dpm2"

@@ -189,6 +189,7 @@ def apply_smoke(c: ml_collections.ConfigDict, recipe: ImageRecipe) -> None:
     c.training.ckpt_every = 2
     c.optim.warmup_steps = min(c.optim.warmup_steps, 1)
     c.pairs.num_backward = 8
+    c.pairs.projection.num = 8
     c.pairs.num_forward = 4 if recipe.num_forward else 0
     c.pairs.steps = 2
     c.pairs.chunk = 4

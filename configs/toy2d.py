@@ -4,22 +4,44 @@ Run:
   python scripts/train.py --config configs/toy2d.py --workdir runs/toy2d
   python scripts/train.py --config configs/toy2d.py --workdir runs/moons --config.data.name=moons
   python scripts/train.py --config configs/toy2d.py:smoke --workdir /tmp/toy_smoke
+  python scripts/train.py --config configs/toy2d.py:ot-cfm --workdir runs/ot  # or loom-cfm, w-cfm
 
 ``8gaussians`` uses the analytic teacher (METHOD.md §6); ``moons`` and ``checkerboard`` first
 train a 1-rectified flow teacher. The student uses Simple ReFlow's techniques that apply to
 non-image data: loss normalisation, the 10^t time distribution, forward pairs with ρ = 0.4 and
-DPM-Solver-2 (r = 0.4) on the sigmoid grid (κ = 20).
+DPM-Solver-2 (r = 0.4) on the sigmoid grid (κ = 20). The coupling projection (METHOD.md §3) is
+off by default; ``--config.pairs.projection.fraction=0.2`` makes a fifth of each batch projected
+pairs (``--config.pairs.projection.lam=search`` picks λ by Algorithm 2).
 """
 
 from configs.common import base_config
 
+# 1-RF teachers trained with another coupling (BENCHMARKS.md B1's contenders); the pipeline
+# then evaluates that 1-RF as "teacher" and reflows it.
+COUPLINGS = {
+    "ot-cfm": {"name": "ot"},
+    "loom-cfm": {"name": "loom"},
+    "w-cfm": {"name": "wcfm"},
+}
+LOOM_NUM_EXAMPLES = 16_384  # LOOM-CFM keeps per-example state: a fixed training set
+
 
 def get_config(arg: str = ""):
+    tokens = [t for t in arg.split(",") if t]
+    unknown = [t for t in tokens if t != "smoke" and t not in COUPLINGS]
+    if unknown:
+        raise ValueError(f"config argument {unknown[0]!r} is not one of "
+                         f"{['smoke', *COUPLINGS]} (comma-separated).")
     c = base_config()
     c.stage = "pipeline"
     c.data.name = "8gaussians"
     c.teacher.kind = "auto"
     c.teacher.num_steps = 4000
+
+    # Used where a 1-RF is trained (moons, checkerboard); --config.coupling.name=ot|loom|wcfm
+    # trains it with OT-CFM, LOOM-CFM (needs --config.data.num_examples) or W-CFM. κ = 8 was the
+    # best W-CFM temperature on these sets (benchmarks/toy2d.py, mean W2 at 2 and 4 NFE).
+    c.coupling.kappa = 8.0
 
     c.model.name = "mlp"
     c.model.hidden = 256
@@ -57,10 +79,20 @@ def get_config(arg: str = ""):
     c.eval.num_samples = 5000
     c.eval.accurate_steps = 100
 
-    if "smoke" in arg.split(","):
+    coupling = [t for t in tokens if t in COUPLINGS]
+    if len(coupling) > 1:
+        raise ValueError(f"config argument {arg!r} names more than one coupling.")
+    if coupling:
+        c.teacher.kind = "train"
+        c.coupling.update(COUPLINGS[coupling[0]])
+        if coupling[0] == "loom-cfm":
+            c.data.num_examples = LOOM_NUM_EXAMPLES
+
+    if "smoke" in tokens:
         c.teacher.num_steps = 200
         c.pairs.num_backward = 2000
         c.pairs.num_forward = 500
+        c.pairs.projection.num = 500
         c.pairs.steps = 8
         c.training.num_steps = 200
         c.training.ema_decay = 0.9  # an EMA over the last ~10 of 200 steps

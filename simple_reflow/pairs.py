@@ -1,4 +1,4 @@
-"""Teacher pairs for ReFlow (METHOD.md §2) and the ρ-mixing pair source (§3).
+"""Teacher pairs for ReFlow (METHOD.md §2) and the pair source that mixes them (§3).
 
 - Backward pairs: x1 ~ N(0, I) drawn from the pair's own global index, integrated by the
   teacher from t_max (starting at x = t_max·x1 [recon]) to 0; the pair is (x̂0, x1).
@@ -8,6 +8,10 @@
   first index; a restarted run skips the finished shards, each shard is written atomically, and
   chunk c belongs to process c mod process_count, so generation resumes without losing or
   duplicating pairs and splits across hosts with no coordination.
+- A batch mixes backward, forward and projected pairs by configured fractions
+  (:func:`pair_fractions`, :func:`mix_pairs` on the device, :func:`mix_indices` +
+  :func:`gather_pairs` for pairs held on the host); projected pairs come from
+  :func:`projected_pairs` (OTT-JAX, ``couplings/projection.py``).
 """
 
 from __future__ import annotations
@@ -26,10 +30,17 @@ __all__ = [
     "forward_pairs",
     "write_pair_shards",
     "load_pair_shards",
+    "SOURCES",
+    "pair_fractions",
     "mix_indices",
     "gather_pairs",
     "mix_pairs",
+    "reconstruction_error",
+    "projected_pairs",
 ]
+
+# Pair sources of a ReFlow batch (METHOD.md §3), in the order ``mix_indices`` labels them.
+SOURCES = ("backward", "forward", "projected")
 
 
 def noise_for_indices(key, indices, shape, dtype=jnp.float32):
@@ -132,40 +143,114 @@ def load_pair_shards(out_dir, num=None):
     return out
 
 
-def mix_indices(key, num_backward, num_forward, rho, batch_size):
-    """Which pairs a batch takes: forward with probability ρ, backward otherwise [paper, §3].
-
-    Returns:
-      ``(use_forward [B] bool, backward_index [B], forward_index [B])``, drawn uniformly with
-      replacement (``forward_index`` is zeros when there are no forward pairs).
-    """
-    key_b, key_f, key_m = jax.random.split(key, 3)
-    ib = jax.random.randint(key_b, (batch_size,), 0, num_backward)
-    if not num_forward or rho == 0:
-        return jnp.zeros((batch_size,), bool), ib, jnp.zeros((batch_size,), jnp.int32)
-    i_f = jax.random.randint(key_f, (batch_size,), 0, num_forward)
-    return jax.random.bernoulli(key_m, rho, (batch_size,)), ib, i_f
+def pair_fractions(rho, projected=0.0):
+    """Batch fractions per pair source: forward ρ [paper, §3], projected q, backward the rest."""
+    if not (0 <= rho <= 1 and 0 <= projected <= 1 and rho + projected <= 1 + 1e-9):
+        raise ValueError(f"pair fractions rho={rho!r}, projected={projected!r} must be >= 0 "
+                         "with rho + projected <= 1.")
+    return {"backward": max(0.0, 1.0 - rho - projected), "forward": float(rho),
+            "projected": float(projected)}
 
 
-def gather_pairs(backward, forward, use_forward, ib, i_f, xp=jnp):
-    """Gathers a mixed batch from pair arrays (``xp``: jnp on device, np on the host)."""
-    out = {k: v[ib] for k, v in backward.items()}
-    if forward is None:
-        return out
-    for k in out:
-        m = use_forward.reshape((-1,) + (1,) * (out[k].ndim - 1))
-        out[k] = xp.where(m, forward[k][i_f], out[k])
-    return out
+def mix_indices(key, sizes, fractions, batch_size):
+    """Which pair each slot of a batch takes.
 
-
-def mix_pairs(key, backward, forward, rho, batch_size):
-    """A batch of ``batch_size`` pairs mixed with ratio ρ, on the device (inside a jit).
+    Each slot picks its source independently: forward with probability ``fractions["forward"]``
+    (the paper's "forward pair with probability ρ"), projected with ``fractions["projected"]``,
+    backward otherwise; then a pair of that source uniformly, with replacement. With only
+    backward and forward pairs this is the same random stream as a Bernoulli(ρ) mask.
 
     Args:
       key: PRNG key (fold in the step for a reproducible stream).
-      backward, forward: dicts with "x0", "x1" (and optional "cond") ``[N_b, ...]``,
-        ``[N_f, ...]``; ``forward`` may be None when ρ = 0.
+      sizes: ``{source: number of pairs}`` for the sources present.
+      fractions: ``{source: fraction}`` (see :func:`pair_fractions`); a source with a positive
+        fraction must be in ``sizes``.
+      batch_size: slots.
+
+    Returns:
+      ``source`` ``[B]`` int32 (position in :data:`SOURCES`) and ``index`` ``[B]`` int32 into it.
     """
-    n_f = 0 if forward is None else forward["x0"].shape[0]
-    use_f, ib, i_f = mix_indices(key, backward["x0"].shape[0], n_f, rho, batch_size)
-    return gather_pairs(backward, forward if n_f and rho else None, use_f, ib, i_f)
+    for name in SOURCES:
+        if fractions.get(name, 0.0) > 0 and not sizes.get(name):
+            raise ValueError(f"{name} pairs have fraction {fractions[name]} but none exist.")
+    key_b, key_f, key_s = jax.random.split(key, 3)
+    keys = {"backward": key_b, "forward": key_f, "projected": jax.random.fold_in(key, 3)}
+    f_fwd = float(fractions.get("forward", 0.0)) if sizes.get("forward") else 0.0
+    f_proj = float(fractions.get("projected", 0.0)) if sizes.get("projected") else 0.0
+    u = jax.random.uniform(key_s, (batch_size,))
+    source = jnp.where(u < f_fwd, 1, jnp.where(u < f_fwd + f_proj, 2, 0)).astype(jnp.int32)
+    index = jnp.zeros((batch_size,), jnp.int32)
+    for s, name in enumerate(SOURCES):
+        if sizes.get(name) and (s == 0 or fractions.get(name, 0.0) > 0):
+            i = jax.random.randint(keys[name], (batch_size,), 0, sizes[name])
+            index = jnp.where(source == s, i, index)
+    return source, index
+
+
+def gather_pairs(stores, source, index, xp=jnp):
+    """Gathers a mixed batch from pair stores (``xp``: jnp on device, np on the host).
+
+    Args:
+      stores: ``{source: {"x0": [N, ...], "x1": [N, ...], ...}}``; the keys common to every
+        store are gathered.
+      source, index: from :func:`mix_indices`.
+    """
+    names = [n for n in SOURCES if n in stores]
+    keys = sorted(set.intersection(*(set(stores[n]) for n in names)))
+    out = {}
+    for k in keys:
+        val = None
+        for name in names:
+            arr = stores[name][k]
+            g = arr[xp.clip(index, 0, len(arr) - 1)]
+            if val is None:
+                val = g
+            else:
+                m = (source == SOURCES.index(name)).reshape((-1,) + (1,) * (g.ndim - 1))
+                val = xp.where(m, g, val)
+        out[k] = val
+    return out
+
+
+def mix_pairs(key, stores, fractions, batch_size):
+    """A batch of ``batch_size`` pairs mixed by ``fractions``, on the device (inside a jit)."""
+    sizes = {n: stores[n]["x0"].shape[0] for n in stores}
+    source, index = mix_indices(key, sizes, fractions, batch_size)
+    return gather_pairs(stores, source, index)
+
+
+def reconstruction_error(denoise_fn, forward, grid, *, solver="heun", cond=None):
+    """Mean ``‖x̂0 − x0‖²/dim`` of forward pairs re-integrated backward from their noise end.
+
+    The default displacement budget of Algorithm 2 (METHOD.md §3 [recon]).
+    """
+    x0_hat, _ = sampler.sample(denoise_fn, forward["x1"], grid, solver=solver, cond=cond)
+    d = x0_hat - forward["x0"]
+    return jnp.mean(jnp.sum(d.reshape(d.shape[0], -1) ** 2, axis=1)) / d[0].size
+
+
+def projected_pairs(key, backward, real, *, epsilon=0.05, lam="balanced", budget=None,
+                    draw="sample"):
+    """Projected pairs ``(y_{j(i)}, x1_i)`` of backward pairs onto real data (METHOD.md §3).
+
+    Args:
+      key: PRNG key (draws ``j(i)`` from the plan's rows).
+      backward: ``{"x0": [n, ...], "x1": [n, ...]}`` teacher pairs.
+      real: ``[m, ...]`` real data.
+      epsilon: entropic ε relative to the mean cost.
+      lam: ``"balanced"`` (λ = ∞) or ``"search"`` (Algorithm 2 with ``budget``).
+      draw: ``"sample"`` from the plan's rows or ``"argmax"``.
+
+    Returns:
+      ``({"x0": [n, ...], "x1": [n, ...]}, metrics)``.
+    """
+    from simple_reflow.couplings.projection import project_pairs
+
+    if lam not in ("balanced", "search"):
+        raise ValueError(f"lam={lam!r} is not one of ('balanced', 'search').")
+    if lam == "search" and budget is None:
+        raise ValueError("lam='search' needs a displacement budget.")
+    out, metrics = project_pairs(key, backward["x0"], backward["x1"], real,
+                                 budget=budget if lam == "search" else None,
+                                 epsilon=epsilon, mode=draw)
+    return {"x0": out["x0"], "x1": out["x1"]}, metrics

@@ -90,3 +90,15 @@ def test_bad_arg_is_rejected():
     assert parse_arg("teacher,smoke") == ("teacher", True)
     with pytest.raises(ValueError, match="'distill'"):
         parse_arg("distill")
+
+
+def test_projection_on_conditional_data_is_rejected():
+    from simple_reflow.train.stages import validate_config
+
+    cfg = _get("imagenet64", "reflow,smoke")
+    cfg.pairs.projection.fraction = 0.2
+    with pytest.raises(ValueError, match="pairs.projection.fraction=0.2"):
+        validate_config(cfg)
+    cfg = _get("cifar10", "reflow,smoke")
+    cfg.pairs.projection.fraction = 0.2
+    validate_config(cfg)

@@ -1,4 +1,4 @@
-"""Couplings: exact assignment, OT-CFM, LOOM-CFM, W-CFM, projection, mixing (issue 3)."""
+"""Couplings: exact assignment, OT-CFM, LOOM-CFM, W-CFM, projection (issue 3)."""
 
 import itertools
 import math
@@ -16,7 +16,6 @@ from simple_reflow.couplings.assignment import (
     solve_assignment,
 )
 from simple_reflow.couplings.loom import loom_noise
-from simple_reflow.couplings.mixing import mix_sources, mixture_counts
 from simple_reflow.couplings.noise import noise_from_ids, pair_cost
 from simple_reflow.couplings.projection import pairs_from_plan, project_pairs, search_lambda
 from simple_reflow.couplings.wcfm import gibbs_weights
@@ -161,6 +160,24 @@ def test_loom_never_increases_dataset_cost_and_touches_only_the_batch():
     assert total < _dataset_cost(loom.init(jax.random.key(1)), data, shape)
 
 
+@pytest.mark.parametrize("idx", [[0, 5, 5, 9], [0, 5, 24, 9], [-1, 2, 3, 4]],
+                         ids=["duplicate", "past_end", "negative"])
+def test_loom_invalid_batch_leaves_the_pool_unchanged(idx):
+    n, k, shape = 24, 2, (3,)
+    data = 2.0 * jax.random.normal(jax.random.key(0), (n,) + shape)
+    loom = make_coupling(_cfg(name="loom", num_caches=k), data_shape=shape, num_data=n)
+    state = loom.init(jax.random.key(1))
+    apply = jax.jit(loom.apply)
+    idx = jnp.asarray(idx, jnp.int32)
+    _, new, m = apply(jax.random.key(0), {"x0": data[jnp.clip(idx, 0, n - 1)], "index": idx},
+                      state)
+    np.testing.assert_array_equal(np.asarray(new["seeds"]), np.asarray(state["seeds"]))
+    assert float(m["coupling/invalid_batch"]) == 1.0
+    good = jnp.asarray([0, 5, 7, 9], jnp.int32)
+    _, new, m = apply(jax.random.key(0), {"x0": data[good], "index": good}, state)
+    assert float(m["coupling/invalid_batch"]) == 0.0
+
+
 def test_wcfm_weights_mean_one_and_proportional_to_gibbs():
     shape = (4,)
     wc = make_coupling(_cfg(name="wcfm", kappa=0.5), data_shape=shape)
@@ -210,21 +227,6 @@ def test_lambda_search_picks_largest_lambda_within_budget():
     mid = 0.5 * (d[1] + d[2])
     assert int(search(mid)[0]) == 1
     assert int(search(-1.0)[0]) == 0  # nothing fits: the loosest λ
-
-
-def test_mixing_exact_counts_and_sources():
-    b = 10
-    src = {name: {"x0": jnp.full((b, 2), v), "x1": jnp.full((b, 2), -v)}
-           for name, v in (("backward", 1.0), ("forward", 2.0), ("projected", 3.0))}
-    fr = {"backward": 0.5, "forward": 0.3, "projected": 0.2}
-    out = mix_sources(jax.random.key(0), src, fr, mode="exact")
-    assert np.bincount(np.asarray(out["source"]), minlength=3).tolist() == [5, 3, 2]
-    np.testing.assert_array_equal(np.asarray(out["x0"][:, 0]),
-                                  np.array([1.0, 2.0, 3.0])[np.asarray(out["source"])])
-    assert mixture_counts([1 / 3] * 3, 10).tolist() == [4, 3, 3]
-    one = mix_sources(jax.random.key(1), src, {"backward": 1.0, "forward": 0.0,
-                                               "projected": 0.0})
-    assert np.all(np.asarray(one["x0"]) == 1.0)
 
 
 @pytest.mark.parametrize("field,value", [("name", "foo"), ("cost", "l1"), ("method", "emd"),

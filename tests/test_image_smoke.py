@@ -21,13 +21,13 @@ def cache_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("xla_cache"))
 
 
-def _stage(dataset, stage, root, cache_dir):
+def _stage(dataset, stage, root, cache_dir, extra=()):
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"),
            "--config", os.path.join(ROOT, "configs", f"{dataset}.py") + f":{stage},smoke",
            "--workdir", str(root / stage),
            f"--config.teacher.workdir={root / 'teacher'}",
            f"--config.pairs.dir={root / 'pairs'}",
-           f"--config.eval.model_dir={root / 'reflow'}"]
+           f"--config.eval.model_dir={root / 'reflow'}", *extra]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": cache_dir,
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
@@ -35,9 +35,9 @@ def _stage(dataset, stage, root, cache_dir):
     return res
 
 
-def _chain(dataset, tmp_path, cache_dir):
+def _chain(dataset, tmp_path, cache_dir, extra=()):
     for stage in STAGES:
-        _stage(dataset, stage, tmp_path, cache_dir)
+        _stage(dataset, stage, tmp_path, cache_dir, extra)
     assert (tmp_path / "teacher" / "ema.npz").exists()
     assert any(f.startswith("pairs_") for f in os.listdir(tmp_path / "pairs" / "backward"))
     assert (tmp_path / "reflow" / "ema.npz").exists()
@@ -47,8 +47,15 @@ def _chain(dataset, tmp_path, cache_dir):
     assert any(f.endswith(".png") for f in os.listdir(tmp_path / "eval"))
 
 
-def test_cifar10_smoke_stages(tmp_path, cache_dir):
-    _chain("cifar10", tmp_path, cache_dir)
+def test_cifar10_smoke_stages_with_projected_pairs(tmp_path, cache_dir):
+    # The pairs stage also writes projected pairs (λ by Algorithm 2, budget from the forward
+    # pairs) and the reflow stage mixes backward, forward and projected pairs.
+    _chain("cifar10", tmp_path, cache_dir, ("--config.pairs.projection.fraction=0.25",
+                                            "--config.pairs.projection.num=8",
+                                            "--config.pairs.projection.lam=search"))
+    projected = [f for f in os.listdir(tmp_path / "pairs" / "projected")
+                 if f.startswith("pairs_") and ".tmp" not in f]
+    assert len(projected) == 2  # 8 pairs in shards of pairs.chunk = 4
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Pair generation: per-index seeds, resumable shards, host splitting, ρ-mixing."""
+"""Pair generation: per-index seeds, resumable shards, host splitting, mixing by fractions."""
 
 import jax
 import jax.numpy as jnp
@@ -64,17 +64,51 @@ def test_hosts_split_chunks_and_together_make_the_whole(tmp_path):
     np.testing.assert_array_equal(a["x1"], b["x1"])
 
 
-def test_mix_pairs_uses_forward_with_probability_rho():
+def _stores(sizes):
+    """Store v holds pairs whose x0 = (v, i) and x1 = (−v, i): source and index are readable."""
+    return {name: {"x0": jnp.stack([jnp.full((n,), float(v)), jnp.arange(n, dtype=jnp.float32)],
+                                   1),
+                   "x1": jnp.stack([jnp.full((n,), -float(v)), jnp.arange(n, dtype=jnp.float32)],
+                                   1)}
+            for v, (name, n) in enumerate(sizes.items(), start=1)}
+
+
+@pytest.mark.parametrize("rho,q", [(0.4, 0.0), (0.3, 0.2), (0.0, 0.5)])
+def test_mix_pairs_follows_the_fractions(rho, q):
     n = 20_000
-    backward = {"x0": jnp.zeros((100, 2)), "x1": jnp.zeros((100, 2))}
-    forward = {"x0": jnp.ones((50, 2)), "x1": jnp.ones((50, 2))}
-    batch = pairs.mix_pairs(jax.random.key(0), backward, forward, 0.4, n)
-    frac = float(jnp.mean(batch["x0"][:, 0]))
-    # Binomial(n, 0.4): std √(0.24/n) ≈ 0.0035; 5 std
-    assert abs(frac - 0.4) < 0.018
-    np.testing.assert_array_equal(batch["x0"], batch["x1"])  # pairs are never split
-    only_b = pairs.mix_pairs(jax.random.key(0), backward, None, 0.0, 64)
-    assert float(jnp.abs(only_b["x0"]).sum()) == 0.0
+    sizes = {"backward": 100, "forward": 50, "projected": 30}
+    stores = _stores(sizes)
+    batch = pairs.mix_pairs(jax.random.key(0), stores, pairs.pair_fractions(rho, q), n)
+    src = np.asarray(batch["x0"][:, 0]).astype(int) - 1
+    for s, f in enumerate((1 - rho - q, rho, q)):
+        # Binomial(n, f): std √(f(1 − f)/n) ≤ 0.0036; 5 std
+        assert abs(np.mean(src == s) - f) < 0.018
+    np.testing.assert_array_equal(batch["x0"], -batch["x1"] * np.array([1, -1]))  # never split
+    idx = np.asarray(batch["x0"][:, 1]).astype(int)
+    for s, name in enumerate(pairs.SOURCES):  # each slot indexes within its own source
+        assert np.all(idx[src == s] < sizes[name])
+
+
+def test_mix_indices_backward_only_and_errors():
+    src, idx = pairs.mix_indices(jax.random.key(0), {"backward": 7}, pairs.pair_fractions(0.0),
+                                 64)
+    assert np.all(np.asarray(src) == 0) and np.all((0 <= np.asarray(idx)) & (np.asarray(idx) < 7))
+    with pytest.raises(ValueError, match="forward pairs have fraction"):
+        pairs.mix_indices(jax.random.key(0), {"backward": 7}, pairs.pair_fractions(0.4), 8)
+    with pytest.raises(ValueError, match="rho \\+ projected"):
+        pairs.pair_fractions(0.7, 0.5)
+
+
+def test_host_gather_equals_device_mix():
+    stores = _stores({"backward": 40, "forward": 9, "projected": 5})
+    fr = pairs.pair_fractions(0.4, 0.2)
+    sizes = {k: len(v["x0"]) for k, v in stores.items()}
+    src, idx = pairs.mix_indices(jax.random.key(3), sizes, fr, 256)
+    host = pairs.gather_pairs(jax.tree.map(np.asarray, stores), np.asarray(src), np.asarray(idx),
+                              xp=np)
+    dev = pairs.mix_pairs(jax.random.key(3), stores, fr, 256)
+    for k in ("x0", "x1"):
+        np.testing.assert_array_equal(host[k], np.asarray(dev[k]))
 
 
 def test_forward_pairs_need_an_increasing_grid_below_one():

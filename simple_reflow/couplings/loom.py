@@ -12,7 +12,10 @@ permutation of ``0 … N·K − 1``: the total cost over the whole dataset never
 only the batch's entries change.
 
 Requirement: the indices of one batch are distinct and lie in ``[0, num_data)`` (an
-epoch-style loader without replacement within a batch).
+epoch-style loader without replacement within a batch, like ``train.toy.make_data_batch_fn``).
+A batch that breaks it cannot be checked on the host inside a compiled step, so the step
+checks it on the device: such a batch is paired by the assignment as usual but its result is
+not written back (the pool stays a permutation), and ``coupling/invalid_batch`` is 1.
 """
 
 from __future__ import annotations
@@ -68,8 +71,12 @@ def loom_pairs(key, batch, state, data_shape, *, cost="sqeuclidean", groups=1,
     improve = jnp.sum(after) <= jnp.sum(before)
     perm = jnp.where(improve, perm, jnp.arange(b, dtype=perm.dtype))
     after = jnp.where(improve, after, before)
-    new_seeds = seeds[perm]
-    state = {**state, "seeds": seeds_table.at[idx, cache].set(new_seeds)}
+    sorted_idx = jnp.sort(idx)
+    valid = ((sorted_idx[0] >= 0) & (sorted_idx[-1] < seeds_table.shape[0])
+             & jnp.all(sorted_idx[1:] != sorted_idx[:-1]))
+    new_seeds = jnp.where(valid, seeds[perm], seeds)
+    state = {**state, "seeds": seeds_table.at[idx, cache].set(new_seeds, mode="drop")}
     metrics = {"coupling/cost_before": jnp.mean(before), "coupling/cost_after": jnp.mean(after),
-               "coupling/swaps": jnp.sum(perm != jnp.arange(b)).astype(jnp.float32)}
+               "coupling/swaps": jnp.sum(perm != jnp.arange(b)).astype(jnp.float32),
+               "coupling/invalid_batch": 1.0 - valid.astype(jnp.float32)}
     return {**batch, "x1": x1[perm]}, state, metrics

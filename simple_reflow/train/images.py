@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from simple_reflow import grids, guidance, losses, pairs, sampler
@@ -147,34 +148,81 @@ def run_pairs(cfg, workdir):
         with tqdm(total=p.num_forward, desc="forward pairs", disable=jax.process_index()) as bar:
             pairs.write_pair_shards(gen_forward, p.num_forward, p.chunk,
                                     os.path.join(workdir, "forward"), progress=bar.update, **kw)
+    if p.projection.fraction > 0:
+        _write_projected(cfg, workdir, denoise, grid_b, **kw)
     nfe_b = sampler.nfe_of(grid_b, p.solver)
     return (f"pairs in {workdir}: {p.num_backward} backward ({nfe_b} NFE each), "
-            f"{p.num_forward} forward")
+            f"{p.num_forward} forward"
+            + (f", {p.projection.num} projected" if p.projection.fraction > 0 else ""))
+
+
+def _write_projected(cfg, workdir, denoise, grid_b, *, process_index, process_count):
+    """Projected pairs (METHOD.md §3): the first ``projection.num`` backward pairs re-paired
+    with as many real images (a seeded permutation of the training set) by entropic OT."""
+    p, q = cfg.pairs, cfg.pairs.projection
+    out_dir = os.path.join(workdir, "projected")
+    if _complete(out_dir, q.num):
+        return
+    if process_count > 1:  # every host reads the backward shards the others wrote
+        multihost_utils.sync_global_devices("backward pairs written")
+    backward = pairs.load_pair_shards(os.path.join(workdir, "backward"), q.num)
+    backward = {k: jnp.asarray(backward[k][:q.num]) for k in ("x0", "x1")}
+    source = make_image_source(cfg.data)
+    order = np.random.default_rng(cfg.seed + 19).permutation(len(source))[:q.num]
+    real = jnp.asarray(source.get(np.resize(order, q.num))["x0"])
+    budget = None
+    if q.lam == "search":  # the teacher's reconstruction error on (up to 256) forward pairs
+        forward = pairs.load_pair_shards(os.path.join(workdir, "forward"), None)
+        m = min(256, len(forward["x0"]))
+        budget = pairs.reconstruction_error(
+            denoise, {k: jnp.asarray(forward[k][:m]) for k in ("x0", "x1")}, grid_b,
+            solver=p.solver)
+    projected, metrics = jax.jit(functools.partial(
+        pairs.projected_pairs, epsilon=q.epsilon, lam=q.lam, draw=q.draw))(
+        jax.random.key(cfg.seed + 23), backward, real, budget=budget)
+    projected = {k: np.asarray(v) for k, v in projected.items()}
+    if process_index == 0:
+        print("projection: " + ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items()),
+              flush=True)
+
+    def take(idx):
+        return {k: v[np.minimum(idx, q.num - 1)] for k, v in projected.items()}
+
+    pairs.write_pair_shards(take, q.num, p.chunk, out_dir, process_index=process_index,
+                            process_count=process_count)
+
+
+def _complete(out_dir, num):
+    try:
+        return len(pairs.load_pair_shards(out_dir, num)["index"]) >= num
+    except (FileNotFoundError, ValueError):
+        return False
 
 
 def run_reflow(cfg, workdir):
-    """Trains the student, initialised from the teacher, on the ρ-mixed pairs."""
+    """Trains the student, initialised from the teacher, on the mixed pairs (METHOD.md §3)."""
     p = cfg.pairs
     if not p.dir:
         raise ValueError("pairs.dir must name the workdir of the pairs stage.")
-    backward = pairs.load_pair_shards(os.path.join(p.dir, "backward"), p.num_backward)
-    forward = None
-    if p.rho > 0:
-        forward = pairs.load_pair_shards(os.path.join(p.dir, "forward"), p.num_forward)
+    fractions = pairs.pair_fractions(p.rho, p.projection.fraction)
+    num = {"backward": p.num_backward, "forward": p.num_forward, "projected": p.projection.num}
     keep = ("x0", "x1", "cond")
-    backward = {k: v for k, v in backward.items() if k in keep}
-    forward = forward and {k: v for k, v in forward.items() if k in keep}
+    stores = {}
+    for name in pairs.SOURCES:
+        if name == "backward" or fractions[name] > 0:
+            loaded = pairs.load_pair_shards(os.path.join(p.dir, name), num[name])
+            stores[name] = {k: v for k, v in loaded.items() if k in keep}
     model_def, params = _teacher(cfg)  # the student starts from the teacher's weights
     key = jax.random.key(cfg.seed + 17)
-    n_b, n_f = len(backward["x0"]), 0 if forward is None else len(forward["x0"])
-    mix = jax.jit(lambda step: pairs.mix_indices(jax.random.fold_in(key, step), n_b, n_f, p.rho,
+    sizes = {name: len(v["x0"]) for name, v in stores.items()}
+    mix = jax.jit(lambda step: pairs.mix_indices(jax.random.fold_in(key, step), sizes, fractions,
                                                  cfg.training.batch_size))
     per_host = cfg.training.batch_size // jax.process_count()
     lo = jax.process_index() * per_host
 
     def host_batch(step):
-        use_f, ib, i_f = (np.asarray(a)[lo:lo + per_host] for a in mix(step))
-        return pairs.gather_pairs(backward, forward, use_f, ib, i_f, xp=np)
+        source, index = (np.asarray(a)[lo:lo + per_host] for a in mix(step))
+        return pairs.gather_pairs(stores, source, index, xp=np)
 
     _train(cfg, workdir, model_def, params, host_batch, "student (ReFlow)")
     return f"student EMA snapshot: {os.path.join(workdir, 'ema.npz')}"

@@ -43,6 +43,20 @@ def _validate_common(cfg):
     _check(p.steps >= 1, f"pairs.steps={p.steps!r} must be >= 1.")
     _check(0 < p.t_min < 0.5, f"pairs.t_min={p.t_min!r} must lie in (0, 0.5).")
     _check(0.5 < p.t_max <= 1, f"pairs.t_max={p.t_max!r} must lie in (0.5, 1].")
+    q = p.projection
+    _check(0 <= q.fraction <= 1 - p.rho,
+           f"pairs.projection.fraction={q.fraction!r} must lie in [0, 1 - pairs.rho].")
+    if q.fraction > 0:
+        _check(0 < q.num <= p.num_backward,
+               f"pairs.projection.num={q.num!r} must lie in [1, pairs.num_backward].")
+        _check(q.epsilon > 0, f"pairs.projection.epsilon={q.epsilon!r} must be > 0.")
+        _check(q.lam in ("balanced", "search"),
+               f"pairs.projection.lam={q.lam!r} is not one of ('balanced', 'search').")
+        _check(q.lam == "balanced" or p.num_forward > 0,
+               "pairs.projection.lam='search' needs forward pairs for its budget, but "
+               "pairs.num_forward=0.")
+        _check(q.draw in ("sample", "argmax"),
+               f"pairs.projection.draw={q.draw!r} is not one of ('sample', 'argmax').")
     _check(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr!r} must be > 0.")
     t = cfg.training
     _check(t.batch_size > 0, f"training.batch_size={t.batch_size!r} must be > 0.")
@@ -75,13 +89,23 @@ def validate_config(cfg):
                f"model.dropout={cfg.model.dropout!r} must lie in [0, 1).")
         _check(cfg.teacher.num_steps > 0,
                f"teacher.num_steps={cfg.teacher.num_steps!r} must be > 0.")
-        make_coupling(cfg.coupling, data_shape=(2,))  # validates the coupling section
+        num_data = cfg.data.get("num_examples", 0)
+        _check(num_data >= 0 and num_data % cfg.training.batch_size == 0,
+               f"data.num_examples={num_data!r} must be 0 (fresh samples) or a multiple of "
+               f"training.batch_size={cfg.training.batch_size}.")
+        make_coupling(cfg.coupling, data_shape=(2,), num_data=num_data or None)  # validates it
         return
     from simple_reflow.data import validate_data_config
     from simple_reflow.models import validate_model_config
 
     _check(not toy, f"data.name={cfg.data.name!r} is toy data: use stage='pipeline'.")
     validate_data_config(cfg.data)
+    if cfg.pairs.projection.fraction > 0:
+        from simple_reflow.data import data_spec
+
+        _check(not data_spec(cfg.data).num_classes,
+               f"pairs.projection.fraction={cfg.pairs.projection.fraction!r}: projected pairs are "
+               "not supported for class-conditional data (they would need OT per class).")
     from simple_reflow.train.images import data_shape_of
 
     validate_model_config(cfg.model, data_shape=data_shape_of(cfg.data))

@@ -32,7 +32,9 @@ from simple_reflow.train.step import (
     split_model,
 )
 
-__all__ = ["build_mlp", "train_flow", "teacher_fn", "generate_toy_pairs", "run_pipeline"]
+__all__ = ["build_mlp", "train_flow", "teacher_fn", "generate_toy_pairs", "toy_projected_pairs",
+           "pair_batch_fn",
+           "run_pipeline"]
 
 TOY_SHAPE = (2,)
 
@@ -145,16 +147,22 @@ def teacher_fn(cfg, workdir):
 
 
 def generate_toy_pairs(denoise_fn, cfg, seed):
-    """Backward pairs (noise → data) and forward pairs (data → noise) on the device."""
+    """Pair stores on the device: ``{"backward", "forward"?, "projected"?: {"x0", "x1"}}``.
+
+    Backward pairs (noise → data) always; forward pairs (data → noise) when ``pairs.rho > 0``
+    or Algorithm 2 needs the teacher's reconstruction error; projected pairs when
+    ``pairs.projection.fraction > 0``.
+    """
     p = cfg.pairs
+    proj = p.projection
     key = jax.random.key(seed + 11)
     grid_b = grids.make_grid(p.grid, p.steps, t_max=p.t_max)
     gen_b = jax.jit(lambda idx: pairs.backward_pairs(
         denoise_fn, key, idx, TOY_SHAPE, grid_b, solver=p.solver)[:2])
     x0b, x1b = gen_b(jnp.arange(p.num_backward, dtype=jnp.int32))
-    backward = {"x0": x0b, "x1": x1b}
-    forward = None
-    if p.num_forward and p.rho > 0:
+    stores = {"backward": {"x0": x0b, "x1": x1b}}
+    search = proj.fraction > 0 and proj.lam == "search"
+    if p.num_forward and (p.rho > 0 or search):
         t_max_fwd = min(p.t_max, 1.0 - p.t_min)  # ε̂ needs t_max < 1
         grid_f = np.sort(grids.make_grid(p.grid, p.steps, t_max=t_max_fwd))
         grid_f = grid_f[1:] if grid_f[0] == 0 else grid_f
@@ -162,8 +170,44 @@ def generate_toy_pairs(denoise_fn, cfg, seed):
         real = make_toy_sampler(cfg.data.name)(jax.random.key(seed + 13), p.num_forward)
         gen_f = jax.jit(lambda x: pairs.forward_pairs(denoise_fn, x, grid_f, solver=p.solver)[:2])
         x0f, x1f = gen_f(real)
-        forward = {"x0": x0f, "x1": x1f}
-    return backward, forward
+        stores["forward"] = {"x0": x0f, "x1": x1f}
+    if proj.fraction > 0:
+        stores["projected"] = toy_projected_pairs(denoise_fn, cfg, seed, stores)
+    return stores
+
+
+def toy_projected_pairs(denoise_fn, cfg, seed, stores):
+    """The first ``pairs.projection.num`` backward pairs projected onto as many fresh samples.
+
+    With ``lam="search"`` the budget is the teacher's reconstruction error on (up to 1,024)
+    forward pairs of ``stores``.
+    """
+    p, proj = cfg.pairs, cfg.pairs.projection
+    budget = None
+    if proj.lam == "search":
+        grid_b = grids.make_grid(p.grid, p.steps, t_max=p.t_max)
+        budget = pairs.reconstruction_error(
+            denoise_fn, jax.tree.map(lambda a: a[:1024], stores["forward"]), grid_b,
+            solver=p.solver)
+    real = make_toy_sampler(cfg.data.name)(jax.random.key(seed + 19), proj.num)
+    first = jax.tree.map(lambda a: a[:proj.num], stores["backward"])
+    projected, _ = jax.jit(functools.partial(
+        pairs.projected_pairs, epsilon=proj.epsilon, lam=proj.lam, draw=proj.draw))(
+        jax.random.key(seed + 23), first, real, budget=budget)
+    return projected
+
+
+def pair_batch_fn(cfg, seed, fractions=None):
+    """``batch_fn(step, stores)``: a mixed batch drawn on the device from ``fold_in(key, step)``."""
+    p = cfg.pairs
+    fractions = fractions or pairs.pair_fractions(p.rho, p.projection.fraction)
+    pair_key = jax.random.key(seed + 17)
+    b = cfg.training.batch_size
+
+    def batch_fn(step, stores):
+        return pairs.mix_pairs(jax.random.fold_in(pair_key, step), stores, fractions, b)
+
+    return batch_fn
 
 
 def run_pipeline(cfg, workdir):
@@ -172,19 +216,12 @@ def run_pipeline(cfg, workdir):
 
     clock = time.perf_counter()
     teacher, teacher_params, _ = teacher_fn(cfg, workdir)
-    backward, forward = jax.block_until_ready(generate_toy_pairs(teacher, cfg, cfg.seed))
-    print(f"pairs: {cfg.pairs.num_backward} backward, {cfg.pairs.num_forward if forward else 0} "
-          f"forward ({time.perf_counter() - clock:.1f}s with the teacher)", flush=True)
-    b = cfg.training.batch_size
-    pair_key = jax.random.key(cfg.seed + 17)
-
-    def batch_fn(step, data):
-        return pairs.mix_pairs(jax.random.fold_in(pair_key, step), data["backward"],
-                               data.get("forward"), cfg.pairs.rho, b)
-
+    stores = jax.block_until_ready(generate_toy_pairs(teacher, cfg, cfg.seed))
+    print("pairs: " + ", ".join(f"{len(v['x0'])} {k}" for k, v in stores.items())
+          + f" ({time.perf_counter() - clock:.1f}s with the teacher)", flush=True)
     model_def, state = train_flow(
-        cfg, os.path.join(workdir, "student"), batch_fn=batch_fn,
-        data={"backward": backward, **({"forward": forward} if forward else {})},
+        cfg, os.path.join(workdir, "student"), batch_fn=pair_batch_fn(cfg, cfg.seed),
+        data=stores,
         loss_cfg=cfg.loss, time_cfg=cfg.time, init_params=teacher_params,
         num_steps=cfg.training.num_steps, seed=cfg.seed + 1, desc="student (ReFlow)")
     student = model_def.denoiser(state.ema)
