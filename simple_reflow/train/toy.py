@@ -191,9 +191,11 @@ def toy_projected_pairs(denoise_fn, cfg, seed, stores):
             solver=p.solver)
     real = make_toy_sampler(cfg.data.name)(jax.random.key(seed + 19), proj.num)
     first = jax.tree.map(lambda a: a[:proj.num], stores["backward"])
-    projected, _ = jax.jit(functools.partial(
+    projected, metrics = jax.jit(functools.partial(
         pairs.projected_pairs, epsilon=proj.epsilon, lam=proj.lam, draw=proj.draw))(
         jax.random.key(seed + 23), first, real, budget=budget)
+    print("projection: " + ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items())
+          + ("" if budget is None else f", budget {float(budget):.4g}"), flush=True)
     return projected
 
 
