@@ -229,28 +229,42 @@ def reconstruction_error(denoise_fn, forward, grid, *, solver="heun", cond=None)
     return jnp.mean(jnp.sum(d.reshape(d.shape[0], -1) ** 2, axis=1)) / d[0].size
 
 
-def projected_pairs(key, backward, real, *, epsilon=0.05, lam="balanced", budget=None,
-                    draw="sample"):
+BUDGET_PAIRS = 256  # forward pairs re-integrated for Algorithm 2's default budget
+
+
+def projected_pairs(key, backward, real, proj, *, denoise_fn=None, forward=None, grid=None,
+                    solver="heun"):
     """Projected pairs ``(y_{j(i)}, x1_i)`` of backward pairs onto real data (METHOD.md §3).
 
     Args:
       key: PRNG key (draws ``j(i)`` from the plan's rows).
       backward: ``{"x0": [n, ...], "x1": [n, ...]}`` teacher pairs.
       real: ``[m, ...]`` real data.
-      epsilon: entropic ε relative to the mean cost.
-      lam: ``"balanced"`` (λ = ∞) or ``"search"`` (Algorithm 2 with ``budget``).
-      draw: ``"sample"`` from the plan's rows or ``"argmax"``.
+      proj: the ``pairs.projection`` config section: ``epsilon`` (entropic ε relative to the
+        mean cost), ``lam`` (``"balanced"``, λ = ∞, or ``"search"``, Algorithm 2) and ``draw``
+        (``"sample"`` from the plan's rows or ``"argmax"``).
+      denoise_fn, forward, grid, solver: for ``lam="search"``: the budget is the teacher's
+        :func:`reconstruction_error` on the first :data:`BUDGET_PAIRS` forward pairs,
+        re-integrated on the backward ``grid``.
 
     Returns:
-      ``({"x0": [n, ...], "x1": [n, ...]}, metrics)``.
+      ``({"x0": [n, ...], "x1": [n, ...]}, metrics)``; metrics include the budget when searched.
     """
     from simple_reflow.couplings.projection import project_pairs
 
-    if lam not in ("balanced", "search"):
-        raise ValueError(f"lam={lam!r} is not one of ('balanced', 'search').")
-    if lam == "search" and budget is None:
-        raise ValueError("lam='search' needs a displacement budget.")
-    out, metrics = project_pairs(key, backward["x0"], backward["x1"], real,
-                                 budget=budget if lam == "search" else None,
-                                 epsilon=epsilon, mode=draw)
-    return {"x0": out["x0"], "x1": out["x1"]}, metrics
+    if proj.lam not in ("balanced", "search"):
+        raise ValueError(f"pairs.projection.lam={proj.lam!r} is not one of "
+                         "('balanced', 'search').")
+    budget, metrics = None, {}
+    if proj.lam == "search":
+        if forward is None or denoise_fn is None or grid is None:
+            raise ValueError("pairs.projection.lam='search' needs forward pairs, the teacher "
+                             "and the backward grid for its budget.")
+        first = {k: jnp.asarray(forward[k][:BUDGET_PAIRS]) for k in ("x0", "x1")}
+        budget = reconstruction_error(denoise_fn, first, grid, solver=solver)
+        metrics["projection/budget"] = budget
+    project = jax.jit(project_pairs, static_argnames=("epsilon", "mode"))
+    out, m = project(key, jnp.asarray(backward["x0"]), jnp.asarray(backward["x1"]),
+                     jnp.asarray(real), budget=budget, epsilon=float(proj.epsilon),
+                     mode=proj.draw)
+    return {"x0": out["x0"], "x1": out["x1"]}, {**metrics, **m}

@@ -14,11 +14,12 @@ n = 256 (ε = 1e-1 / 1e-2 / 1e-3 / 1e-4): dim 2: 0.06 / 0.26 / 0.64 / 0.82 (not 
 essentially uniform down to ε ≈ 1e-2 and becomes sharp only below ≈ 1e-3 of the mean cost.
 Use the exact solver where a sharp pairing matters.
 
-Cost (``benchmarks/couplings_speed.py``, 2-core CPU). At n = 1024, dim = 3072 the exact
-coupling takes ≈ 78 ms including the cost matrix (scipy's LSA ≈ 117 ms with its NumPy cost). On
-the toy MLP (batch 256, 2-D) an exact OT-CFM step costs ≈ 8.6× an independent one: the
-auction needs ≈ 8,000 sequential bids there (near-ties in 2-D), and even the fastest compiled
-exact solver measured (POT's network simplex, ≈ 4 ms) would make the step ≥ 3.2× as long.
+Cost (``benchmarks/couplings_speed.py``, 2-core CPU, three runs). At n = 1024, dim = 3072 the
+exact coupling takes 78–82 ms including the cost matrix (scipy's LSA 113–117 ms with its NumPy
+cost). On the toy MLP (batch 256, 2-D) an exact OT-CFM step costs 8.4–9.0× an independent one:
+the auction needs 7,000–13,000 sequential bids there (near-ties in 2-D), and even the fastest
+compiled exact solver measured (POT's network simplex, ≈ 4.3 ms) makes the step ≥ 3.1× as long.
+Exact OT within ``groups`` of 64 / 32 / 16 costs 2.5–2.9× / 1.6–1.9× / 1.4–1.6× (two runs).
 The auction is sequential (Gauss-Seidel); on accelerators each bid is a few tiny kernels, so
 expect it to be slower there than on a CPU (not measured: no accelerator was available).
 

@@ -166,20 +166,15 @@ def _write_projected(cfg, workdir, denoise, grid_b, *, process_index, process_co
     if process_count > 1:  # every host reads the backward shards the others wrote
         multihost_utils.sync_global_devices("backward pairs written")
     backward = pairs.load_pair_shards(os.path.join(workdir, "backward"), q.num)
-    backward = {k: jnp.asarray(backward[k][:q.num]) for k in ("x0", "x1")}
     source = make_image_source(cfg.data)
     order = np.random.default_rng(cfg.seed + 19).permutation(len(source))[:q.num]
-    real = jnp.asarray(source.get(np.resize(order, q.num))["x0"])
-    budget = None
-    if q.lam == "search":  # the teacher's reconstruction error on (up to 256) forward pairs
+    real = source.get(np.resize(order, q.num))["x0"]
+    forward = None
+    if q.lam == "search":
         forward = pairs.load_pair_shards(os.path.join(workdir, "forward"), None)
-        m = min(256, len(forward["x0"]))
-        budget = pairs.reconstruction_error(
-            denoise, {k: jnp.asarray(forward[k][:m]) for k in ("x0", "x1")}, grid_b,
-            solver=p.solver)
-    projected, metrics = jax.jit(functools.partial(
-        pairs.projected_pairs, epsilon=q.epsilon, lam=q.lam, draw=q.draw))(
-        jax.random.key(cfg.seed + 23), backward, real, budget=budget)
+    projected, metrics = pairs.projected_pairs(
+        jax.random.key(cfg.seed + 23), {k: backward[k][:q.num] for k in ("x0", "x1")}, real, q,
+        denoise_fn=denoise, forward=forward, grid=grid_b, solver=p.solver)
     projected = {k: np.asarray(v) for k, v in projected.items()}
     if process_index == 0:
         print("projection: " + ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items()),

@@ -33,8 +33,7 @@ from simple_reflow.train.step import (
 )
 
 __all__ = ["build_mlp", "train_flow", "teacher_fn", "generate_toy_pairs", "toy_projected_pairs",
-           "pair_batch_fn",
-           "run_pipeline"]
+           "pair_batch_fn", "run_pipeline"]
 
 TOY_SHAPE = (2,)
 
@@ -177,32 +176,22 @@ def generate_toy_pairs(denoise_fn, cfg, seed):
 
 
 def toy_projected_pairs(denoise_fn, cfg, seed, stores):
-    """The first ``pairs.projection.num`` backward pairs projected onto as many fresh samples.
-
-    With ``lam="search"`` the budget is the teacher's reconstruction error on (up to 1,024)
-    forward pairs of ``stores``.
-    """
+    """The first ``pairs.projection.num`` backward pairs projected onto as many fresh samples."""
     p, proj = cfg.pairs, cfg.pairs.projection
-    budget = None
-    if proj.lam == "search":
-        grid_b = grids.make_grid(p.grid, p.steps, t_max=p.t_max)
-        budget = pairs.reconstruction_error(
-            denoise_fn, jax.tree.map(lambda a: a[:1024], stores["forward"]), grid_b,
-            solver=p.solver)
     real = make_toy_sampler(cfg.data.name)(jax.random.key(seed + 19), proj.num)
     first = jax.tree.map(lambda a: a[:proj.num], stores["backward"])
-    projected, metrics = jax.jit(functools.partial(
-        pairs.projected_pairs, epsilon=proj.epsilon, lam=proj.lam, draw=proj.draw))(
-        jax.random.key(seed + 23), first, real, budget=budget)
-    print("projection: " + ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items())
-          + ("" if budget is None else f", budget {float(budget):.4g}"), flush=True)
+    projected, metrics = pairs.projected_pairs(
+        jax.random.key(seed + 23), first, real, proj, denoise_fn=denoise_fn,
+        forward=stores.get("forward"), grid=grids.make_grid(p.grid, p.steps, t_max=p.t_max),
+        solver=p.solver)
+    print("projection: " + ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items()),
+          flush=True)
     return projected
 
 
-def pair_batch_fn(cfg, seed, fractions=None):
+def pair_batch_fn(cfg, seed):
     """``batch_fn(step, stores)``: a mixed batch drawn on the device from ``fold_in(key, step)``."""
-    p = cfg.pairs
-    fractions = fractions or pairs.pair_fractions(p.rho, p.projection.fraction)
+    fractions = pairs.pair_fractions(cfg.pairs.rho, cfg.pairs.projection.fraction)
     pair_key = jax.random.key(seed + 17)
     b = cfg.training.batch_size
 
