@@ -3,8 +3,15 @@
 Fields of an image-model section (all read by ``simple_reflow.models.build_model`` and checked
 by ``validate_model_config`` before anything is compiled):
 
-- ``name``: ``"ddpmpp"`` (EDM's SongUNet, DDPM++) or ``"adm"`` (EDM's DhariwalUNet);
-  ``"mlp"`` (the toy denoiser) reads ``hidden`` and ``depth`` instead.
+- ``name``: ``"ddpmpp"`` or ``"ncsnpp"`` (EDM's SongUNet as EDM's ``--arch=ddpmpp`` /
+  ``--arch=ncsnpp``, the "VP" / "VE" checkpoints), ``"songunet"`` (a SongUNet with any of
+  EDM's options below) or ``"adm"`` (EDM's DhariwalUNet); ``"mlp"`` (the toy denoiser) reads
+  ``hidden`` and ``depth`` instead.
+- ``embedding_type`` (``"positional"`` | ``"fourier"``), ``channel_mult_noise``,
+  ``encoder_type`` (``"standard"`` | ``"skip"`` | ``"residual"``), ``decoder_type``
+  (``"standard"`` | ``"skip"``), ``resample_filter`` (``(1, 1)`` | ``(1, 3, 3, 1)``): EDM's
+  SongUNet options; ``ddpmpp`` and ``ncsnpp`` require their own values (validation names a
+  field that differs), ADM ignores them.
 - ``resolution``: the image size the preset is built for; data must be
   ``[resolution, resolution, C]``. 0 = any size divisible by ``2**(len(channel_mult) - 1)``.
 - ``model_channels``, ``channel_mult``, ``channel_mult_emb``, ``num_blocks``,
@@ -17,11 +24,14 @@ by ``validate_model_config`` before anything is compiled):
 - ``augment_dim``: EDM's augmentation-label input width (9 where EDM trained with its augment
   pipe); kept only so the parameter count and checkpoints match EDM's, the input is zero.
 - ``sigma_data``: σ_d of EDM's preconditioning.
+- ``dtype``: the backbone's compute dtype, ``"float32"`` (default) or ``"bfloat16"`` (mixed
+  precision for accelerators: parameters, optimizer state and preconditioning stay float32).
 - ``conv_grad``: how the 3×3 convolutions' weight gradient is computed: ``"auto"`` (batch-chunked
   on the CPU, where XLA's own is ~3× slower at 32², XLA's elsewhere), ``"chunked"``, ``"xla"``.
 
 Parameter counts (with EDM's preconditioning) equal EDM's own networks: CIFAR10 DDPM++
-55,733,891; AFHQv2/FFHQ 64² DDPM++ 61,805,571; ImageNet-64 ADM 295,899,267.
+55,733,891, NCSN++ 56,397,827; AFHQv2/FFHQ 64² DDPM++ 61,805,571, NCSN++ 62,761,091;
+ImageNet-64 ADM 295,899,267 (``tests/test_backbones.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +40,9 @@ import ml_collections
 
 __all__ = [
     "ddpmpp_cifar10",
+    "ncsnpp_cifar10",
     "ddpmpp_64",
+    "ncsnpp_64",
     "adm_imagenet64",
     "ddpmpp_smoke",
     "adm_smoke",
@@ -52,9 +64,19 @@ def _image_model(**fields) -> ml_collections.ConfigDict:
     c.label_dropout = 0.0
     c.augment_dim = 0
     c.sigma_data = 0.5
+    c.dtype = "float32"
     c.conv_grad = "auto"
+    c.embedding_type = "positional"
+    c.channel_mult_noise = 1
+    c.encoder_type = "standard"
+    c.decoder_type = "standard"
+    c.resample_filter = (1, 1)
     c.update(fields)
     return c
+
+
+_NCSNPP = dict(name="ncsnpp", embedding_type="fourier", channel_mult_noise=2,
+               encoder_type="residual", resample_filter=(1, 3, 3, 1))
 
 
 def ddpmpp_cifar10(dropout: float = 0.13) -> ml_collections.ConfigDict:
@@ -66,6 +88,12 @@ def ddpmpp_cifar10(dropout: float = 0.13) -> ml_collections.ConfigDict:
                         augment_dim=9)
 
 
+def ncsnpp_cifar10(dropout: float = 0.13) -> ml_collections.ConfigDict:
+    """EDM's CIFAR10 32² NCSN++ (``--arch=ncsnpp``, the ``*-ve.pkl`` checkpoints)."""
+    return _image_model(resolution=32, channel_mult=(2, 2, 2), dropout=dropout, augment_dim=9,
+                        **_NCSNPP)
+
+
 def ddpmpp_64(dropout: float = 0.05) -> ml_collections.ConfigDict:
     """EDM's 64² DDPM++ for AFHQv2 and FFHQ (``--cres=1,2,2,2``).
 
@@ -73,6 +101,12 @@ def ddpmpp_64(dropout: float = 0.05) -> ml_collections.ConfigDict:
     """
     return _image_model(name="ddpmpp", resolution=64, channel_mult=(1, 2, 2, 2),
                         dropout=dropout, augment_dim=9)
+
+
+def ncsnpp_64(dropout: float = 0.05) -> ml_collections.ConfigDict:
+    """EDM's 64² NCSN++ for AFHQv2 and FFHQ (``--arch=ncsnpp --cres=1,2,2,2``)."""
+    return _image_model(resolution=64, channel_mult=(1, 2, 2, 2), dropout=dropout,
+                        augment_dim=9, **_NCSNPP)
 
 
 def adm_imagenet64(dropout: float = 0.10, label_dropout: float = 0.1) -> ml_collections.ConfigDict:

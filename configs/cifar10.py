@@ -28,12 +28,14 @@ ReFlow (METHOD.md §7, the paper's best CIFAR10 settings): HPF loss λ = 10 norm
 from __future__ import annotations
 
 from configs import backbones
-from configs.image_stages import ImageRecipe, image_config, parse_arg
+from configs.image_stages import ImageRecipe, image_config
 
 RECIPE = ImageRecipe(
     name="cifar10",
     model_fn=backbones.ddpmpp_cifar10,
     smoke_model_fn=backbones.ddpmpp_smoke,
+    variants=(("ve", backbones.ncsnpp_cifar10),),
+    cond_classes=10,
     teacher_dropout=0.13,
     teacher_batch=512,
     teacher_lr=1e-3,
@@ -53,6 +55,6 @@ RECIPE = ImageRecipe(
 
 
 def get_config(arg: str = ""):
-    """``arg``: ``teacher`` | ``pairs`` | ``reflow`` (default) | ``eval``, plus ``,smoke``."""
-    stage, smoke = parse_arg(arg)
-    return image_config(RECIPE, stage, smoke)
+    """``arg``: ``teacher`` | ``pairs`` | ``reflow`` (default) | ``eval``, plus ``,smoke``,
+    ``,ve`` (NCSN++ instead of DDPM++) and ``,cond`` (class-conditional, 10 classes)."""
+    return image_config(RECIPE, arg)

@@ -69,8 +69,8 @@ RECIPE = ImageRecipe(
 
 def get_config(arg: str = ""):
     """``arg``: ``teacher`` (default) | ``pairs`` | ``reflow`` | ``eval``, plus ``,smoke``."""
-    stage, smoke = parse_arg(arg, default="teacher")
-    c = image_config(RECIPE, stage, smoke)
+    c = image_config(RECIPE, arg, default_stage="teacher")
+    smoke = parse_arg(arg, default="teacher")[1]
     c.data.split = "train"
     c.teacher.workdir = "runs/digits/teacher"
     c.pairs.dir = "runs/digits/pairs"

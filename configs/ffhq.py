@@ -27,12 +27,13 @@ Target FID at 9 NFE: 2.84 / 2.67.
 from __future__ import annotations
 
 from configs import backbones
-from configs.image_stages import ImageRecipe, image_config, parse_arg
+from configs.image_stages import ImageRecipe, image_config
 
 RECIPE = ImageRecipe(
     name="ffhq",
     model_fn=lambda: backbones.ddpmpp_64(dropout=0.05),
     smoke_model_fn=backbones.ddpmpp_smoke,
+    variants=(("ve", lambda: backbones.ncsnpp_64(dropout=0.05)),),
     teacher_dropout=0.05,
     teacher_batch=256,
     teacher_lr=2e-4,
@@ -52,6 +53,6 @@ RECIPE = ImageRecipe(
 
 
 def get_config(arg: str = ""):
-    """``arg``: ``teacher`` | ``pairs`` | ``reflow`` (default) | ``eval``, plus ``,smoke``."""
-    stage, smoke = parse_arg(arg)
-    return image_config(RECIPE, stage, smoke)
+    """``arg``: ``teacher`` | ``pairs`` | ``reflow`` (default) | ``eval``, plus ``,smoke`` and
+    ``,ve`` (NCSN++ instead of DDPM++)."""
+    return image_config(RECIPE, arg)

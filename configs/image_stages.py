@@ -4,7 +4,10 @@ Each dataset file (``cifar10.py``, ``afhqv2.py``, ``ffhq.py``, ``imagenet64.py``
 ``digits.py``) describes its dataset with a :class:`ImageRecipe` and calls
 :func:`image_config`, which starts from :func:`configs.common.base_config` and sets every
 section for one stage. ``arg`` (the part after the colon in ``--config file.py:arg``) is a
-comma-separated list: one stage of :data:`STAGES` and optionally ``smoke``.
+comma-separated list: one stage of :data:`STAGES`, optionally ``smoke``, and the dataset's
+options: an architecture token of ``ImageRecipe.variants`` (e.g. ``ve`` for EDM's NCSN++, the
+``*-ve.pkl`` checkpoints) and ``cond`` where the dataset has class labels
+(``ImageRecipe.cond_classes``), as EDM's ``edm-cifar10-32x32-cond-*.pkl``.
 
 Stages:
 
@@ -37,6 +40,8 @@ from configs.common import base_config
 __all__ = ["STAGES", "ImageRecipe", "parse_arg", "edm_ema_decay", "image_config"]
 
 STAGES = ("teacher", "pairs", "reflow", "eval")
+_SONG_ARCH = ("name", "embedding_type", "channel_mult_noise", "encoder_type", "decoder_type",
+              "resample_filter")
 EDM_T_MAX = 80.0 / 81.0  # t = σ/(1 + σ) at σ_max = 80 (simple_reflow.paths.EDM_T_MAX)
 EDM_T_MIN = 0.002 / 1.002  # t at σ_min = 0.002
 
@@ -73,19 +78,35 @@ class ImageRecipe:
     label_dropout: float = 0.0
     eval_split: str = "train"
     eval_samples: int = 50_000
+    # Options of the config arg.
+    variants: tuple = ()  # ((token, model_fn), ...): other architectures, e.g. ("ve", ncsnpp)
+    cond_classes: int = 0  # > 0: the "cond" token makes the stages class-conditional
 
 
-def parse_arg(arg: str, stages=STAGES, default: str = "reflow") -> tuple[str, bool]:
-    """``"reflow,smoke"`` → ``("reflow", True)``; no stage named gives ``default``."""
+def parse_arg(arg: str, stages=STAGES, default: str = "reflow",
+              options=()) -> tuple[str, bool, frozenset]:
+    """``"reflow,smoke,ve"`` → ``("reflow", True, {"ve"})``; no stage named gives ``default``.
+
+    ``options`` are the extra tokens the dataset accepts (architecture variants, ``cond``).
+    """
     tokens = [t.strip() for t in (arg or "").split(",") if t.strip()]
     smoke = "smoke" in tokens
-    named = [t for t in tokens if t != "smoke"]
+    chosen = frozenset(t for t in tokens if t in options)
+    named = [t for t in tokens if t != "smoke" and t not in options]
     if len(named) > 1 or any(t not in stages for t in named):
+        bad = [t for t in named if t not in stages] or named[1:]
         raise ValueError(
-            f"config arg {arg!r}: expected one stage of {tuple(stages)} and "
-            "optionally 'smoke', e.g. 'teacher,smoke'."
+            f"config arg {arg!r}: {', '.join(map(repr, bad))} not understood; expected one "
+            f"stage of {tuple(stages)}, optionally 'smoke'"
+            + (f" and options of {tuple(options)}" if options else "")
+            + ", e.g. 'teacher,smoke'."
         )
-    return (named[0] if named else default), smoke
+    return (named[0] if named else default), smoke, chosen
+
+
+def recipe_options(recipe: ImageRecipe) -> tuple[str, ...]:
+    """The option tokens a dataset accepts: its architecture variants, and ``cond``."""
+    return tuple(t for t, _ in recipe.variants) + (("cond",) if recipe.cond_classes else ())
 
 
 def edm_ema_decay(halflife_mimg: float, batch: int) -> float:
@@ -93,8 +114,20 @@ def edm_ema_decay(halflife_mimg: float, batch: int) -> float:
     return 0.5 ** (batch / (halflife_mimg * 1e6))
 
 
-def image_config(recipe: ImageRecipe, stage: str, smoke: bool) -> ml_collections.ConfigDict:
-    """The full config of one stage of an image dataset (module docstring)."""
+def image_config(recipe: ImageRecipe, arg: str = "", *,
+                 default_stage: str = "reflow") -> ml_collections.ConfigDict:
+    """The full config of one stage of an image dataset (module docstring).
+
+    Args:
+      recipe: the dataset's hyper-parameters.
+      arg: the config argument, e.g. ``"pairs"``, ``"reflow,smoke"``, ``"pairs,ve,cond"``.
+      default_stage: the stage when ``arg`` names none.
+    """
+    variants = dict(recipe.variants)
+    stage, smoke, options = parse_arg(arg, default=default_stage, options=recipe_options(recipe))
+    if len(options & set(variants)) > 1:
+        raise ValueError(f"config arg {arg!r}: choose one architecture of {tuple(variants)}")
+    model_fn = next((variants[t] for t in options if t in variants), recipe.model_fn)
     c = base_config()
     c.stage = stage
     c.data.name = recipe.name
@@ -133,7 +166,10 @@ def image_config(recipe: ImageRecipe, stage: str, smoke: bool) -> ml_collections
     c.eval.num_samples = recipe.eval_samples
     c.eval.accurate_steps = 2 * recipe.pair_steps  # Heun, ~2× the pair generator's steps
 
-    c.model = recipe.model_fn()
+    c.model = model_fn()
+    if "cond" in options:
+        c.data.conditional = True
+        c.model.num_classes = recipe.cond_classes
     if stage == "teacher":
         c.model.dropout = recipe.teacher_dropout
         c.loss.kind = "edm"
@@ -173,7 +209,10 @@ def image_config(recipe: ImageRecipe, stage: str, smoke: bool) -> ml_collections
 def apply_smoke(c: ml_collections.ConfigDict, recipe: ImageRecipe) -> None:
     """Tiny backbone, 8×8 mock data of the dataset's channels, a few steps (CPU, seconds)."""
     dropout, classes = c.model.dropout, c.model.get("num_classes", 0)
+    song = {f: c.model[f] for f in _SONG_ARCH} if c.model.name != "adm" else {}
     c.model = recipe.smoke_model_fn()
+    if c.model.name != "adm":  # the chosen SongUNet variant (DDPM++ / NCSN++), tiny
+        c.model.update(song)
     c.model.dropout = dropout
     if classes:  # 10 mock classes instead of 1000: the label embedding stays tiny
         c.model.num_classes = 10

@@ -25,7 +25,7 @@ classifier-free guidance (METHOD.md §5). [recon]: dropout 0.07 (EDM's 0.10 scal
 from __future__ import annotations
 
 from configs import backbones
-from configs.image_stages import ImageRecipe, image_config, parse_arg
+from configs.image_stages import ImageRecipe, image_config
 
 RECIPE = ImageRecipe(
     name="imagenet64",
@@ -53,5 +53,4 @@ RECIPE = ImageRecipe(
 
 def get_config(arg: str = ""):
     """``arg``: ``teacher`` | ``pairs`` | ``reflow`` (default) | ``eval``, plus ``,smoke``."""
-    stage, smoke = parse_arg(arg)
-    return image_config(RECIPE, stage, smoke)
+    return image_config(RECIPE, arg)

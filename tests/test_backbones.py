@@ -12,7 +12,7 @@ from flax import nnx
 
 from configs import backbones
 from simple_reflow import paths
-from simple_reflow.models import build_model, validate_model_config
+from simple_reflow.models import build_model, count_parameters, validate_model_config
 from simple_reflow.models.layers import class_labels, conv3x3
 
 # Reference parameter counts, obtained by instantiating EDM's own PyTorch networks
@@ -22,8 +22,13 @@ from simple_reflow.models.layers import class_labels, conv3x3
 #   AFHQv2 64²:    --arch=ddpmpp --cond=0 --cres=1,2,2,2 (augment_dim=9)      -> 61,805,571
 #   FFHQ 64²:      same network as AFHQv2 (only dropout differs)             -> 61,805,571
 #   ImageNet-64:   --arch=adm --cond=1 (label_dim=1000, augment=0)           -> 295,899,267
+#   CIFAR10 32²:   --arch=ncsnpp --cond=0 (augment_dim=9)                     -> 56,397,827
+#   AFHQv2/FFHQ:   --arch=ncsnpp --cres=1,2,2,2 (augment_dim=9)              -> 62,761,091
+# (NCSN++'s Fourier frequencies are a buffer, not a parameter, in EDM and here.)
 EDM_PARAM_COUNTS = {
     "cifar10_ddpmpp": (backbones.ddpmpp_cifar10, (32, 32, 3), 55_733_891),
+    "cifar10_ncsnpp": (backbones.ncsnpp_cifar10, (32, 32, 3), 56_397_827),
+    "afhqv2_ncsnpp": (lambda: backbones.ncsnpp_64(dropout=0.25), (64, 64, 3), 62_761_091),
     "afhqv2_ddpmpp": (lambda: backbones.ddpmpp_64(dropout=0.25), (64, 64, 3), 61_805_571),
     "ffhq_ddpmpp": (lambda: backbones.ddpmpp_64(dropout=0.05), (64, 64, 3), 61_805_571),
     "imagenet64_adm": (backbones.adm_imagenet64, (64, 64, 3), 295_899_267),
@@ -31,7 +36,7 @@ EDM_PARAM_COUNTS = {
 
 
 def _num_params(model) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    return count_parameters(model)
 
 
 def _random_model(cfg, data_shape, seed=0, scale=0.1):
@@ -220,7 +225,7 @@ def _set(**fields):
         (backbones.ddpmpp_smoke, _set(), (18, 18, 3), "model.channel_mult"),
         (backbones.ddpmpp_smoke, _set(), (16, 12, 3), "model.name"),
         (backbones.ddpmpp_smoke, _set(model_channels=34), (16, 16, 3), "model.model_channels"),
-        (backbones.adm_smoke, _set(channels_per_head=12), (16, 16, 3), "model.channels_per_head"),
+        (backbones.adm_smoke, _set(channels_per_head=0), (16, 16, 3), "model.channels_per_head"),
         (backbones.adm_smoke, _set(conv_grad="fast"), (16, 16, 3), "model.conv_grad"),
     ],
 )

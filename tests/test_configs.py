@@ -86,10 +86,26 @@ def test_edm_ema_half_life():
 
 
 def test_bad_arg_is_rejected():
-    assert parse_arg("") == ("reflow", False)
-    assert parse_arg("teacher,smoke") == ("teacher", True)
+    assert parse_arg("") == ("reflow", False, frozenset())
+    assert parse_arg("teacher,smoke") == ("teacher", True, frozenset())
+    assert parse_arg("pairs,ve,cond", options=("ve", "cond")) == ("pairs", False,
+                                                                  frozenset({"ve", "cond"}))
     with pytest.raises(ValueError, match="'distill'"):
         parse_arg("distill")
+    with pytest.raises(ValueError, match="'ve'"):
+        parse_arg("pairs,ve")  # a dataset without that option
+
+
+def test_architecture_and_cond_variants():
+    from configs import cifar10
+
+    ve = cifar10.get_config("pairs,ve,cond")
+    assert ve.model.name == "ncsnpp" and ve.model.resample_filter == (1, 3, 3, 1)
+    assert ve.model.num_classes == 10 and ve.data.conditional is True
+    assert ve.model.augment_dim == 9  # EDM's CIFAR10 networks have the augment input
+    smoke = cifar10.get_config("reflow,ve,smoke")
+    assert smoke.model.name == "ncsnpp" and smoke.model.model_channels == 16
+    assert cifar10.get_config("reflow").model.name == "ddpmpp"
 
 
 def test_projection_on_conditional_data_is_rejected():

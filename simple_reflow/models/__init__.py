@@ -12,27 +12,111 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import jax
+import numpy as np
 from flax import nnx
 
 from simple_reflow.models.dhariwal_unet import DhariwalUNet
-from simple_reflow.models.precond import EDMDenoiser, edm_coefficients
-from simple_reflow.models.song_unet import SongUNet
+from simple_reflow.models.layers import Buffer
+from simple_reflow.models.precond import COMPUTE_DTYPES, EDMDenoiser, edm_coefficients
+from simple_reflow.models.song_unet import (
+    DECODER_TYPES,
+    EMBEDDING_TYPES,
+    ENCODER_TYPES,
+    SongUNet,
+)
 
 __all__ = [
     "MODEL_NAMES",
+    "SONGUNET_VARIANTS",
     "build_model",
     "validate_model_config",
+    "count_parameters",
+    "check_same_architecture",
+    "ARCHITECTURE_FIELDS",
     "EDMDenoiser",
     "edm_coefficients",
     "SongUNet",
     "DhariwalUNet",
 ]
 
-MODEL_NAMES = ("mlp", "ddpmpp", "adm")
+# "ddpmpp" and "ncsnpp" are SongUNets with the options of SONGUNET_VARIANTS; "songunet" is a
+# SongUNet with any of EDM's options (model.embedding_type, encoder_type, ...).
+MODEL_NAMES = ("mlp", "ddpmpp", "ncsnpp", "songunet", "adm")
+SONGUNET_VARIANTS = {
+    "ddpmpp": dict(embedding_type="positional", channel_mult_noise=1, encoder_type="standard",
+                   decoder_type="standard", resample_filter=(1, 1)),
+    "ncsnpp": dict(embedding_type="fourier", channel_mult_noise=2, encoder_type="residual",
+                   decoder_type="standard", resample_filter=(1, 3, 3, 1)),
+}
+_SONGUNET_FIELDS = ("embedding_type", "channel_mult_noise", "encoder_type", "decoder_type",
+                    "resample_filter")
 _IMAGE_FIELDS = ("resolution", "model_channels", "channel_mult", "channel_mult_emb",
                  "num_blocks", "attn_resolutions", "channels_per_head", "dropout",
-                 "num_classes", "label_dropout", "augment_dim", "sigma_data")
+                 "num_classes", "label_dropout", "augment_dim", "sigma_data", "dtype",
+                 *_SONGUNET_FIELDS)
 _CONV_GRADS = ("auto", "chunked", "xla")
+
+
+# Fields that define the function a snapshot computes (dropout, dtype and conv_grad do not).
+ARCHITECTURE_FIELDS = ("name", "resolution", "model_channels", "channel_mult",
+                       "channel_mult_emb", "num_blocks", "attn_resolutions", "num_classes",
+                       "augment_dim", "sigma_data", "channels_per_head", *_SONGUNET_FIELDS)
+
+
+def check_same_architecture(expected, cfg, *, what: str) -> None:
+    """Raises a ValueError naming the first architecture field where ``cfg`` differs.
+
+    Args:
+      expected: the model section a snapshot was made with (a ConfigDict or dict).
+      cfg: the config's model section.
+      what: where ``expected`` comes from, for the message (a path, a config field).
+    """
+    def norm(v):
+        return tuple(norm(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+    adm = expected.get("name") == "adm"
+    fields = [f for f in ARCHITECTURE_FIELDS if not (f in _SONGUNET_FIELDS and adm)
+              and not (f == "channels_per_head" and not adm)]
+    for field in fields:
+        want = norm(expected.get(field))
+        got = norm(cfg.get(field)) if field in cfg else None
+        if field == "resolution" and not got:
+            continue  # 0 = any size; the data shape is checked when the model is built
+        if want != got:
+            raise ValueError(f"model.{field}={got!r} does not match {what}, which has "
+                             f"model.{field}={want!r}")
+
+
+def count_parameters(model: nnx.Module) -> int:
+    """Trainable parameters, as EDM counts them (``parameters()``: buffers excluded)."""
+    state = nnx.state(model, nnx.All(nnx.Param, nnx.Not(Buffer)))
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))
+
+
+def _validate_songunet(cfg) -> None:
+    variant = SONGUNET_VARIANTS.get(cfg.name)
+    if variant:
+        for field, value in variant.items():
+            got = tuple(cfg[field]) if field == "resample_filter" else cfg[field]
+            if got != value:
+                raise ValueError(f"model.{field}={got!r} is not {cfg.name}'s {value!r}; use "
+                                 "model.name='songunet' for other SongUNet variants")
+    if cfg.embedding_type not in EMBEDDING_TYPES:
+        raise ValueError(f"model.embedding_type must be one of {EMBEDDING_TYPES}, "
+                         f"got {cfg.embedding_type!r}")
+    if cfg.encoder_type not in ENCODER_TYPES:
+        raise ValueError(f"model.encoder_type must be one of {ENCODER_TYPES}, "
+                         f"got {cfg.encoder_type!r}")
+    if cfg.decoder_type not in DECODER_TYPES:
+        raise ValueError(f"model.decoder_type must be one of {DECODER_TYPES}, "
+                         f"got {cfg.decoder_type!r}")
+    if cfg.channel_mult_noise < 1:
+        raise ValueError(f"model.channel_mult_noise must be >= 1, got {cfg.channel_mult_noise}")
+    f = tuple(cfg.resample_filter)
+    if not f or len(f) % 2 or any(int(v) < 0 for v in f) or sum(f) <= 0:
+        raise ValueError(f"model.resample_filter must be an even-length list of non-negative "
+                         f"ints with a positive sum, like (1, 1) or (1, 3, 3, 1); got {f}")
 
 
 def _groups(channels: int) -> int:
@@ -71,10 +155,16 @@ def _validate_image(cfg, data_shape: Sequence[int]) -> None:
             raise ValueError(f"model.model_channels={cfg.model_channels} with model.channel_mult="
                              f"{mults} gives {c} channels, not divisible into EDM's "
                              f"{_groups(c)} normalisation groups")
+    if cfg.name != "adm":
+        _validate_songunet(cfg)
+    if cfg.dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"model.dtype must be one of {COMPUTE_DTYPES}, got {cfg.dtype!r}")
     if cfg.name == "adm":
-        if cfg.channels_per_head < 1 or any(c % cfg.channels_per_head for c in widths):
-            raise ValueError(f"model.channels_per_head={cfg.channels_per_head} must divide every "
-                             f"level's width {sorted(widths)}")
+        # EDM's rule: a block of width w attends with w // channels_per_head heads (none if 0).
+        heads = {w: w // cfg.channels_per_head for w in widths} if cfg.channels_per_head else {}
+        if cfg.channels_per_head < 1 or any(h and w % h for w, h in heads.items()):
+            raise ValueError(f"model.channels_per_head={cfg.channels_per_head} must be >= 1 and "
+                             f"split every level's width {sorted(widths)} into equal heads")
     if cfg.augment_dim < 0:
         raise ValueError(f"model.augment_dim must be >= 0, got {cfg.augment_dim}")
     if cfg.get("conv_grad", "auto") not in _CONV_GRADS:
@@ -124,14 +214,14 @@ def build_model(cfg, *, data_shape: Sequence[int], rngs: nnx.Rngs) -> nnx.Module
     """Builds the flow-time denoiser ``model(x_t, t, cond=None, *, key=None)`` a config names.
 
     Args:
-      cfg: the ``model`` ConfigDict; ``name`` in ``{"mlp", "ddpmpp", "adm"}``.
+      cfg: the ``model`` ConfigDict; ``name`` in :data:`MODEL_NAMES`.
       data_shape: one example's shape (``[H, W, C]`` images, ``[dim]`` vectors).
       rngs: parameter initialisation.
 
     Returns:
       ``MLPDenoiser`` for ``"mlp"`` (on ``prod(data_shape)`` features), otherwise
-      :class:`EDMDenoiser` around :class:`SongUNet` (``"ddpmpp"``) or :class:`DhariwalUNet`
-      (``"adm"``).
+      :class:`EDMDenoiser` around :class:`SongUNet` (``"ddpmpp"``, ``"ncsnpp"``,
+      ``"songunet"``) or :class:`DhariwalUNet` (``"adm"``).
     """
     validate_model_config(cfg, data_shape=data_shape)
     if cfg.name == "mlp":
@@ -140,7 +230,7 @@ def build_model(cfg, *, data_shape: Sequence[int], rngs: nnx.Rngs) -> nnx.Module
         return MLPDenoiser(math.prod(data_shape), hidden=cfg.get("hidden", 256),
                            depth=cfg.get("depth", 3), dropout=cfg.get("dropout", 0.0), rngs=rngs)
     size, _, channels = data_shape
-    backbone_cls = SongUNet if cfg.name == "ddpmpp" else DhariwalUNet
+    backbone_cls = DhariwalUNet if cfg.name == "adm" else SongUNet
     kwargs = dict(
         num_classes=cfg.num_classes, augment_dim=cfg.augment_dim,
         model_channels=cfg.model_channels, channel_mult=tuple(cfg.channel_mult),
@@ -149,5 +239,8 @@ def build_model(cfg, *, data_shape: Sequence[int], rngs: nnx.Rngs) -> nnx.Module
         label_dropout=cfg.label_dropout, conv_grad=cfg.get("conv_grad", "auto"), rngs=rngs)
     if cfg.name == "adm":
         kwargs["channels_per_head"] = cfg.channels_per_head
+    else:
+        kwargs.update({f: cfg[f] for f in _SONGUNET_FIELDS})
+        kwargs["resample_filter"] = tuple(cfg.resample_filter)
     backbone = backbone_cls(int(size), int(channels), int(channels), **kwargs)
-    return EDMDenoiser(backbone, sigma_data=cfg.sigma_data)
+    return EDMDenoiser(backbone, sigma_data=cfg.sigma_data, dtype=cfg.dtype)

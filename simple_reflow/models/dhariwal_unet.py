@@ -2,7 +2,9 @@
 
 Our re-implementation of EDM's DhariwalUNet: positional noise embedding, adaptive
 scale/shift conditioning, 64 channels per attention head, GroupNorm ε = 1e-5, parameter-free
-resampling skips, class labels added to the embedding after the mapping layers.
+resampling skips, class labels added to the embedding after the mapping layers. Sub-modules
+carry EDM's names (``enc["64x64_conv"]``, ``dec["8x8_in0"]``, ...) so checkpoints map one to
+one.
 
 The paper's configuration (EDM's ``train.py --arch=adm --cond=1`` for ImageNet-64):
 ``model_channels=192, channel_mult=(1, 2, 3, 4), num_blocks=3, attn_resolutions=(32, 16, 8),
@@ -73,41 +75,40 @@ class DhariwalUNet(nnx.Module):
                                  init_weight=float(np.sqrt(num_classes)), rngs=rngs)
                           if num_classes else None)
 
-        # Encoder.
-        enc, skips = [], []
+        # Encoder and decoder in EDM's order, with EDM's module names.
+        enc = nnx.Dict()
         cout = in_channels
         for level, mult in enumerate(channel_mult):
             res = img_resolution >> level
             if level == 0:
-                enc.append(Conv2d(cout, model_channels * mult, 3, conv_grad=conv_grad, rngs=rngs,
-                                   **init))
+                enc[f"{res}x{res}_conv"] = Conv2d(cout, model_channels * mult, 3,
+                                                  conv_grad=conv_grad, rngs=rngs, **init)
                 cout = model_channels * mult
             else:
-                enc.append(UNetBlock(cout, cout, down=True, **block_kw))
-            skips.append(cout)
-            for _ in range(num_blocks):
+                enc[f"{res}x{res}_down"] = UNetBlock(cout, cout, down=True, **block_kw)
+            for idx in range(num_blocks):
                 cin, cout = cout, model_channels * mult
-                enc.append(UNetBlock(cin, cout, attention=res in attn_resolutions, **block_kw))
-                skips.append(cout)
-        self.enc = nnx.List(enc)
+                enc[f"{res}x{res}_block{idx}"] = UNetBlock(
+                    cin, cout, attention=res in attn_resolutions, **block_kw)
+        self.enc = enc
+        self.enc_order = tuple(enc.keys())  # graph round trips sort the Dict's keys
+        skips = [m.out_channels if isinstance(m, UNetBlock) else model_channels * channel_mult[0]
+                 for m in enc.values()]
 
-        # Decoder.
-        dec, concat = [], []
+        dec = nnx.Dict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
             if level == len(channel_mult) - 1:
-                dec.append(UNetBlock(cout, cout, attention=True, **block_kw))
-                dec.append(UNetBlock(cout, cout, **block_kw))
-                concat += [False, False]
+                dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block_kw)
+                dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block_kw)
             else:
-                dec.append(UNetBlock(cout, cout, up=True, **block_kw))
-                concat.append(False)
-            for _ in range(num_blocks + 1):
+                dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block_kw)
+            for idx in range(num_blocks + 1):
                 cin, cout = cout + skips.pop(), model_channels * mult
-                dec.append(UNetBlock(cin, cout, attention=res in attn_resolutions, **block_kw))
-                concat.append(True)
-        self.dec = nnx.List(dec)
-        self.dec_concat = tuple(concat)
+                dec[f"{res}x{res}_block{idx}"] = UNetBlock(
+                    cin, cout, attention=res in attn_resolutions, **block_kw)
+        self.dec = dec
+        self.dec_order = tuple(dec.keys())
         self.out_norm = GroupNorm(cout)
         self.out_conv = Conv2d(cout, out_channels, 3, conv_grad=conv_grad, rngs=rngs,
                                **init_zero)
@@ -116,38 +117,37 @@ class DhariwalUNet(nnx.Module):
         """Applies the network.
 
         Args:
-          x: ``[B, H, W, in_channels]`` (already scaled by EDM's c_in).
+          x: ``[B, H, W, in_channels]`` (already scaled by EDM's c_in), in the compute dtype.
           noise_labels: ``[B]`` EDM's c_noise.
           cond: ``[B]`` int labels (``num_classes`` = null class), ``[B, num_classes]`` label
             vectors, or ``None``; ignored when unconditional.
           key: PRNG key; dropout and label dropout are active iff it is given.
-          augment_labels: ``[B, augment_dim]`` or ``None`` (zeros).
+          augment_labels: ``[B, augment_dim]`` or ``None`` (no augmentation input).
 
         Returns:
-          ``[B, H, W, out_channels]``.
+          ``[B, H, W, out_channels]`` in the dtype of ``x``.
         """
         batch = x.shape[0]
-        keys = [None] * (len(self.enc) + len(self.dec) + 1)
+        keys = dict.fromkeys([*self.enc_order, *self.dec_order, "label"])
         if key is not None:
-            keys = list(jax.random.split(key, len(keys)))
+            keys = dict(zip(keys, jax.random.split(key, len(keys)), strict=True))
         emb = positional_embedding(noise_labels, self.noise_channels)
         if self.map_augment is not None and augment_labels is not None:
-            emb = emb + self.map_augment(augment_labels)
+            emb = emb + self.map_augment(jnp.asarray(augment_labels, jnp.float32))
         emb = jax.nn.silu(self.map_layer0(emb))
         emb = self.map_layer1(emb)
         if self.map_label is not None:
             labels = class_labels(cond, self.num_classes, batch,
-                                  label_dropout=self.label_dropout, key=keys[-1])
+                                  label_dropout=self.label_dropout, key=keys["label"])
             emb = emb + self.map_label(labels)
         emb = jax.nn.silu(emb)
 
         skips = []
-        for i, block in enumerate(self.enc):
-            x = block(x) if i == 0 else block(x, emb, key=keys[i])
+        for name, block in ((n, self.enc[n]) for n in self.enc_order):
+            x = block(x, emb, key=keys[name]) if isinstance(block, UNetBlock) else block(x)
             skips.append(x)
-        offset = len(self.enc)
-        for i, block in enumerate(self.dec):
-            if self.dec_concat[i]:
+        for name, block in ((n, self.dec[n]) for n in self.dec_order):
+            if x.shape[-1] != block.in_channels:
                 x = jnp.concatenate([x, skips.pop()], axis=-1)
-            x = block(x, emb, key=keys[offset + i])
+            x = block(x, emb, key=keys[name])
         return self.out_conv(jax.nn.silu(self.out_norm(x)))

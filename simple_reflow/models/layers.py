@@ -5,11 +5,17 @@ Our Flax NNX re-implementation of the building blocks of EDM's SongUNet and Dhar
 optional 2× resampling, group normalisation with EDM's group rule, the sinusoidal noise
 embedding, and the unified residual U-Net block with optional self-attention.
 
-Only EDM's box resampling filter ``[1, 1]`` (the one DDPM++ and ADM use) is supported: with it
-EDM's depthwise strided convolution is exactly 2×2 average pooling and its transposed
-convolution is nearest-neighbour upsampling, which we compute directly (cheaper on a CPU).
-Channel layouts (affine scale/shift order, the interleaved q/k/v split of the attention
-projection, sin/cos order) follow EDM's so that checkpoints can be mapped one to one.
+Resampling follows EDM: a depthwise strided convolution with the normalised outer product of a
+1-D filter (``[1, 1]`` for DDPM++ and ADM, ``[1, 3, 3, 1]`` for NCSN++) for downsampling, and
+its transposed convolution (filter × 4) for upsampling. With the box filter ``[1, 1]`` these
+are exactly 2×2 average pooling and nearest-neighbour upsampling, which we compute directly
+(cheaper on a CPU). Channel layouts (affine scale/shift order, the interleaved q/k/v split of
+the attention projection, sin/cos order) follow EDM's so that checkpoints map one to one
+(:mod:`simple_reflow.models.edm_import`).
+
+Mixed precision: every layer computes in the dtype of its input (weights are cast to it, as
+EDM's layers do); group normalisation computes its statistics and attention its softmax in
+float32. Parameters stay float32.
 """
 
 from __future__ import annotations
@@ -18,15 +24,20 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+
+_DN = ("NHWC", "HWIO", "NHWC")
 
 __all__ = [
     "CONV_GRADS",
+    "Buffer",
     "edm_init",
     "Linear",
     "Conv2d",
     "GroupNorm",
     "positional_embedding",
+    "FourierEmbedding",
     "class_labels",
     "conv3x3",
     "downsample_2x",
@@ -82,25 +93,56 @@ class Linear(nnx.Module):
             rngs.params(), (out_features,))) if bias else None)
 
     def __call__(self, x):
-        y = x @ self.weight[...]
-        return y + self.bias[...] if self.bias is not None else y
+        y = x @ self.weight[...].astype(x.dtype)
+        return y + self.bias[...].astype(x.dtype) if self.bias is not None else y
 
 
-def downsample_2x(x):
-    """2×2 average pooling (EDM's ``down`` with filter [1, 1]). ``[B,H,W,C] -> [B,H/2,W/2,C]``."""
+class Buffer(nnx.Param):
+    """A fixed array stored with the parameters (EDM's registered buffers).
+
+    It travels with the parameters (snapshots, checkpoints, EMA) so imported values survive,
+    but layers read it through ``jax.lax.stop_gradient``: its gradient is zero, so training
+    never changes it. Parameter counts exclude it, as ``torch.nn.Module.parameters()`` does.
+    """
+
+
+def _resample_kernel(resample_filter, channels, dtype):
+    """EDM's 2-D resampling kernel ``f fᵀ / (Σf)²`` as a depthwise HWIO kernel ``[k, k, 1, C]``."""
+    f = np.asarray(resample_filter, np.float32)
+    f2 = np.outer(f, f) / np.square(f.sum())
+    return jnp.asarray(np.tile(f2[:, :, None, None], (1, 1, 1, channels)), dtype)
+
+
+def downsample_2x(x, resample_filter=(1, 1)):
+    """EDM's ``down``: depthwise stride-2 convolution with the resampling filter, padding
+    ``(len(f) − 1) // 2``; for ``[1, 1]`` exactly 2×2 average pooling.
+    ``[B, H, W, C] -> [B, H/2, W/2, C]``."""
     b, h, w, c = x.shape
-    return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+    if tuple(resample_filter) == (1, 1):
+        return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+    pad = (len(resample_filter) - 1) // 2
+    return jax.lax.conv_general_dilated(
+        x, _resample_kernel(resample_filter, c, x.dtype), (2, 2), [(pad, pad), (pad, pad)],
+        dimension_numbers=_DN, feature_group_count=c)
 
 
-def upsample_2x(x):
-    """Nearest-neighbour 2× upsampling, EDM's ``up`` resampling with filter [1, 1]."""
+def upsample_2x(x, resample_filter=(1, 1)):
+    """EDM's ``up``: depthwise stride-2 transposed convolution with 4× the resampling filter,
+    padding ``(len(f) − 1) // 2``; for ``[1, 1]`` exactly nearest-neighbour upsampling.
+    ``[B, H, W, C] -> [B, 2H, 2W, C]``."""
     b, h, w, c = x.shape
-    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
-    return x.reshape(b, 2 * h, 2 * w, c)
+    if tuple(resample_filter) == (1, 1):
+        x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
+        return x.reshape(b, 2 * h, 2 * w, c)
+    k = len(resample_filter)
+    pad = k - 1 - (k - 1) // 2  # a transposed convolution as a convolution of the dilated input
+    kernel = 4.0 * _resample_kernel(resample_filter, c, x.dtype)[::-1, ::-1]
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), [(pad, pad), (pad, pad)], lhs_dilation=(2, 2),
+        dimension_numbers=_DN, feature_group_count=c)
 
 
 CONV_GRADS = ("auto", "chunked", "xla")
-_DN = ("NHWC", "HWIO", "NHWC")
 _WGRAD_CONTRACTION = 1024  # batch·H·W per weight-gradient convolution on the CPU
 _WGRAD_MAX_CHUNKS = 16  # at most this many (unrolled) chunks per layer
 _AUTO_MIN_CHANNELS_SQ = 128 * 128  # "auto" chunks only wide layers (16–32 ch: XLA's is faster)
@@ -153,21 +195,29 @@ class Conv2d(nnx.Module):
     """Square convolution, stride 1, "same" padding, with optional 2× up/downsampling first.
 
     ``kernel = 0`` gives a parameter-free resampling layer (EDM's ``kernel=0``). The kernel is
-    stored HWIO. ``conv_grad`` picks the weight gradient of k×k kernels: ``"chunked"``
+    stored HWIO. ``resample_filter`` is EDM's 1-D resampling filter; ``fused_resample`` (down
+    only, as NCSN++'s residual encoder uses it) convolves first with padding
+    ``kernel // 2 + (len(f) − 1) // 2`` and then resamples without padding, as EDM's fused path
+    does. ``conv_grad`` picks the weight gradient of k×k kernels: ``"chunked"``
     (:func:`conv3x3`), ``"xla"`` (XLA's own), or ``"auto"`` (chunked iff the default backend
     is the CPU and in·out channels ≥ 128²).
     Shapes: ``[B, H, W, in_channels] -> [B, H', W', out_channels]``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, *, bias: bool = True,
-                 up: bool = False, down: bool = False, mode: str = "kaiming_normal",
+                 up: bool = False, down: bool = False, resample_filter=(1, 1),
+                 fused_resample: bool = False, mode: str = "kaiming_normal",
                  init_weight: float = 1.0, init_bias: float = 0.0, conv_grad: str = "auto",
                  rngs: nnx.Rngs):
         if up and down:
             raise ValueError("Conv2d cannot both upsample and downsample")
         if conv_grad not in CONV_GRADS:
             raise ValueError(f"conv_grad must be one of {CONV_GRADS}, got {conv_grad!r}")
+        if fused_resample and (up or not kernel):
+            raise ValueError("fused_resample is defined for a downsampling k×k convolution only")
         self.up, self.down, self.kernel = up, down, kernel
+        self.resample_filter = tuple(int(v) for v in resample_filter)
+        self.fused_resample = fused_resample and down
         self.conv_grad = conv_grad
         fan_in, fan_out = in_channels * kernel * kernel, out_channels * kernel * kernel
         self.weight = (nnx.Param(edm_init(mode, fan_in, fan_out, init_weight)(
@@ -175,23 +225,34 @@ class Conv2d(nnx.Module):
         self.bias = (nnx.Param(edm_init(mode, fan_in, fan_out, init_bias)(
             rngs.params(), (out_channels,))) if kernel and bias else None)
 
+    def _conv(self, x, w):
+        if self.kernel == 1:
+            return x @ w[0, 0]
+        if self.conv_grad == "chunked" or (
+                self.conv_grad == "auto" and jax.default_backend() == "cpu"
+                and w.shape[2] * w.shape[3] >= _AUTO_MIN_CHANNELS_SQ):
+            return conv3x3(x, w)
+        return _conv_same(x, w)
+
     def __call__(self, x):
-        if self.up:
-            x = upsample_2x(x)
-        if self.down:
-            x = downsample_2x(x)
-        if self.weight is not None:
-            w = self.weight[...]
-            if self.kernel == 1:
-                x = x @ w[0, 0]
-            elif self.conv_grad == "chunked" or (
-                    self.conv_grad == "auto" and jax.default_backend() == "cpu"
-                    and w.shape[2] * w.shape[3] >= _AUTO_MIN_CHANNELS_SQ):
-                x = conv3x3(x, w)
-            else:
-                x = _conv_same(x, w)
+        w = self.weight[...].astype(x.dtype) if self.weight is not None else None
+        if self.fused_resample:
+            pad = self.kernel // 2 + (len(self.resample_filter) - 1) // 2
+            x = jax.lax.conv_general_dilated(x, w, (1, 1), [(pad, pad), (pad, pad)],
+                                             dimension_numbers=_DN)
+            c = x.shape[-1]
+            x = jax.lax.conv_general_dilated(
+                x, _resample_kernel(self.resample_filter, c, x.dtype), (2, 2), "VALID",
+                dimension_numbers=_DN, feature_group_count=c)
+        else:
+            if self.up:
+                x = upsample_2x(x, self.resample_filter)
+            if self.down:
+                x = downsample_2x(x, self.resample_filter)
+            if w is not None:
+                x = self._conv(x, w)
         if self.bias is not None:
-            x = x + self.bias[...]
+            x = x + self.bias[...].astype(x.dtype)
         return x
 
 
@@ -207,11 +268,11 @@ class GroupNorm(nnx.Module):
 
     def __call__(self, x):
         b, h, w, c = x.shape
-        g = x.reshape(b, h, w, self.num_groups, c // self.num_groups)
+        g = x.astype(jnp.float32).reshape(b, h, w, self.num_groups, c // self.num_groups)
         mean = g.mean(axis=(1, 2, 4), keepdims=True)
         var = jnp.square(g - mean).mean(axis=(1, 2, 4), keepdims=True)
         g = (g - mean) * jax.lax.rsqrt(var + self.eps)
-        return g.reshape(b, h, w, c) * self.weight[...] + self.bias[...]
+        return (g.reshape(b, h, w, c) * self.weight[...] + self.bias[...]).astype(x.dtype)
 
 
 def class_labels(cond, num_classes: int, batch: int, *, label_dropout: float = 0.0, key=None):
@@ -255,8 +316,26 @@ def positional_embedding(x, num_channels: int, *, max_positions: int = 10000,
     return jnp.concatenate([jnp.cos(x), jnp.sin(x)], axis=1)
 
 
+class FourierEmbedding(nnx.Module):
+    """NCSN++'s random Fourier noise embedding ``[cos(2π f x), sin(2π f x)]`` (EDM's).
+
+    ``f ~ N(0, scale²)`` of shape ``[num_channels // 2]`` is a :class:`Buffer` (fixed, stored with
+    the parameters so that imported checkpoints keep theirs). As in EDM, ``2π f`` is rounded to
+    float32 before the outer product. Shapes: ``[B] -> [B, num_channels]``.
+    """
+
+    def __init__(self, num_channels: int, *, scale: float = 16.0, rngs: nnx.Rngs):
+        self.freqs = Buffer(scale * jax.random.normal(rngs.params(), (num_channels // 2,)))
+
+    def __call__(self, x):
+        freqs = jax.lax.stop_gradient(self.freqs[...]).astype(jnp.float32)
+        x = x.astype(jnp.float32)[:, None] * (2 * np.pi * freqs)[None, :]
+        return jnp.concatenate([jnp.cos(x), jnp.sin(x)], axis=1)
+
+
 class UNetBlock(nnx.Module):
-    """EDM's unified residual block (DDPM++ and ADM), with optional resampling and attention.
+    """EDM's unified residual block (DDPM++, NCSN++ and ADM), with optional resampling and
+    attention; ``resample_filter`` is the up/downsampling filter of ``conv0`` and the skip.
 
     ``x -> conv0(silu(norm0(x)))``, conditioned on the embedding by an affine map (adaptive
     scale/shift for ADM, additive for DDPM++), ``conv1(dropout(silu(norm1(·))))``, plus the
@@ -269,7 +348,8 @@ class UNetBlock(nnx.Module):
                  up: bool = False, down: bool = False, attention: bool = False,
                  num_heads: int | None = None, channels_per_head: int = 64,
                  dropout: float = 0.0, skip_scale: float = 1.0, eps: float = 1e-5,
-                 resample_proj: bool = False, adaptive_scale: bool = True,
+                 resample_filter=(1, 1), resample_proj: bool = False,
+                 adaptive_scale: bool = True,
                  init: dict | None = None, init_zero: dict | None = None,
                  init_attn: dict | None = None, conv_grad: str = "auto", rngs: nnx.Rngs):
         init = init or {}
@@ -284,7 +364,8 @@ class UNetBlock(nnx.Module):
 
         self.norm0 = GroupNorm(in_channels, eps=eps)
         self.conv0 = Conv2d(in_channels, out_channels, 3, up=up, down=down,
-                            conv_grad=conv_grad, rngs=rngs, **init)
+                            resample_filter=resample_filter, conv_grad=conv_grad, rngs=rngs,
+                            **init)
         self.affine = Linear(emb_channels, out_channels * (2 if adaptive_scale else 1),
                              rngs=rngs, **init)
         self.norm1 = GroupNorm(out_channels, eps=eps)
@@ -293,8 +374,9 @@ class UNetBlock(nnx.Module):
                             **init_zero)
         needs_skip = out_channels != in_channels or up or down
         kernel = 1 if resample_proj or out_channels != in_channels else 0
-        self.skip = (Conv2d(in_channels, out_channels, kernel, up=up, down=down, rngs=rngs,
-                            **init) if needs_skip else None)
+        self.skip = (Conv2d(in_channels, out_channels, kernel, up=up, down=down,
+                            resample_filter=resample_filter, rngs=rngs, **init)
+                     if needs_skip else None)
         if self.num_heads:
             self.norm2 = GroupNorm(out_channels, eps=eps)
             self.qkv = Conv2d(out_channels, out_channels * 3, 1, rngs=rngs, **init_attn)
@@ -303,7 +385,7 @@ class UNetBlock(nnx.Module):
     def __call__(self, x, emb, *, key=None):
         orig = x
         x = self.conv0(jax.nn.silu(self.norm0(x)))
-        params = self.affine(emb)[:, None, None, :]
+        params = self.affine(emb)[:, None, None, :].astype(x.dtype)
         if self.adaptive_scale:
             scale, shift = jnp.split(params, 2, axis=-1)
             x = jax.nn.silu(shift + self.norm1(x) * (scale + 1.0))
@@ -319,8 +401,9 @@ class UNetBlock(nnx.Module):
             # EDM's layout: the 3C projection channels are [head, channel, (q, k, v)].
             qkv = self.qkv(self.norm2(x)).reshape(b, h * w, heads, ch, 3)
             q, k, v = qkv[..., 0], qkv[..., 1], qkv[..., 2]
-            logits = jnp.einsum("bqhc,bkhc->bhqk", q, k / math.sqrt(ch))
-            weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+            logits = jnp.einsum("bqhc,bkhc->bhqk", q.astype(jnp.float32),
+                                (k / math.sqrt(ch)).astype(jnp.float32))
+            weights = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
             a = jnp.einsum("bhqk,bkhc->bqhc", weights, v).reshape(b, h, w, c)
             x = (self.proj(a) + x) * self.skip_scale
         return x

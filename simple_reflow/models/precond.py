@@ -18,7 +18,9 @@ from flax import nnx
 
 from simple_reflow import paths
 
-__all__ = ["edm_coefficients", "EDMDenoiser"]
+__all__ = ["COMPUTE_DTYPES", "edm_coefficients", "EDMDenoiser"]
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def edm_coefficients(sigma, sigma_data: float = 0.5):
@@ -53,13 +55,19 @@ class EDMDenoiser(nnx.Module):
       t_clip: the flow-time call clips t to ``[t_clip, 1 − t_clip]`` so σ stays finite and
         positive (σ ∈ [1e-5, 1e5] for the default; our choice, [recon]); the EDM-space call
         does not clip.
+      dtype: the backbone's compute dtype, ``"float32"`` or ``"bfloat16"`` (mixed precision:
+        the backbone's input is cast to it, parameters and the preconditioning stay float32,
+        and the output is cast back to float32, as EDM's ``use_fp16``).
     """
 
     def __init__(self, backbone: nnx.Module, sigma_data: float = 0.5,
-                 t_clip: float = paths.T_EPS):
+                 t_clip: float = paths.T_EPS, dtype: str = "float32"):
+        if dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
         self.backbone = backbone
         self.sigma_data = float(sigma_data)
         self.t_clip = float(t_clip)
+        self.dtype = dtype
 
     def edm(self, x_ve, sigma, cond=None, *, key=None):
         """EDM's denoiser D_EDM(x; σ) in variance-exploding coordinates.
@@ -77,7 +85,8 @@ class EDMDenoiser(nnx.Module):
         sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x_ve.shape[:1])
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
         expand = lambda c: paths.expand_t(c, x_ve)
-        f = self.backbone(expand(c_in) * x_ve, c_noise, cond, key=key)
+        x_in = (expand(c_in) * x_ve).astype(self.dtype)
+        f = self.backbone(x_in, c_noise, cond, key=key)
         return expand(c_skip) * x_ve + expand(c_out) * f.astype(jnp.float32)
 
     def __call__(self, x_t, t, cond=None, *, key=None):

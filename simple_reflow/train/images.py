@@ -85,6 +85,8 @@ def run_teacher(cfg, workdir):
     """Trains a teacher with EDM's loss on real images; writes ``workdir/ema.npz``."""
     source = make_image_source(cfg.data)
     model_def, params = _build(cfg, cfg.seed)
+    if jax.process_index() == 0:
+        checkpoint.save_model_config(workdir, cfg.model)
 
     def host_batch(step):
         b = batch_at(source, cfg.seed, step, cfg.training.batch_size,
@@ -208,6 +210,8 @@ def run_reflow(cfg, workdir):
             loaded = pairs.load_pair_shards(os.path.join(p.dir, name), num[name])
             stores[name] = {k: v for k, v in loaded.items() if k in keep}
     model_def, params = _teacher(cfg)  # the student starts from the teacher's weights
+    if jax.process_index() == 0:
+        checkpoint.save_model_config(workdir, cfg.model)
     key = jax.random.key(cfg.seed + 17)
     sizes = {name: len(v["x0"]) for name, v in stores.items()}
     mix = jax.jit(lambda step: pairs.mix_indices(jax.random.fold_in(key, step), sizes, fractions,

@@ -106,9 +106,25 @@ def validate_config(cfg):
         _check(not data_spec(cfg.data).num_classes,
                f"pairs.projection.fraction={cfg.pairs.projection.fraction!r}: projected pairs are "
                "not supported for class-conditional data (they would need OT per class).")
+    from simple_reflow.data import data_spec
+    from simple_reflow.train.checkpoint import check_model_config
     from simple_reflow.train.images import data_shape_of
 
-    validate_model_config(cfg.model, data_shape=data_shape_of(cfg.data))
+    shape = data_shape_of(cfg.data)
+    validate_model_config(cfg.model, data_shape=shape)
+    classes = data_spec(cfg.data).num_classes
+    _check(cfg.model.get("num_classes", 0) == classes,
+           f"model.num_classes={cfg.model.get('num_classes', 0)!r} does not match the data's "
+           f"{classes} classes (data.conditional / data.num_classes).")
+    snapshots = []
+    if cfg.stage in ("pairs", "reflow", "eval"):
+        snapshots.append(("teacher.workdir", cfg.teacher.workdir))
+    if cfg.stage == "eval" and cfg.eval.get("model_dir"):
+        snapshots.append(("eval.model_dir", cfg.eval.model_dir))
+    if cfg.stage == "eval" and cfg.guidance.kind == "autoguidance" and cfg.guidance.w:
+        snapshots.append(("guidance.bad_workdir", cfg.guidance.bad_workdir))
+    for field, workdir in snapshots:  # an imported or trained snapshot of another network
+        check_model_config(workdir, cfg.model, data_shape=shape, field=field)
 
 
 def run_stage(cfg, workdir):
