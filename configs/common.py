@@ -120,6 +120,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.nfe = (1, 2, 4, 9)
     c.eval.num_samples = 5000
+    c.eval.batch_size = 256  # global sampling batch (divisible by the device count)
+    c.eval.seed = 0  # sample i is seeded by fold_in(key(eval.seed), i), as EDM's --seeds
+    # FID: pytorch-fid's pt_inception-2015-12-05 weights ("" = $SIMPLE_REFLOW_INCEPTION; none:
+    # pixel-space FD) and reference statistics (scripts/fid_stats.py, or EDM's .npz).
+    c.eval.inception_weights = ""
+    c.eval.fid_ref = ""
     c.eval.accurate_steps = 100
     # The eval stage samples the EMA snapshot in this folder (default: the stage's workdir).
     c.eval.model_dir = ml_collections.FieldReference(None, field_type=str)

@@ -1,6 +1,6 @@
 """Reading PyTorch files without PyTorch: EDM's network pickles and ``torch.save`` state dicts.
 
-Two layouts are read, both as NumPy arrays:
+Three layouts are read, all as NumPy arrays:
 
 - **Plain pickles of modules** (EDM's ``network-snapshot-*.pkl`` and the published
   ``edm-*.pkl``): every tensor is pickled as ``torch._utils._rebuild_tensor_v2`` of a storage
@@ -13,6 +13,8 @@ Two layouts are read, both as NumPy arrays:
 - **``torch.save`` zip archives** (``torch.save(net.state_dict(), f)``, PyTorch ≥ 1.6):
   ``<archive>/data.pkl`` whose storages are persistent ids
   ``("storage", storage_type, key, location, numel)`` read from ``<archive>/data/<key>``.
+- **legacy ``torch.save`` streams** (before PyTorch 1.6, e.g. pytorch-fid's Inception weights):
+  the layout of the storages above, for a whole object.
 
 The unpickler admits only the handful of names these layouts use (tensor and storage
 rebuilders, ``OrderedDict``, EDM's persistence hook and ``EasyDict``, NumPy scalars), so a
@@ -75,7 +77,17 @@ class _StorageType:
 
 @dataclasses.dataclass
 class _Storage:
-    data: np.ndarray  # 1-D
+    data: np.ndarray | None  # 1-D; None until a legacy stream's raw data has been read
+    key: str = ""
+    dtype: Any = None
+
+
+@dataclasses.dataclass
+class _LazyTensor:
+    """A tensor of a legacy stream, whose storage bytes follow the pickle."""
+
+    storage: _Storage
+    args: tuple
 
 
 class _Parameter(np.ndarray):
@@ -83,6 +95,8 @@ class _Parameter(np.ndarray):
 
 
 def _rebuild_tensor(storage, offset, size, stride, *_):
+    if storage.data is None:
+        return _LazyTensor(storage, (offset, size, stride))
     flat = storage.data
     if not size:
         return flat[offset].copy()
@@ -98,7 +112,7 @@ def _rebuild_tensor_v3(storage, offset, size, stride, requires_grad, hooks, dtyp
 
 
 def _rebuild_parameter(data, *_):
-    return np.asarray(data)
+    return data if isinstance(data, _LazyTensor) else np.asarray(data)
 
 
 def _rebuild_from_type(func, _type, args, _state):
@@ -175,31 +189,56 @@ def _reconstruct(meta):
     return PersistentObject(str(meta["class_name"]), dict(meta["state"] or {}))
 
 
-def _load_legacy_bytes(data: bytes) -> _Storage:
-    """A storage in the legacy ``torch.save`` layout (how pickled tensors carry their data)."""
-    f = io.BytesIO(data)
-    if pickle.load(f) != _LEGACY_MAGIC or pickle.load(f) != _LEGACY_PROTOCOL:
-        raise TorchFileError("a tensor's storage is not in PyTorch's legacy serialization format")
+def _resolve(obj):
+    """Replaces the lazy tensors of a legacy stream by arrays, through containers."""
+    if isinstance(obj, _LazyTensor):
+        return _rebuild_tensor(obj.storage, *obj.args)
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            obj[k] = _resolve(v)
+        return obj
+    if isinstance(obj, list):
+        return [_resolve(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_resolve(v) for v in obj)
+    if isinstance(obj, PersistentObject):
+        obj.state = _resolve(obj.state)
+    return obj
+
+
+def _load_legacy(f, source: str) -> Any:
+    """The rest of a legacy ``torch.save`` stream after its magic number: protocol, system
+    info, the object's pickle, its storage keys, then each storage as an int64 element count
+    and raw little-endian bytes."""
+    if pickle.load(f) != _LEGACY_PROTOCOL:
+        raise TorchFileError(f"{source}: unknown PyTorch serialization protocol")
     sys_info = pickle.load(f)
     if not sys_info.get("little_endian", True):
-        raise TorchFileError("big-endian PyTorch storages are not supported")
-    pending = {}
+        raise TorchFileError(f"{source}: big-endian PyTorch storages are not supported")
+    storages: dict[str, _Storage] = {}
 
     def load(key, dtype, numel):
-        pending[key] = np.dtype(dtype)
-        return key
+        return storages.setdefault(key, _Storage(None, key, np.dtype(dtype)))
 
-    storage_key = _Unpickler(f, storages=load, source="storage").load()
-    keys = pickle.load(f)
-    arrays = {}
-    for key in keys:
+    obj = _Unpickler(f, storages=load, source=source).load()
+    for key in pickle.load(f):
+        storage = storages[str(key)]
         (numel,) = struct.unpack("<q", f.read(8))
-        dtype = pending[str(key)]
-        raw = f.read(numel * dtype.itemsize)
-        if len(raw) != numel * dtype.itemsize:
-            raise TorchFileError("a tensor's storage is truncated")
-        arrays[str(key)] = np.frombuffer(raw, dtype=dtype)
-    return _Storage(arrays[str(storage_key)])
+        raw = f.read(numel * storage.dtype.itemsize)
+        if len(raw) != numel * storage.dtype.itemsize:
+            raise TorchFileError(f"{source}: storage {key} is truncated")
+        storage.data = np.frombuffer(raw, dtype=storage.dtype)
+    if isinstance(obj, _Storage):  # torch.storage._load_from_bytes: the stream is one storage
+        return obj
+    return _resolve(obj)
+
+
+def _load_legacy_bytes(data: bytes) -> _Storage:
+    """A storage pickled inside a tensor (``torch.storage._load_from_bytes``)."""
+    f = io.BytesIO(data)
+    if pickle.load(f) != _LEGACY_MAGIC:
+        raise TorchFileError("a tensor's storage is not in PyTorch's legacy serialization format")
+    return _load_legacy(f, "storage")
 
 
 def _load_zip(path: str) -> Any:
@@ -240,7 +279,10 @@ def load_torch_file(path: str) -> Any:
         if zipfile.is_zipfile(path):
             return _load_zip(path)
         with open(path, "rb") as f:
-            return _Unpickler(f, source=path).load()
+            first = _Unpickler(f, source=path).load()
+            if isinstance(first, int) and first == _LEGACY_MAGIC:  # torch.save before 1.6
+                return _load_legacy(f, path)
+            return _resolve(first)
     except FileNotFoundError:
         raise
     except TorchFileError as e:

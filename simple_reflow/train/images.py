@@ -8,7 +8,11 @@ Each stage reads one config (``configs/<dataset>.py:<stage>``) and one workdir:
 - ``reflow``: trains the student, initialised from the teacher, on the pairs of ``pairs.dir``
   mixed with ratio ρ;
 - ``eval``: samples the model in ``eval.model_dir`` (default: the workdir) and the teacher at
-  each NFE budget, writes sample grids and the pixel-space Fréchet distance to held-out images;
+  each NFE budget — ``eval.num_samples`` images, sample i seeded by its index, over all devices
+  and hosts, quantised to uint8 as EDM does — and writes sample grids and
+  ``eval_metrics.json``: FID against ``eval.fid_ref`` when Inception weights are given
+  (``eval.inception_weights`` or ``$SIMPLE_REFLOW_INCEPTION``), else the pixel-space Fréchet
+  distance to held-out images;
 - ``pipeline``: runs the four stage configs in ``cfg.stages`` one after the other, wiring each
   stage's inputs to the previous stage's workdir (the ``digits`` config).
 """
@@ -29,9 +33,11 @@ from tqdm.auto import tqdm
 from simple_reflow import grids, guidance, losses, pairs, sampler
 from simple_reflow.data import batch_at, data_spec, make_image_source
 from simple_reflow.losses_edm import edm_loss
-from simple_reflow.metrics.frechet import frechet_distance
+from simple_reflow.metrics import inception
+from simple_reflow.metrics.fid import load_reference
+from simple_reflow.metrics.frechet import frechet_distance_from_stats, gaussian_stats
 from simple_reflow.models import build_model
-from simple_reflow.train import checkpoint, sharding
+from simple_reflow.train import checkpoint, sampling, sharding
 from simple_reflow.train.loop import train_loop
 from simple_reflow.train.step import init_state, make_optimizer, make_train_step, split_model
 from simple_reflow.viz import save_image_grid
@@ -239,22 +245,41 @@ def _guided(cfg, model_def, params, denoise):
     raise ValueError(f"guidance.kind={g.kind!r} is not one of ('none', 'autoguidance', 'cfg').")
 
 
+def _scorer(cfg, shape):
+    """``(metric name, featurize, dim, reference μ, Σ)``: FID on Inception features when
+    weights are given (``eval.inception_weights`` or ``$SIMPLE_REFLOW_INCEPTION``), else the
+    pixel-space FD to held-out images. Every input is checked here, before any sampling."""
+    weights = cfg.eval.get("inception_weights") or os.environ.get(inception.WEIGHTS_ENV)
+    if weights:
+        mu, sigma = load_reference(cfg.eval.get("fid_ref"), dim=inception.FEATURE_DIM,
+                                   resolution=shape[0])
+        net = inception.load_fid_inception(weights)
+        graphdef, state = nnx.split(net)
+        features = jax.jit(lambda st, u8: nnx.merge(graphdef, st)(u8.astype(jnp.float32) / 255))
+        return "fid", functools.partial(features, state), inception.FEATURE_DIM, mu, sigma
+    held_out = make_image_source(cfg.data, split=cfg.data.eval_split)
+    n = min(cfg.eval.num_samples, len(held_out))
+    ref = held_out.get(np.arange(n))["x0"].reshape(n, -1)
+    mu, sigma = gaussian_stats(ref)
+    return "fd_pixel", jax.jit(sampling.pixel_features), ref.shape[1], mu, sigma
+
+
 def run_eval(cfg, workdir):
-    """Pixel-space FD to held-out images per NFE, for ``eval.model_dir`` and the teacher."""
+    """FID (or pixel FD) per NFE budget for ``eval.model_dir`` and the teacher (module doc)."""
     model_def, like = _build(cfg, cfg.seed)
     model_dir = cfg.eval.get("model_dir") or workdir
     models = {"student": checkpoint.load_params(_snapshot(model_dir, "eval.model_dir"), like)}
     if cfg.teacher.workdir:
         models["teacher"] = checkpoint.load_params(_snapshot(cfg.teacher.workdir,
                                                              "teacher.workdir"), like)
-    held_out = make_image_source(cfg.data, split=cfg.data.eval_split)
-    n = min(cfg.eval.num_samples, len(held_out))
-    ref = held_out.get(np.arange(n))["x0"]
     shape = data_shape_of(cfg.data)
     num_classes = data_spec(cfg.data).num_classes
-    x1 = jax.random.normal(jax.random.key(cfg.seed + 1000), (n, *shape))
-    cond = (jax.random.randint(jax.random.key(cfg.seed + 1001), (n,), 0, num_classes)
-            if num_classes else None)
+    metric, featurize, dim, ref_mu, ref_sigma = _scorer(cfg, shape)
+    num = cfg.eval.num_samples
+    if metric == "fd_pixel":  # as many samples as held-out images
+        num = min(num, len(make_image_source(cfg.data, split=cfg.data.eval_split)))
+    mesh = sharding.make_mesh(cfg.get("mesh"))
+    key = jax.random.key(cfg.eval.seed)  # sample i: fold_in(key, i), as EDM's --seeds
     s = cfg.sampler
 
     def grid_fn(k):
@@ -270,19 +295,24 @@ def run_eval(cfg, workdir):
             if nfe in done:  # two budgets that buy the same grid
                 continue
             done.add(nfe)
-            fn = jax.jit(lambda x, c, g=grid, d=denoise: sampler.sample(d, x, g, solver=s.solver,
-                                                                        r=s.r, cond=c)[0])
-            out = np.concatenate([np.asarray(fn(x1[i:i + 256], None if cond is None else
-                                                cond[i:i + 256])) for i in range(0, n, 256)])
-            fd = frechet_distance(out.reshape(n, -1), ref.reshape(n, -1))
-            results[f"eval/{name}/fd_pixel@nfe={nfe}"] = fd
-            save_image_grid(os.path.join(workdir, f"samples_{name}_nfe{nfe}.png"),
-                            np.clip(out[:64], -1, 1), ncols=8, scale=4 if shape[0] <= 16 else 1,
-                            pad=1)
-            lines.append(f"{name:>8} NFE {nfe:>3}: pixel FD {fd:.3f}")
-    with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    return "Fréchet distance in pixel space to held-out images\n" + "\n".join(lines)
+            stats, images = sampling.sample_features(
+                denoise, grid, solver=s.solver, r=s.r, shape=shape, num_classes=num_classes,
+                key=key, featurize=featurize, dim=dim, num=num,
+                batch_size=cfg.eval.batch_size, mesh=mesh, keep_images=64,
+                desc=f"{name} NFE {nfe}")
+            value = frechet_distance_from_stats(*stats.mean_cov(), ref_mu, ref_sigma)
+            results[f"eval/{name}/{metric}@nfe={nfe}"] = value
+            if jax.process_index() == 0:
+                save_image_grid(os.path.join(workdir, f"samples_{name}_nfe{nfe}.png"),
+                                images.astype(np.float32) / 127.5 - 1.0, ncols=8,
+                                scale=4 if shape[0] <= 16 else 1, pad=1)
+            lines.append(f"{name:>8} NFE {nfe:>3}: {metric} {value:.3f} ({stats.count} samples)")
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
+            json.dump(results, f, indent=1)
+    what = ("FID (Inception, EDM's protocol)" if metric == "fid"
+            else "Fréchet distance in pixel space to held-out images")
+    return what + "\n" + "\n".join(lines)
 
 
 def run_pipeline(cfg, workdir):

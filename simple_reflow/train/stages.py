@@ -125,6 +125,34 @@ def validate_config(cfg):
         snapshots.append(("guidance.bad_workdir", cfg.guidance.bad_workdir))
     for field, workdir in snapshots:  # an imported or trained snapshot of another network
         check_model_config(workdir, cfg.model, data_shape=shape, field=field)
+    if cfg.stage == "eval":
+        _validate_eval(cfg, shape)
+
+
+def _validate_eval(cfg, shape):
+    """The sampling batch and, for FID, the Inception weights and reference statistics."""
+    import os
+
+    import jax
+
+    from simple_reflow.metrics.fid import load_reference
+    from simple_reflow.metrics.inception import FEATURE_DIM, WEIGHTS_ENV
+
+    e = cfg.eval
+    _check(e.batch_size > 0 and e.batch_size % jax.device_count() == 0,
+           f"eval.batch_size={e.batch_size!r} must be a positive multiple of the "
+           f"{jax.device_count()} devices.")
+    _check(e.num_samples >= 2, f"eval.num_samples={e.num_samples!r} must be >= 2.")
+    weights = e.get("inception_weights") or os.environ.get(WEIGHTS_ENV)
+    if not weights:
+        return
+    _check(os.path.exists(weights),
+           f"eval.inception_weights={weights!r} does not exist (pytorch-fid's "
+           "pt_inception-2015-12-05-6726825d.pth; or unset it for the pixel-space FD).")
+    try:
+        load_reference(e.get("fid_ref"), dim=FEATURE_DIM, resolution=shape[0])
+    except (OSError, ValueError) as err:
+        raise ValueError(f"eval.fid_ref: {err}") from None
 
 
 def run_stage(cfg, workdir):
