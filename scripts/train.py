@@ -6,7 +6,9 @@
 
 ``config.stage`` picks the job: "pipeline" (toy 2-D: teacher → pairs → student → evaluation)
 or one image stage ("teacher", "pairs", "reflow", "eval"). The resolved config is written to
-``workdir/config.json``; a job restarted with the same workdir resumes.
+``workdir/config.json``; a job restarted with the same workdir resumes. SIGTERM (preemption) or
+Ctrl-C saves a checkpoint and exits with status 143 / 130; a non-finite loss stops with
+status 1, keeping the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def main(argv):
 
     if _MULTIHOST.value:
         jax.distributed.initialize()
+    from simple_reflow.errors import MissingInput
+    from simple_reflow.train.loop import NonFiniteLoss, TrainingInterrupted
     from simple_reflow.train.stages import run_stage, validate_config
 
     cfg = _CONFIG.value
@@ -45,7 +49,17 @@ def main(argv):
             f.write(cfg.to_json_best_effort(indent=1, sort_keys=True))
     logging.info("stage %s, %d devices, workdir %s", cfg.stage, jax.device_count(), workdir)
     start = time.perf_counter()
-    summary = run_stage(cfg, workdir)
+    try:
+        summary = run_stage(cfg, workdir)
+    except TrainingInterrupted as e:  # SIGTERM / Ctrl-C: checkpoint saved, resumable
+        print(f"stopped: {e}", flush=True)
+        return 143 if "SIGTERM" in str(e) else 130
+    except NonFiniteLoss as e:
+        print(f"stopped: {e}", file=sys.stderr, flush=True)
+        return 1
+    except MissingInput as e:  # a missing input: one line saying what creates it
+        print(f"missing input: {e}", file=sys.stderr, flush=True)
+        return 2
     if jax.process_index() == 0 and summary:
         print(summary)
         print(f"done in {time.perf_counter() - start:.1f}s; outputs in {workdir}")

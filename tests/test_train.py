@@ -1,5 +1,8 @@
 """The functional train step and the loop: one trace, exact EMA, exact resume."""
 
+import json
+import os
+
 import chex
 import jax
 import ml_collections
@@ -77,6 +80,30 @@ def test_interrupted_run_resumes_exactly(tmp_path):
     chex.assert_trees_all_equal(resumed.ema, straight.ema)
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4  # logged at 10, 20 (first run), 30, 40 (resumed)
+    # The same scalars as TensorBoard events (one file per run segment).
+    events = _tensorboard_scalars(tmp_path / "b" / "tensorboard")
+    rows = [json.loads(line) for line in lines]
+    assert sorted(events["train/loss"]) == [(r["step"], pytest.approx(r["train/loss"], rel=1e-6))
+                                             for r in rows]
+
+
+def _tensorboard_scalars(folder):
+    """{tag: [(step, value)]} read from TensorBoard event files (TFRecord framing)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        data = (folder / name).read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
 
 
 def test_param_snapshot_round_trip_and_mismatch(tmp_path):
@@ -105,3 +132,88 @@ def test_optimizer_config_errors():
                                          grad_clip=0.0))
     with pytest.raises(ValueError, match="optim.lr"):
         make_optimizer(bad)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    from simple_reflow.train.loop import NonFiniteLoss, train_loop
+
+    _, state, step = _setup()
+
+    def batch_at(s):  # the data turns to NaN at step 25
+        b = _batch(s)
+        return {**b, "x0": b["x0"] * (float("nan") if s >= 25 else 1.0)}
+
+    workdir = str(tmp_path / "run")
+    with pytest.raises(NonFiniteLoss, match=r"train/loss is nan at step 30; the newest "
+                                            r"checkpoint \(step 20\)"):
+        train_loop(state, jax.jit(step), num_steps=60, workdir=workdir, batch_at=batch_at,
+                   log_every=10, ckpt_every=10)
+    manager = checkpoint.make_manager(workdir)
+    assert manager.latest_step() == 20
+    restored = checkpoint.restore_latest(manager, state)
+    assert all(bool(jax.numpy.isfinite(x).all()) for x in jax.tree.leaves(restored.params))
+    assert not os.path.exists(os.path.join(workdir, "ema.npz"))
+
+
+SIGTERM_CONFIG = """
+from configs.common import base_config
+
+
+def get_config():
+    c = base_config()  # the digits teacher with a small MLP (as tests/test_scaling.py)
+    c.stage = "teacher"
+    c.data.name = "digits"
+    c.model.hidden, c.model.depth = 64, 2
+    c.loss.kind = "edm"
+    c.training.batch_size = 16
+    c.training.num_steps = 1500
+    c.training.log_every = 50
+    c.training.ckpt_every = 100000
+    return c
+"""
+
+
+def _run(workdir, *, sigterm_after_rows=None):
+    """``python scripts/train.py`` on the digits MLP teacher, optionally SIGTERMed mid-run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = workdir.parent / "sigterm_config.py"
+    config.write_text(SIGTERM_CONFIG)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": root}
+    proc = subprocess.Popen([sys.executable, "scripts/train.py", "--config", str(config),
+                             "--workdir", str(workdir)], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if sigterm_after_rows:
+        metrics = workdir / "metrics.jsonl"
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= sigterm_after_rows:
+                proc.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.05)
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out, err
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_the_restart_resumes_exactly(tmp_path):
+    import numpy as np
+
+    code, out, err = _run(tmp_path / "straight")
+    assert code == 0, err[-2000:]
+    code, out, err = _run(tmp_path / "cut", sigterm_after_rows=3)  # a real signal mid-run
+    assert code == 143, (code, err[-2000:])
+    assert "SIGTERM at step" in out and "checkpoint saved" in out
+    saved = checkpoint.make_manager(str(tmp_path / "cut")).latest_step()
+    assert 150 <= saved < 1500  # stopped where it was, not at a checkpoint period
+    code, out, err = _run(tmp_path / "cut")  # the same command resumes
+    assert code == 0, err[-2000:]
+    with np.load(tmp_path / "straight" / "ema.npz") as a, \
+            np.load(tmp_path / "cut" / "ema.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k])

@@ -20,6 +20,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from simple_reflow.errors import MissingInput
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ArraySource",
@@ -138,11 +140,21 @@ class TfdsSource:
     ):
         import tensorflow_datasets as tfds  # imported here: TFDS is slow to import
 
-        self._ds = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        try:
+            self._ds = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+            record = self._ds[0]
+        except Exception as e:  # TFDS says "not supported", "splits is empty", "not found"...
+            where = data_dir or "~/tensorflow_datasets"
+            raise MissingInput(
+                f"TFDS dataset {name!r} (split {split!r}) is not prepared as array_record files "
+                f"under {where}: run `tfds build {name} --file_format=array_record"
+                f"{' --data_dir ' + str(data_dir) if data_dir else ''}` once, or set "
+                f"data.data_dir to where it is ({type(e).__name__}: {str(e).splitlines()[0]})"
+            ) from None
         self.image_key, self.label_key = image_key, label_key
         self.num_classes = int(num_classes)
         self.image_size = int(image_size)
-        first = self._image(self._ds[0])
+        first = self._image(record)
         self.shape = tuple(first.shape)
 
     def _image(self, record) -> np.ndarray:

@@ -17,6 +17,8 @@ import os
 
 import numpy as np
 
+from simple_reflow.errors import MissingInput
+
 __all__ = ["to_uint8", "FeatureStats", "save_reference", "load_reference"]
 
 
@@ -93,7 +95,7 @@ def load_reference(path: str, *, dim: int | None = None, resolution: int | None 
       FileNotFoundError / ValueError: one line naming the file and what is wrong.
     """
     if not path or not os.path.exists(path):
-        raise FileNotFoundError(f"no FID reference statistics at {path!r} (compute them with "
+        raise MissingInput(f"no FID reference statistics at {path!r} (compute them with "
                                 "scripts/fid_stats.py, or use EDM's published .npz)")
     with np.load(path) as data:
         if "mu" not in data.files or "sigma" not in data.files:

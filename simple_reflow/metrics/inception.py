@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from simple_reflow.errors import MissingInput
 from simple_reflow.models.params import flat_params, unflatten_params
 from simple_reflow.models.torch_files import load_torch_file
 
@@ -295,11 +296,11 @@ def load_fid_inception(path: str | None = None) -> FIDInception:
     """
     path = path or os.environ.get(WEIGHTS_ENV)
     if not path:
-        raise FileNotFoundError(f"no Inception weights: set eval.inception_weights or "
+        raise MissingInput(f"no Inception weights: set eval.inception_weights or "
                                 f"${WEIGHTS_ENV} to pytorch-fid's "
                                 "pt_inception-2015-12-05-6726825d.pth")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no Inception weights at {path!r}")
+        raise MissingInput(f"no Inception weights at {path!r}")
     if path.endswith(".npz"):
         with np.load(path) as data:
             state = {k: data[k] for k in data.files}

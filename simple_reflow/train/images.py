@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from simple_reflow import grids, guidance, losses, pairs, sampler
 from simple_reflow.data import batch_at, data_spec, make_image_source
+from simple_reflow.errors import MissingInput
 from simple_reflow.losses_edm import edm_loss
 from simple_reflow.metrics import inception
 from simple_reflow.metrics.fid import load_reference
@@ -55,10 +56,58 @@ def _build(cfg, seed):
     return split_model(model)
 
 
-def _snapshot(workdir, field):
+def _config_file(cfg):
+    path = os.path.join("configs", f"{cfg.data.name}.py")
+    return path if os.path.exists(path) else "configs/<dataset>.py"
+
+
+def _snapshot(workdir, field, make=""):
+    """``workdir/ema.npz``; a missing one is a FileNotFoundError saying how to make it."""
     if not workdir:
         raise ValueError(f"{field} must name the workdir of the stage that produced it.")
-    return os.path.join(workdir, "ema.npz")
+    path = os.path.join(workdir, "ema.npz")
+    if not os.path.exists(path):
+        raise MissingInput(f"{field}={workdir!r} holds no snapshot (ema.npz)"
+                                + (f": create it with {make}" if make else "."))
+    return path
+
+
+def _require_inputs(cfg, workdir):
+    """Checks every file input of the stage before anything is built or compiled; each missing
+    one is a FileNotFoundError naming the path and the command that creates it."""
+    conf, stage = _config_file(cfg), cfg.stage
+    teacher = (f"`python scripts/train.py --config {conf}:teacher --workdir "
+               f"{cfg.teacher.workdir}` or `python scripts/import_edm.py --checkpoint "
+               f"edm-….pkl --workdir {cfg.teacher.workdir}`")
+    if stage in ("pairs", "reflow"):
+        _snapshot(cfg.teacher.workdir, "teacher.workdir", teacher)
+    if stage == "reflow":
+        p = cfg.pairs
+        if not p.dir:
+            raise ValueError("pairs.dir must name the workdir of the pairs stage.")
+        fractions = pairs.pair_fractions(p.rho, p.projection.fraction)
+        for name in pairs.SOURCES:
+            folder = os.path.join(p.dir, name)
+            if (name == "backward" or fractions[name] > 0) and not (
+                    os.path.isdir(folder) and any(f.startswith("pairs_")
+                                                  for f in os.listdir(folder))):
+                raise MissingInput(
+                    f"pairs.dir={p.dir!r} has no {name} pairs ({folder}): create them with "
+                    f"`python scripts/train.py --config {conf}:pairs --workdir {p.dir} "
+                    f"--config.teacher.workdir={cfg.teacher.workdir}`")
+    if stage == "eval":
+        _snapshot(cfg.eval.get("model_dir") or workdir, "eval.model_dir",
+                  f"`python scripts/train.py --config {conf}:reflow --workdir "
+                  f"{cfg.eval.get('model_dir') or workdir}`")
+        if cfg.teacher.workdir:
+            _snapshot(cfg.teacher.workdir, "teacher.workdir", teacher)
+        if cfg.guidance.kind == "autoguidance" and cfg.guidance.w:
+            _snapshot(cfg.guidance.bad_workdir, "guidance.bad_workdir",
+                      "a shorter or smaller teacher run (the 'bad' model of AutoGuidance)")
+    reads_data = (stage in ("teacher", "eval") or cfg.pairs.num_forward > 0
+                  or (stage in ("pairs", "reflow") and cfg.pairs.projection.fraction > 0))
+    if reads_data and data_spec(cfg.data).source not in ("mock", "digits"):
+        make_image_source(cfg.data)  # TFDS / folder: says how to prepare a missing dataset
 
 
 def _loss_fn(cfg):
@@ -327,6 +376,7 @@ def run_pipeline(cfg, workdir):
             sc.eval.model_dir = dirs["reflow"]
         wd = dirs[stage]
         os.makedirs(wd, exist_ok=True)
+        _require_inputs(sc, wd)
         out.append(_RUNNERS[stage](sc, wd))
         print(out[-1], flush=True)
     return "\n".join(out)
@@ -336,7 +386,8 @@ _RUNNERS = {"teacher": run_teacher, "pairs": run_pairs, "reflow": run_reflow, "e
 
 
 def run_image_stage(cfg, workdir):
-    """Dispatches an image config to its stage."""
+    """Dispatches an image config to its stage, after checking that its inputs exist."""
     if cfg.stage == "pipeline":
         return run_pipeline(cfg, workdir)
+    _require_inputs(cfg, workdir)
     return _RUNNERS[cfg.stage](cfg, workdir)

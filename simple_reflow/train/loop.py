@@ -1,31 +1,107 @@
-"""The training loop: resume, step, log, checkpoint.
+"""The training loop: resume, step, log, checkpoint, stop safely.
 
 The loop is orchestration only. It resumes from the newest checkpoint in ``workdir``, calls a
-compiled step function, pulls metrics to the host only every ``log_every`` steps (JSON lines in
-``workdir/metrics.jsonl`` and a tqdm bar), checkpoints every ``ckpt_every`` steps, at the end,
-and on an interrupt, and writes the EMA snapshot ``workdir/ema.npz``.
+compiled step function, keeps the step count on the host (no device sync per step), pulls
+metrics to the host only every ``log_every`` steps (JSON lines in ``workdir/metrics.jsonl``,
+the same scalars as TensorBoard events in ``workdir/tensorboard``, and a tqdm bar),
+checkpoints every ``ckpt_every`` steps and at the end, and writes the EMA snapshot
+``workdir/ema.npz``.
+
+Failures:
+
+- a non-finite loss, seen when metrics reach the host (every log and checkpoint), stops the run
+  with :class:`NonFiniteLoss` naming the step; no checkpoint of a non-finite state is written, so
+  the newest checkpoint is the last good one;
+- SIGTERM (how clusters and preemptible VMs stop a job) and Ctrl-C save a checkpoint at the
+  current step and raise :class:`TrainingInterrupted`; the same command resumes exactly. With
+  several processes the signal is agreed on at log and checkpoint steps, so every process
+  saves the same step.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
+from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from simple_reflow.train import checkpoint
 
-__all__ = ["train_loop"]
+__all__ = ["train_loop", "NonFiniteLoss", "TrainingInterrupted"]
 
 
-def _log(workdir, step, metrics):
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or infinite; the newest checkpoint predates it."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM or Ctrl-C stopped the run after a checkpoint at ``step`` was saved."""
+
+    def __init__(self, step: int, signal_name: str):
+        super().__init__(f"{signal_name} at step {step}: checkpoint saved; run the same command "
+                         "again to resume")
+        self.step = step
+
+
+class _StopSignals:
+    """Records SIGTERM / SIGINT while installed (main thread only; elsewhere a no-op)."""
+
+    def __init__(self):
+        self.received = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+    def agreed(self, boundary: bool) -> bool:
+        """Whether to stop now: at once with one process, at a boundary step with several."""
+        if jax.process_count() == 1:
+            return self.received is not None
+        if not boundary:
+            return False
+        flags = multihost_utils.process_allgather(np.int32(self.received is not None))
+        if np.any(flags) and self.received is None:
+            self.received = "SIGTERM"  # another process was signalled
+        return bool(np.any(flags))
+
+
+def _check_finite(metrics, step, manager):
+    loss = float(np.asarray(metrics["train/loss"]))
+    if not np.isfinite(loss):
+        manager.wait_until_finished()  # the pending (good) checkpoint lands before we stop
+        last = manager.latest_step()
+        raise NonFiniteLoss(
+            f"train/loss is {loss} at step {step}; the newest checkpoint (step {last}) is the "
+            "last good one — lower optim.lr or set optim.grad_clip, then rerun to resume from it")
+
+def _log(workdir, step, metrics, writer):
+    """Appends a row to ``metrics.jsonl`` and the same scalars to TensorBoard (process 0)."""
     row = {"step": step, **{k: float(np.asarray(v)) for k, v in metrics.items()}}
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(row) + "\n")
+        for k, v in row.items():
+            if k != "step":
+                writer.add_scalar(k, v, step)
+        writer.flush()
     return row
 
 
@@ -49,37 +125,50 @@ def train_loop(state, step_fn, *, num_steps, workdir, batch_at=None, steps_per_c
     os.makedirs(workdir, exist_ok=True)
     manager = checkpoint.make_manager(workdir, keep)
     state = checkpoint.restore_latest(manager, state)
-    start = int(state.step)
+    step = start = int(state.step)  # the step count lives on the host from here on
     bar = tqdm(total=num_steps, initial=start, desc=desc, disable=jax.process_index() != 0,
                mininterval=2.0, dynamic_ncols=True)
     t_last, step_last = time.perf_counter(), start
+    metrics = None
+    writer = SummaryWriter(os.path.join(workdir, "tensorboard")) if jax.process_index() == 0 \
+        else None
     try:
-        while int(state.step) < num_steps:
-            step = int(state.step)
-            if batch_at is None:
-                state, metrics = step_fn(state)
-            else:
-                state, metrics = step_fn(state, batch_at(step))
-            step += steps_per_call
-            bar.update(steps_per_call)
-            if step % log_every < steps_per_call or step >= num_steps:
-                jax.block_until_ready(metrics)
-                now = time.perf_counter()
-                if batch_size:
-                    metrics = {**metrics, "train/examples_per_sec":
-                               batch_size * (step - step_last) / max(now - t_last, 1e-9)}
-                row = _log(workdir, step, metrics)
-                bar.set_postfix(loss=f"{row['train/loss']:.4g}")
-                t_last, step_last = now, step
-            if step % ckpt_every < steps_per_call and step < num_steps:
-                checkpoint.save_state(manager, state)
-    except KeyboardInterrupt:
-        checkpoint.save_state(manager, state)
-        manager.wait_until_finished()
-        raise
+        with _StopSignals() as stop:
+            while step < num_steps:
+                if batch_at is None:
+                    state, metrics = step_fn(state)
+                else:
+                    state, metrics = step_fn(state, batch_at(step))
+                step += steps_per_call
+                bar.update(steps_per_call)
+                log = step % log_every < steps_per_call or step >= num_steps
+                ckpt = step % ckpt_every < steps_per_call and step < num_steps
+                if log:
+                    jax.block_until_ready(metrics)
+                    now = time.perf_counter()
+                    if batch_size:
+                        metrics = {**metrics, "train/examples_per_sec":
+                                   batch_size * (step - step_last) / max(now - t_last, 1e-9)}
+                    row = _log(workdir, step, metrics, writer)
+                    bar.set_postfix(loss=f"{row['train/loss']:.4g}")
+                    t_last, step_last = now, step
+                if log or ckpt:
+                    _check_finite(metrics, step, manager)
+                if ckpt:
+                    checkpoint.save_state(manager, state)
+                if stop.agreed(boundary=log or ckpt) and step < num_steps:
+                    _check_finite(metrics, step, manager)
+                    if manager.latest_step() != step:
+                        checkpoint.save_state(manager, state)
+                    manager.wait_until_finished()
+                    raise TrainingInterrupted(step, stop.received)
     finally:
         bar.close()
-    if manager.latest_step() != int(state.step):
+        if writer is not None:
+            writer.close()
+    if metrics is not None:
+        _check_finite(metrics, step, manager)
+    if manager.latest_step() != step:
         checkpoint.save_state(manager, state)
     manager.wait_until_finished()
     if jax.process_index() == 0:
