@@ -62,19 +62,19 @@ def _config_file(cfg):
 
 
 def _snapshot(workdir, field, make=""):
-    """``workdir/ema.npz``; a missing one is a FileNotFoundError saying how to make it."""
+    """``workdir/ema.npz``; a missing one is a :class:`MissingInput` saying how to make it."""
     if not workdir:
         raise ValueError(f"{field} must name the workdir of the stage that produced it.")
     path = os.path.join(workdir, "ema.npz")
     if not os.path.exists(path):
         raise MissingInput(f"{field}={workdir!r} holds no snapshot (ema.npz)"
-                                + (f": create it with {make}" if make else "."))
+                           + (f": create it with {make}" if make else "."))
     return path
 
 
 def _require_inputs(cfg, workdir):
     """Checks every file input of the stage before anything is built or compiled; each missing
-    one is a FileNotFoundError naming the path and the command that creates it."""
+    one is a :class:`MissingInput` naming the path and the command that creates it."""
     conf, stage = _config_file(cfg), cfg.stage
     teacher = (f"`python scripts/train.py --config {conf}:teacher --workdir "
                f"{cfg.teacher.workdir}` or `python scripts/import_edm.py --checkpoint "
@@ -295,9 +295,10 @@ def _guided(cfg, model_def, params, denoise):
 
 
 def _scorer(cfg, shape):
-    """``(metric name, featurize, dim, reference μ, Σ)``: FID on Inception features when
-    weights are given (``eval.inception_weights`` or ``$SIMPLE_REFLOW_INCEPTION``), else the
-    pixel-space FD to held-out images. Every input is checked here, before any sampling."""
+    """``(metric name, featurize, dim, reference μ, Σ, number of samples)``: FID on Inception
+    features when weights are given (``eval.inception_weights`` or ``$SIMPLE_REFLOW_INCEPTION``),
+    else the pixel-space FD to as many held-out images as there are samples. Every input is
+    checked here, before any model is built or sampled."""
     weights = cfg.eval.get("inception_weights") or os.environ.get(inception.WEIGHTS_ENV)
     if weights:
         mu, sigma = load_reference(cfg.eval.get("fid_ref"), dim=inception.FEATURE_DIM,
@@ -305,28 +306,26 @@ def _scorer(cfg, shape):
         net = inception.load_fid_inception(weights)
         graphdef, state = nnx.split(net)
         features = jax.jit(lambda st, u8: nnx.merge(graphdef, st)(u8.astype(jnp.float32) / 255))
-        return "fid", functools.partial(features, state), inception.FEATURE_DIM, mu, sigma
+        return ("fid", functools.partial(features, state), inception.FEATURE_DIM, mu, sigma,
+                cfg.eval.num_samples)
     held_out = make_image_source(cfg.data, split=cfg.data.eval_split)
     n = min(cfg.eval.num_samples, len(held_out))
     ref = held_out.get(np.arange(n))["x0"].reshape(n, -1)
     mu, sigma = gaussian_stats(ref)
-    return "fd_pixel", jax.jit(sampling.pixel_features), ref.shape[1], mu, sigma
+    return "fd_pixel", jax.jit(sampling.pixel_features), ref.shape[1], mu, sigma, n
 
 
 def run_eval(cfg, workdir):
     """FID (or pixel FD) per NFE budget for ``eval.model_dir`` and the teacher (module doc)."""
+    shape = data_shape_of(cfg.data)
+    num_classes = data_spec(cfg.data).num_classes
+    metric, featurize, dim, ref_mu, ref_sigma, num = _scorer(cfg, shape)
     model_def, like = _build(cfg, cfg.seed)
     model_dir = cfg.eval.get("model_dir") or workdir
     models = {"student": checkpoint.load_params(_snapshot(model_dir, "eval.model_dir"), like)}
     if cfg.teacher.workdir:
         models["teacher"] = checkpoint.load_params(_snapshot(cfg.teacher.workdir,
                                                              "teacher.workdir"), like)
-    shape = data_shape_of(cfg.data)
-    num_classes = data_spec(cfg.data).num_classes
-    metric, featurize, dim, ref_mu, ref_sigma = _scorer(cfg, shape)
-    num = cfg.eval.num_samples
-    if metric == "fd_pixel":  # as many samples as held-out images
-        num = min(num, len(make_image_source(cfg.data, split=cfg.data.eval_split)))
     mesh = sharding.make_mesh(cfg.get("mesh"))
     key = jax.random.key(cfg.eval.seed)  # sample i: fold_in(key, i), as EDM's --seeds
     s = cfg.sampler
