@@ -11,6 +11,14 @@ import ml_collections
 
 from simple_reflow.couplings import default_coupling_config
 
+# Config-argument tokens that train a 1-rectified flow with a coupling (toy and image configs).
+COUPLINGS = {
+    "i-cfm": {"name": "independent"},
+    "ot-cfm": {"name": "ot"},
+    "loom-cfm": {"name": "loom"},
+    "w-cfm": {"name": "wcfm"},
+}
+
 __all__ = ["base_config"]
 
 

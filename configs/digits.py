@@ -28,7 +28,7 @@ the uint8 quantisation: 11 min 21 s; student 1.263, teacher 1.742 at 9 NFE.)
 from __future__ import annotations
 
 from configs import backbones
-from configs.image_stages import ImageRecipe, image_config, parse_arg
+from configs.image_stages import ImageRecipe, image_config, parse_arg, recipe_options
 
 
 def digits_model(dropout: float = 0.1):
@@ -72,7 +72,7 @@ RECIPE = ImageRecipe(
 def get_config(arg: str = ""):
     """``arg``: ``teacher`` (default) | ``pairs`` | ``reflow`` | ``eval``, plus ``,smoke``."""
     c = image_config(RECIPE, arg, default_stage="teacher")
-    smoke = parse_arg(arg, default="teacher")[1]
+    smoke = parse_arg(arg, default="teacher", options=recipe_options(RECIPE))[1]
     c.data.split = "train"
     c.teacher.workdir = "runs/digits/teacher"
     c.pairs.dir = "runs/digits/pairs"

@@ -6,8 +6,11 @@ Each dataset file (``cifar10.py``, ``afhqv2.py``, ``ffhq.py``, ``imagenet64.py``
 section for one stage. ``arg`` (the part after the colon in ``--config file.py:arg``) is a
 comma-separated list: one stage of :data:`STAGES`, optionally ``smoke``, and the dataset's
 options: an architecture token of ``ImageRecipe.variants`` (e.g. ``ve`` for EDM's NCSN++, the
-``*-ve.pkl`` checkpoints) and ``cond`` where the dataset has class labels
-(``ImageRecipe.cond_classes``), as EDM's ``edm-cifar10-32x32-cond-*.pkl``.
+``*-ve.pkl`` checkpoints), ``cond`` where the dataset has class labels
+(``ImageRecipe.cond_classes``), as EDM's ``edm-cifar10-32x32-cond-*.pkl``, and a coupling
+(``i-cfm``, ``ot-cfm``, ``loom-cfm``, ``w-cfm``): the teacher stage then trains a
+1-rectified flow from scratch with that coupling instead of EDM's loss (``:loom-cfm`` alone
+means ``:teacher,loom-cfm``); its snapshot feeds ``pairs``/``eval`` like any teacher.
 
 Stages:
 
@@ -35,7 +38,7 @@ import dataclasses
 
 import ml_collections
 
-from configs.common import base_config
+from configs.common import COUPLINGS, base_config
 
 __all__ = ["STAGES", "ImageRecipe", "parse_arg", "edm_ema_decay", "image_config"]
 
@@ -105,8 +108,10 @@ def parse_arg(arg: str, stages=STAGES, default: str = "reflow",
 
 
 def recipe_options(recipe: ImageRecipe) -> tuple[str, ...]:
-    """The option tokens a dataset accepts: its architecture variants, and ``cond``."""
-    return tuple(t for t, _ in recipe.variants) + (("cond",) if recipe.cond_classes else ())
+    """The option tokens a dataset accepts: its architecture variants, ``cond``, and the
+    couplings (:data:`configs.common.COUPLINGS`)."""
+    return (tuple(t for t, _ in recipe.variants) + (("cond",) if recipe.cond_classes else ())
+            + tuple(COUPLINGS))
 
 
 def edm_ema_decay(halflife_mimg: float, batch: int) -> float:
@@ -124,9 +129,15 @@ def image_config(recipe: ImageRecipe, arg: str = "", *,
       default_stage: the stage when ``arg`` names none.
     """
     variants = dict(recipe.variants)
+    couplings = set(COUPLINGS)
+    tokens = {t.strip() for t in (arg or "").split(",")}
+    if tokens & couplings and not tokens & set(STAGES):
+        default_stage = "teacher"  # ":loom-cfm" alone trains the 1-RF with that coupling
     stage, smoke, options = parse_arg(arg, default=default_stage, options=recipe_options(recipe))
     if len(options & set(variants)) > 1:
         raise ValueError(f"config arg {arg!r}: choose one architecture of {tuple(variants)}")
+    if len(options & couplings) > 1:
+        raise ValueError(f"config arg {arg!r}: choose one coupling of {tuple(COUPLINGS)}")
     model_fn = next((variants[t] for t in options if t in variants), recipe.model_fn)
     c = base_config()
     c.stage = stage
@@ -181,6 +192,15 @@ def image_config(recipe: ImageRecipe, arg: str = "", *,
         c.training.ema_decay = edm_ema_decay(recipe.teacher_ema_halflife_mimg, recipe.teacher_batch)
         c.guidance.kind = "none"
         c.guidance.w = 0.0
+        coupling = next((t for t in options if t in couplings), None)
+        if coupling:  # a 1-rectified flow from scratch with this coupling, not EDM's loss
+            c.coupling.update(COUPLINGS[coupling])
+            c.loss.kind = "flow"
+            c.loss.distance = "l2"
+            c.loss.normalize = False
+            c.loss.space = "velocity"
+            c.time.dist = "uniform"
+            c.time.t_max = EDM_T_MAX  # σ ≤ 80: the EDM-wrapped network's range
     else:
         c.model.dropout = recipe.reflow_dropout
         c.loss.kind = "flow"

@@ -14,15 +14,12 @@ off by default; ``--config.pairs.projection.fraction=0.2`` makes a fifth of each
 pairs (``--config.pairs.projection.lam=search`` picks λ by Algorithm 2).
 """
 
+from configs import common
 from configs.common import base_config
 
 # 1-RF teachers trained with another coupling (BENCHMARKS.md B1's contenders); the pipeline
 # then evaluates that 1-RF as "teacher" and reflows it.
-COUPLINGS = {
-    "ot-cfm": {"name": "ot"},
-    "loom-cfm": {"name": "loom"},
-    "w-cfm": {"name": "wcfm"},
-}
+COUPLINGS = {k: v for k, v in common.COUPLINGS.items() if k != "i-cfm"}  # i-CFM: the default
 LOOM_NUM_EXAMPLES = 16_384  # LOOM-CFM keeps per-example state: a fixed training set
 
 

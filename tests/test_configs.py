@@ -103,6 +103,10 @@ def test_architecture_and_cond_variants():
     assert ve.model.name == "ncsnpp" and ve.model.resample_filter == (1, 3, 3, 1)
     assert ve.model.num_classes == 10 and ve.data.conditional is True
     assert ve.model.augment_dim == 9  # EDM's CIFAR10 networks have the augment input
+    loom = cifar10.get_config("loom-cfm")  # a coupling alone means the teacher stage
+    assert loom.stage == "teacher" and loom.coupling.name == "loom" and loom.loss.kind == "flow"
+    with pytest.raises(ValueError, match="one coupling"):
+        cifar10.get_config("teacher,ot-cfm,loom-cfm")
     smoke = cifar10.get_config("reflow,ve,smoke")
     assert smoke.model.name == "ncsnpp" and smoke.model.model_channels == 16
     assert cifar10.get_config("reflow").model.name == "ddpmpp"
@@ -118,3 +122,14 @@ def test_projection_on_conditional_data_is_rejected():
     cfg = _get("cifar10", "reflow,smoke")
     cfg.pairs.projection.fraction = 0.2
     validate_config(cfg)
+
+
+def test_a_coupling_needs_the_flow_loss():
+    from configs import cifar10
+    from simple_reflow.train.stages import validate_config
+
+    c = cifar10.get_config("teacher,smoke")
+    c.coupling.name = "ot"
+    with pytest.raises(ValueError, match=r"coupling\.name='ot'.*loss\.kind='edm'"):
+        validate_config(c)
+    validate_config(cifar10.get_config("ot-cfm,smoke"))

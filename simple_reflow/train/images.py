@@ -31,6 +31,7 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from simple_reflow import grids, guidance, losses, pairs, sampler
+from simple_reflow.couplings import make_coupling
 from simple_reflow.data import batch_at, data_spec, make_image_source
 from simple_reflow.errors import MissingInput
 from simple_reflow.losses_edm import edm_loss
@@ -119,12 +120,15 @@ def _loss_fn(cfg):
     raise ValueError(f"loss.kind={cfg.loss.kind!r} is not one of ('edm', 'flow').")
 
 
-def _train(cfg, workdir, model_def, params, host_batch_at, desc):
+def _train(cfg, workdir, model_def, params, host_batch_at, desc, coupling=None):
     mesh = sharding.make_mesh(cfg.get("mesh"))
     optimizer = make_optimizer(cfg.optim)
-    state = init_state(params, optimizer, cfg.seed)
+    coupling_state = None
+    if coupling is not None:
+        coupling_state = coupling.init(jax.random.fold_in(jax.random.key(cfg.seed), 1))
+    state = init_state(params, optimizer, cfg.seed, coupling_state)
     step = make_train_step(model_def, _loss_fn(cfg), optimizer,
-                           ema_decay=cfg.training.ema_decay)
+                           ema_decay=cfg.training.ema_decay, coupling=coupling)
     repl = sharding.replicated(mesh)
     compiled = jax.jit(step, in_shardings=(repl, sharding.batch_sharding(mesh)),
                        out_shardings=(repl, repl), donate_argnums=(0,))
@@ -137,19 +141,30 @@ def _train(cfg, workdir, model_def, params, host_batch_at, desc):
 
 
 def run_teacher(cfg, workdir):
-    """Trains a teacher with EDM's loss on real images; writes ``workdir/ema.npz``."""
+    """Trains a teacher on real images; writes ``workdir/ema.npz``.
+
+    ``loss.kind = "edm"``: EDM's loss. ``loss.kind = "flow"``: a 1-rectified flow whose noise
+    is paired with each batch by ``cfg.coupling`` inside the jitted step (independent, OT-CFM,
+    LOOM-CFM with its per-image state over the whole training set, W-CFM).
+    """
     source = make_image_source(cfg.data)
     model_def, params = _build(cfg, cfg.seed)
     if jax.process_index() == 0:
         checkpoint.save_model_config(workdir, cfg.model)
+    coupling, factor, keep = None, 1, ("x0", "cond")
+    if cfg.loss.kind == "flow":
+        coupling = make_coupling(cfg.coupling, data_shape=data_shape_of(cfg.data),
+                                 num_data=len(source))
+        factor, keep = coupling.batch_factor, ("x0", "cond", "index")
 
     def host_batch(step):
-        b = batch_at(source, cfg.seed, step, cfg.training.batch_size,
+        b = batch_at(source, cfg.seed, step, cfg.training.batch_size * factor,
                      random_flip=cfg.data.random_flip, process_index=jax.process_index(),
                      process_count=jax.process_count())
-        return {k: v for k, v in b.items() if k in ("x0", "cond")}
+        return {k: v.astype(np.int32) if k == "index" else v for k, v in b.items() if k in keep}
 
-    _train(cfg, workdir, model_def, params, host_batch, "teacher (EDM)")
+    desc = "teacher (EDM)" if coupling is None else f"1-RF ({coupling.name} coupling)"
+    _train(cfg, workdir, model_def, params, host_batch, desc, coupling=coupling)
     return f"teacher EMA snapshot: {os.path.join(workdir, 'ema.npz')}"
 
 

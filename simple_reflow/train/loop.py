@@ -130,8 +130,10 @@ def train_loop(state, step_fn, *, num_steps, workdir, batch_at=None, steps_per_c
                mininterval=2.0, dynamic_ncols=True)
     t_last, step_last = time.perf_counter(), start
     metrics = None
-    writer = SummaryWriter(os.path.join(workdir, "tensorboard")) if jax.process_index() == 0 \
-        else None
+    writer = None
+    if jax.process_index() == 0:  # one event file per run segment (names carry 1-s timestamps)
+        writer = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                               filename_suffix=f".from_step_{start}.{os.getpid()}")
     try:
         with _StopSignals() as stop:
             while step < num_steps:

@@ -127,6 +127,14 @@ def validate_config(cfg):
         check_model_config(workdir, cfg.model, data_shape=shape, field=field)
     if cfg.stage == "eval":
         _validate_eval(cfg, shape)
+    if cfg.stage == "teacher":
+        coupled = cfg.coupling.name != "independent"
+        _check(not (coupled and cfg.loss.kind == "edm"),
+               f"coupling.name={cfg.coupling.name!r} pairs noise with data for a 1-rectified "
+               "flow (loss.kind='flow'); EDM's loss (loss.kind='edm') has no coupling.")
+        if cfg.loss.kind == "flow":  # LOOM's dataset size is known once the data is read
+            make_coupling(cfg.coupling, data_shape=shape,
+                          num_data=1 if cfg.coupling.name == "loom" else None)
 
 
 def _validate_eval(cfg, shape):
