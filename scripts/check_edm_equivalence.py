@@ -23,13 +23,8 @@ import numpy as np
 from flax import nnx
 
 from simple_reflow.models import build_model, count_parameters
-from simple_reflow.models.edm_import import (
-    EDMNetwork,
-    edm_model_config,
-    edm_params,
-    read_edm_network,
-    read_state_dict,
-)
+from simple_reflow.models.edm_import import EDMNetwork, read_edm_network, read_state_dict
+from simple_reflow.train.edm import edm_model_config, model_params
 
 
 def _weights(path, fx):
@@ -54,7 +49,7 @@ def check(path):
     cfg = edm_model_config(net)
     size = int(net.kwargs["img_resolution"])
     shape = (size, size, int(net.kwargs["img_channels"]))
-    params = edm_params(net.state, cfg, data_shape=shape, source=path)
+    params = model_params(net.state, cfg, data_shape=shape, source=path)
     model = nnx.eval_shape(lambda: build_model(cfg, data_shape=shape, rngs=nnx.Rngs(0)))
     nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, params)))
     labels = jnp.asarray(fx["labels"]) if "labels" in fx.files else None

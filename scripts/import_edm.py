@@ -47,8 +47,9 @@ def main(argv):
     from flax import nnx
 
     from simple_reflow.models import build_model, count_parameters
-    from simple_reflow.models.edm_import import import_edm, read_edm_network
+    from simple_reflow.models.edm_import import read_edm_network
     from simple_reflow.train import checkpoint
+    from simple_reflow.train.edm import import_edm
 
     path, workdir, cfg = _CHECKPOINT.value, _WORKDIR.value, _CONFIG.value
     model_cfg = data_shape = None

@@ -25,15 +25,9 @@ import pytest
 from flax import nnx
 
 from simple_reflow.models import build_model
-from simple_reflow.models.edm_import import (
-    EDMNetwork,
-    edm_model_config,
-    edm_params,
-    import_edm,
-    read_edm_network,
-    read_state_dict,
-)
+from simple_reflow.models.edm_import import EDMNetwork, read_edm_network, read_state_dict
 from simple_reflow.models.torch_files import TorchFileError, load_torch_file
+from simple_reflow.train.edm import edm_model_config, import_edm, model_params
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "edm")
 NETWORKS = ("ddpmpp_uncond", "ddpmpp_cond", "ncsnpp_uncond", "ncsnpp_cond", "songunet_skip",
@@ -77,7 +71,7 @@ def imported(request):
     net = EDMNetwork.from_init_kwargs(spec["init_kwargs"], _weights(name, fx))
     cfg = edm_model_config(net)
     size = int(net.kwargs["img_resolution"])
-    params = edm_params(net.state, cfg, data_shape=(size, size, 3), source=name)
+    params = model_params(net.state, cfg, data_shape=(size, size, 3), source=name)
     model = nnx.eval_shape(lambda: build_model(cfg, data_shape=(size, size, 3),
                                                rngs=nnx.Rngs(0)))
     nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, params)))
@@ -164,13 +158,13 @@ def test_state_dict_missing_or_extra_key_is_named():
     missing = dict(state)
     del missing["model.map_label.weight"]
     with pytest.raises(ValueError, match=r"missing key 'model\.map_label\.weight'"):
-        edm_params(missing, cfg, data_shape=shape)
+        model_params(missing, cfg, data_shape=shape)
     extra = {**state, "model.enc.32x32_block9.conv0.weight": np.zeros((8, 8, 3, 3), np.float32)}
     with pytest.raises(ValueError, match=r"unexpected key 'model\.enc\.32x32_block9"):
-        edm_params(extra, cfg, data_shape=shape)
+        model_params(extra, cfg, data_shape=shape)
     wrong = {**state, "model.map_layer0.weight": np.zeros((32, 7), np.float32)}
     with pytest.raises(ValueError, match=r"model\.map_layer0\.weight has shape"):
-        edm_params(wrong, cfg, data_shape=shape)
+        model_params(wrong, cfg, data_shape=shape)
     # The same state_dict with its own architecture imports.
     _, params = import_edm(os.path.join(FIXTURES, "ncsnpp_cond_state_dict.pt"), model_cfg=cfg)
     assert params["backbone"]["map_noise"]["freqs"].shape == (8,)

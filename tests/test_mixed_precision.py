@@ -22,7 +22,8 @@ from flax import nnx
 from configs import backbones
 from simple_reflow.losses_edm import edm_loss
 from simple_reflow.models import build_model
-from simple_reflow.models.edm_import import EDMNetwork, edm_model_config, edm_params
+from simple_reflow.models.edm_import import EDMNetwork
+from simple_reflow.train.edm import edm_model_config, model_params
 from simple_reflow.train.step import init_state, make_train_step, split_model
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "edm")
@@ -45,7 +46,7 @@ def test_bfloat16_forward_agrees_with_float32(name):
         cfg = edm_model_config(net, dtype=dtype)
         model = nnx.eval_shape(lambda c=cfg: build_model(c, data_shape=(32, 32, 3),
                                                          rngs=nnx.Rngs(0)))
-        nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, edm_params(
+        nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, model_params(
             net.state, cfg, data_shape=(32, 32, 3)))))
         f = nnx.jit(lambda m, x, n, c: m.backbone(x, n, c))(
             model, x.astype(dtype), jnp.asarray(fx["F_noise"]), labels)

@@ -8,12 +8,13 @@ source code EDM embeds in them:
 
 - :func:`read_edm_network`: the network of a pickle — its constructor arguments (completed
   with the defaults of EDM's ``training/networks.py``) and its ``state_dict``;
-- :func:`edm_model_config`: the ``model`` config section of that architecture;
+- :func:`edm_architecture`: this library's model fields for that architecture;
 - :func:`edm_params`: the ``state_dict`` as this library's parameters (names map one to one:
   ``model.enc.32x32_conv.weight`` → ``backbone/enc/32x32_conv/weight``; convolutions OIHW →
-  HWIO, linear layers ``[out, in]`` → ``[in, out]``), every key and shape checked;
-- :func:`import_edm`: all three for a pickle, or for a ``state_dict`` file with the
-  architecture taken from a config.
+  HWIO, linear layers ``[out, in]`` → ``[in, out]``), every key and shape checked.
+
+The config adapter (a pickle or a ``state_dict`` file plus a config → model section and
+parameters) is :func:`simple_reflow.train.edm.import_edm`.
 
 The imported denoiser computes what EDM's ``EDMPrecond.forward`` computes (tested against EDM's
 own networks in ``tests/test_edm_import.py``); augment labels are not passed when sampling, as
@@ -24,24 +25,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 
-import ml_collections
 import numpy as np
-from flax import nnx
 
-from simple_reflow.models import (
-    MODEL_NAMES,
-    SONGUNET_VARIANTS,
-    build_model,
-    check_same_architecture,
-    validate_model_config,
-)
+from simple_reflow.models import SONGUNET_VARIANTS
 from simple_reflow.models.params import flat_params, unflatten_params
 from simple_reflow.models.torch_files import PersistentObject, load_torch_file, module_state_dict
 
-__all__ = ["EDMNetwork", "read_edm_network", "read_state_dict", "edm_model_config",
-           "edm_params", "import_edm"]
+__all__ = ["EDMNetwork", "read_edm_network", "read_state_dict", "edm_architecture",
+           "edm_params"]
 
 # The constructor defaults of EDM's training/networks.py (facts about its pickles: EDM records
 # only the arguments that were passed, so missing ones take these values).
@@ -135,37 +127,30 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     return dict(state)
 
 
-def edm_model_config(net: EDMNetwork, *, dtype: str = "float32") -> ml_collections.ConfigDict:
-    """The ``model`` config section (``configs/backbones.py`` fields) of an EDM network.
+def edm_architecture(net: EDMNetwork) -> dict:
+    """This library's model fields (``configs/backbones.py``) for an EDM network, as a dict.
 
     SongUNets with DDPM++'s or NCSN++'s options are named ``ddpmpp`` / ``ncsnpp``, other
     SongUNets ``songunet``; DhariwalUNets ``adm`` (EDM's 64 channels per attention head).
+    ``dropout`` and ``label_dropout`` are the network's training values.
     """
     k = net.kwargs
-    c = ml_collections.ConfigDict()
-    c.resolution = int(k["img_resolution"])
-    c.model_channels = int(k["model_channels"])
-    c.channel_mult = tuple(int(v) for v in k["channel_mult"])
-    c.channel_mult_emb = int(k["channel_mult_emb"])
-    c.num_blocks = int(k["num_blocks"])
-    c.attn_resolutions = tuple(int(v) for v in k["attn_resolutions"])
-    c.channels_per_head = 64
-    c.dropout = float(k["dropout"])
-    c.num_classes = int(k["label_dim"])
-    c.label_dropout = float(k["label_dropout"])
-    c.augment_dim = int(k["augment_dim"])
-    c.sigma_data = float(k["sigma_data"])
-    c.dtype = dtype
-    c.conv_grad = "auto"
     song = {f: k.get(f, _EDM_DEFAULTS["SongUNet"][f]) for f in _SONG_FIELDS}
     song["resample_filter"] = tuple(int(v) for v in song["resample_filter"])
     song["channel_mult_noise"] = int(song["channel_mult_noise"])
-    c.update(song)
     if k["model_type"] == "DhariwalUNet":
-        c.name = "adm"
+        name = "adm"
     else:
-        c.name = next((n for n, v in SONGUNET_VARIANTS.items() if v == song), "songunet")
-    return c
+        name = next((n for n, v in SONGUNET_VARIANTS.items() if v == song), "songunet")
+    return dict(
+        name=name, resolution=int(k["img_resolution"]),
+        model_channels=int(k["model_channels"]),
+        channel_mult=tuple(int(v) for v in k["channel_mult"]),
+        channel_mult_emb=int(k["channel_mult_emb"]), num_blocks=int(k["num_blocks"]),
+        attn_resolutions=tuple(int(v) for v in k["attn_resolutions"]), channels_per_head=64,
+        dropout=float(k["dropout"]), num_classes=int(k["label_dim"]),
+        label_dropout=float(k["label_dropout"]), augment_dim=int(k["augment_dim"]),
+        sigma_data=float(k["sigma_data"]), **song)
 
 
 def _expected_filter(resample_filter):
@@ -173,103 +158,53 @@ def _expected_filter(resample_filter):
     return (np.outer(f, f) / np.square(f.sum()))[None, None]
 
 
-def edm_params(state: dict, model_cfg, *, data_shape, source: str = "state_dict"):
-    """Converts an EDMPrecond ``state_dict`` into this library's parameters for ``model_cfg``.
+def edm_params(state: dict, like, *, resample_filter=(1, 1), source: str = "state_dict"):
+    """Converts an EDMPrecond ``state_dict`` into this library's parameters.
 
     Args:
       state: EDM names (``model.…``) → arrays, as :func:`read_edm_network` or
         :func:`read_state_dict` return them.
-      model_cfg: the model section the parameters are for.
-      data_shape: one image's shape ``[H, W, C]``.
+      like: the pure parameter dict (or its shapes) of the model to fill, e.g.
+        ``nnx.to_pure_dict(nnx.state(nnx.eval_shape(build), nnx.Param))``.
+      resample_filter: the network's 1-D resampling filter (ADM: ``(1, 1)``); EDM stores the
+        2-D filters as buffers, which must equal it.
       source: what ``state`` was read from, for messages.
 
     Returns:
-      The pure parameter dict of ``build_model(model_cfg, data_shape=data_shape)``.
+      A pure parameter dict with the structure of ``like``.
 
     Raises:
       ValueError: a key without counterpart (missing or extra), a shape mismatch, or
-        resampling filters that differ from ``model.resample_filter``; one line naming it.
+        resampling filters that differ; one line naming it.
     """
-    validate_model_config(model_cfg, data_shape=data_shape)
-    model = nnx.eval_shape(lambda: build_model(model_cfg, data_shape=data_shape,
-                                               rngs=nnx.Rngs(0)))
-    like = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     shapes = {name: tuple(v.shape) for name, v in flat_params(like).items()}
-    filters = (1, 1) if model_cfg.name == "adm" else tuple(model_cfg.resample_filter)
     flat = {}
     for key, value in state.items():
         value = np.asarray(value)
         if key.endswith(".resample_filter"):
-            want = _expected_filter(filters)
+            want = _expected_filter(resample_filter)
             if value.shape != want.shape or not np.allclose(value, want, rtol=0, atol=1e-7):
-                raise ValueError(f"{source}: {key} is not the resampling filter of "
-                                 f"model.resample_filter={filters}")
+                raise ValueError(f"{source}: {key} is not the resampling filter "
+                                 f"{tuple(resample_filter)} (model.resample_filter)")
             continue
         if not key.startswith("model."):
             raise ValueError(f"{source}: key {key!r} is not part of an EDMPrecond network "
                              "(its keys start with 'model.')")
         name = "backbone/" + key[len("model."):].replace(".", "/")
         if name not in shapes:
-            raise ValueError(f"{source}: unexpected key {key!r}: model.name={model_cfg.name!r} "
-                             "with this config has no such parameter (another architecture?)")
+            raise ValueError(f"{source}: unexpected key {key!r}: the model has no such "
+                             "parameter (another architecture?)")
         if value.ndim == 4:
             value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
         elif value.ndim == 2:
             value = value.T  # [out, in] -> [in, out]
         if value.shape != shapes[name]:
             raise ValueError(f"{source}: {key} has shape {tuple(value.shape)} (as ours: "
-                             f"{shapes[name]} expected); the config's architecture differs")
+                             f"{shapes[name]} expected); the architecture differs")
         flat[name] = np.asarray(value, np.float32)
     missing = [n for n in shapes if n not in flat]
     if missing:
         key = "model." + missing[0][len("backbone/"):].replace("/", ".")
-        raise ValueError(f"{source}: missing key {key!r} ({len(missing)} parameters of "
-                         f"model.name={model_cfg.name!r} have no value)")
+        raise ValueError(f"{source}: missing key {key!r} ({len(missing)} parameters of the "
+                         "model have no value)")
     return unflatten_params(flat, like, source=source)
-
-
-def import_edm(path: str, *, model_cfg=None, data_shape=None, dtype: str = "float32"):
-    """Reads an EDM pickle or ``state_dict`` file as ``(model config, parameters)``.
-
-    Args:
-      path: an ``edm-*.pkl`` / ``network-snapshot-*.pkl`` pickle, or a state_dict file
-        (``torch.save(net.state_dict())`` or ``.npz``).
-      model_cfg: the config's model section. For a pickle it is optional and, if given, must
-        have the pickle's architecture (else a ValueError names the field); for a state_dict
-        it is required (a state_dict holds no architecture).
-      data_shape: one image's shape; default ``[resolution, resolution, img_channels]``.
-      dtype: compute dtype of the returned config when none is given.
-
-    Returns:
-      ``(model ConfigDict, pure parameter dict)`` ready for ``build_model`` / the stages.
-    """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no EDM checkpoint at {path!r}")
-    try:
-        net = read_edm_network(path)
-    except ValueError as e:
-        if "is a state_dict" not in str(e) and not str(path).endswith(".npz"):
-            raise
-        net = None
-    if net is None:
-        if model_cfg is None:
-            raise ValueError(f"{path} is a state_dict: give the architecture as a config's "
-                             "model section (scripts/import_edm.py --config FILE)")
-        if model_cfg.name not in MODEL_NAMES or model_cfg.name == "mlp":
-            raise ValueError(f"model.name={model_cfg.name!r} is not an EDM architecture")
-        if data_shape is None:
-            if not model_cfg.resolution:
-                raise ValueError("model.resolution must be set to import a state_dict")
-            data_shape = (model_cfg.resolution, model_cfg.resolution, 3)
-        return model_cfg, edm_params(read_state_dict(path), model_cfg, data_shape=data_shape,
-                                     source=str(path))
-    cfg = edm_model_config(net, dtype=dtype)
-    if model_cfg is not None:
-        check_same_architecture(cfg, model_cfg, what=f"the checkpoint {path}")
-        cfg = model_cfg
-    size, channels = int(net.kwargs["img_resolution"]), int(net.kwargs["img_channels"])
-    native = (size, size, channels)
-    if data_shape is not None and tuple(data_shape) != native:
-        raise ValueError(f"{path} is a {size}x{size}x{channels} network; the data config gives "
-                         f"images of shape {tuple(data_shape)}")
-    return cfg, edm_params(net.state, cfg, data_shape=native, source=str(path))
