@@ -31,11 +31,7 @@ flags.mark_flags_as_required(["config", "out"])
 
 def main(argv):
     del argv
-    import functools
-
     import jax
-    import jax.numpy as jnp
-    from flax import nnx
 
     if _MULTIHOST.value:
         jax.distributed.initialize()
@@ -45,13 +41,11 @@ def main(argv):
     from simple_reflow.train import sampling, sharding
 
     cfg = _CONFIG.value
-    net = inception.load_fid_inception(_INCEPTION.value or None)
-    graphdef, state = nnx.split(net)
-    features = jax.jit(lambda st, u8: nnx.merge(graphdef, st)(u8.astype(jnp.float32) / 255))
+    featurize = inception.uint8_features(inception.load_fid_inception(_INCEPTION.value or None))
     source = make_image_source(cfg.data, split=_SPLIT.value)
     num = min(_NUM.value or len(source), len(source))
     stats = sampling.dataset_features(
-        source, functools.partial(features, state), dim=inception.FEATURE_DIM, num=num,
+        source, featurize, dim=inception.FEATURE_DIM, num=num,
         batch_size=_BATCH.value, mesh=sharding.make_mesh(cfg.get("mesh")))
     mu, sigma = stats.mean_cov()
     if jax.process_index() == 0:

@@ -192,14 +192,13 @@ pid, n, port, fixture = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.arg
 if n > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=n, process_id=pid)
-import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from simple_reflow import grids
 from simple_reflow.metrics.frechet import frechet_distance_from_stats
-from simple_reflow.metrics.inception import inception_params, FIDInception
+from simple_reflow.metrics.inception import inception_params, FIDInception, uint8_features
 from simple_reflow.metrics.seeded_weights import seeded_value
 from simple_reflow.teachers import GaussianMixture
 from simple_reflow.train import sampling, sharding
@@ -207,15 +206,14 @@ shapes = json.loads(str(np.load(fixture)["state_shapes_json"]))
 net = nnx.eval_shape(FIDInception)
 state = {k: seeded_value(k, s) for k, s in shapes.items() if not k.endswith("tracked")}
 nnx.update(net, nnx.State(jax.tree.map(jnp.asarray, inception_params(state))))
-graphdef, st = nnx.split(net)
-feats = jax.jit(lambda st, u8: nnx.merge(graphdef, st)(u8.astype(jnp.float32) / 255))
+featurize = uint8_features(net)
 means = jax.random.uniform(jax.random.key(3), (3, 8, 8, 3), minval=-0.7, maxval=0.7)
 teacher = GaussianMixture(means, jnp.array([0.2, 0.3, 0.25]), jnp.ones(3))
 out = {}
 for seed in (0, 1):
     stats, _ = sampling.sample_features(
         teacher.denoise, grids.uniform_grid(3), solver="euler", r=0.4, shape=(8, 8, 3),
-        num_classes=0, key=jax.random.key(seed), featurize=functools.partial(feats, st),
+        num_classes=0, key=jax.random.key(seed), featurize=featurize,
         dim=2048, num=24, batch_size=8, mesh=sharding.make_mesh())
     out[seed] = stats
 mu0, s0 = out[0].mean_cov()

@@ -29,7 +29,8 @@ from simple_reflow.errors import MissingInput
 from simple_reflow.models.params import flat_params, unflatten_params
 from simple_reflow.models.torch_files import load_torch_file
 
-__all__ = ["FIDInception", "inception_params", "load_fid_inception", "resize_matrix",
+__all__ = ["FIDInception", "inception_params", "load_fid_inception", "uint8_features",
+           "resize_matrix",
            "FEATURE_DIM", "INCEPTION_SIZE", "WEIGHTS_ENV"]
 
 FEATURE_DIM = 2048
@@ -312,3 +313,11 @@ def load_fid_inception(path: str | None = None) -> FIDInception:
     model = nnx.eval_shape(FIDInception)
     nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, params)))
     return model
+
+
+def uint8_features(model: FIDInception):
+    """``fn(images_u8) -> [N, 2048]``, compiled once, the weights passed as an argument (not
+    baked into the program as constants): what FID feeds its generated and reference images."""
+    graphdef, state = nnx.split(model)
+    fn = jax.jit(lambda st, u8: nnx.merge(graphdef, st)(u8.astype(jnp.float32) / 255.0))
+    return lambda images_u8: fn(state, images_u8)

@@ -318,11 +318,8 @@ def _scorer(cfg, shape):
     if weights:
         mu, sigma = load_reference(cfg.eval.get("fid_ref"), dim=inception.FEATURE_DIM,
                                    resolution=shape[0])
-        net = inception.load_fid_inception(weights)
-        graphdef, state = nnx.split(net)
-        features = jax.jit(lambda st, u8: nnx.merge(graphdef, st)(u8.astype(jnp.float32) / 255))
-        return ("fid", functools.partial(features, state), inception.FEATURE_DIM, mu, sigma,
-                cfg.eval.num_samples)
+        featurize = inception.uint8_features(inception.load_fid_inception(weights))
+        return "fid", featurize, inception.FEATURE_DIM, mu, sigma, cfg.eval.num_samples
     held_out = make_image_source(cfg.data, split=cfg.data.eval_split)
     n = min(cfg.eval.num_samples, len(held_out))
     ref = held_out.get(np.arange(n))["x0"].reshape(n, -1)
