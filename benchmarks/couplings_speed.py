@@ -25,7 +25,6 @@ Rows (medians after warm-up; compile time reported apart):
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import time
@@ -38,7 +37,7 @@ from scipy.optimize import linear_sum_assignment
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import matmul_peak, run_metadata, time_fn, write_json  # noqa: E402
-from simple_reflow.couplings import default_coupling_config, make_coupling  # noqa: E402
+from simple_reflow.couplings import make_coupling  # noqa: E402
 from simple_reflow.couplings.assignment import cost_matrix, solve_assignment  # noqa: E402
 from simple_reflow.couplings.minibatch import sinkhorn_plan  # noqa: E402
 from simple_reflow.couplings.projection import project_pairs  # noqa: E402
@@ -116,27 +115,24 @@ def sharpness_rows(n, dims, epsilons):
 def toy_step_ratio(batch=256, repeats=30, steps=20):
     """Toy-MLP step time, OT-CFM vs independent, through ``train.step.make_train_step``."""
     from configs.toy2d import get_config
-    from simple_reflow import losses
     from simple_reflow.data.toy import sample_toy
     from simple_reflow.train.step import init_state, make_optimizer, make_train_step
-    from simple_reflow.train.toy import ONE_RF_LOSS, ONE_RF_TIME, build_mlp
+    from simple_reflow.train.toy import ONE_RF_LOSS, build_mlp
 
     cfg = get_config()
     out = {"batch": batch, "dim": 2, "data": "8gaussians", "steps_per_call": steps,
            "via": "train.step"}
     x0 = sample_toy("8gaussians", jax.random.key(0), batch)
     for name in ("independent", "ot", "ot_bits8", "ot_groups4", "ot_groups8", "ot_groups16"):
-        ccfg = default_coupling_config()
-        ccfg.name = name.split("_")[0]
+        kw = {}
         if name == "ot_bits8":
-            ccfg.resolution_bits = 8  # exact only up to n·range/2^8 in total cost
+            kw["resolution_bits"] = 8  # exact only up to n·range/2^8 in total cost
         if name.startswith("ot_groups"):  # exact OT within groups of 256 / G (ot_groups)
-            ccfg.ot_groups = int(name.removeprefix("ot_groups"))
-        coupling = make_coupling(ccfg, data_shape=(2,))
+            kw["ot_groups"] = int(name.removeprefix("ot_groups"))
+        coupling = make_coupling(name.split("_")[0], data_shape=(2,), **kw)
         model_def, params = build_mlp(cfg.model, 0)
         opt = make_optimizer(cfg.optim)
-        loss_fn = functools.partial(losses.flow_loss, cfg=ONE_RF_LOSS, time_cfg=ONE_RF_TIME)
-        step = make_train_step(model_def, loss_fn, opt, ema_decay=0.999, coupling=coupling)
+        step = make_train_step(model_def, ONE_RF_LOSS, opt, ema_decay=0.999, coupling=coupling)
         state = init_state(params, opt, 0, coupling.init(jax.random.key(1)))
 
         def many(state, x0, step=step):

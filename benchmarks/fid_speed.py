@@ -27,9 +27,9 @@ from simple_reflow import grids, sampler
 from simple_reflow.metrics.fid import FeatureStats
 from simple_reflow.metrics.inception import FIDInception, inception_params, uint8_features
 from simple_reflow.metrics.seeded_weights import seeded_value
-from simple_reflow.models import build_model
 from simple_reflow.models.params import flat_params
 from simple_reflow.train import sampling, sharding
+from simple_reflow.train.configure import model_from_config
 from simple_reflow.train.step import split_model
 
 
@@ -74,7 +74,8 @@ def main():
         print(f"Inception {size}² → 299²: {rate:.1f} img/s, {flops / 1e9:.2f} GFLOP/image, "
               f"{100 * rate * flops / peak:.1f}% of the matmul peak", flush=True)
 
-    ddpm = build_model(backbones.ddpmpp_cifar10(), data_shape=(32, 32, 3), rngs=nnx.Rngs(0))
+    ddpm = model_from_config(backbones.ddpmpp_cifar10(), data_shape=(32, 32, 3),
+                             rngs=nnx.Rngs(0))
     model_def, params = split_model(ddpm)
     fwd = jax.jit(lambda prm, x, t: model_def.merge(prm)(x, t))
     x = jax.random.normal(jax.random.key(0), (16, 32, 32, 3))
@@ -85,8 +86,8 @@ def main():
     print(f"CIFAR10 DDPM++ forward: {ddpm_rate:.2f} img/s (batch 16)", flush=True)
 
     small = backbones.ddpmpp_smoke()
-    model_def, params = split_model(build_model(small, data_shape=(32, 32, 3),
-                                                rngs=nnx.Rngs(0)))
+    model_def, params = split_model(model_from_config(small, data_shape=(32, 32, 3),
+                                                      rngs=nnx.Rngs(0)))
     grid, nfe = sampler.grid_for_budget(9, "dpm2", lambda k: grids.sigmoid_grid(k))
     start = time.perf_counter()
     stats, _ = sampling.sample_features(

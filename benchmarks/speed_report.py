@@ -27,7 +27,7 @@ from flax import nnx
 
 from configs import backbones
 from simple_reflow.losses_edm import edm_loss
-from simple_reflow.models import build_model
+from simple_reflow.train.configure import model_from_config
 from simple_reflow.train.step import init_state, make_train_step, split_model
 
 # name: (model config, image shape, batch on the CPU, batch on an accelerator)
@@ -74,7 +74,8 @@ def matmul_peaks(n, repeats):
 
 def _random_params(cfg, shape):
     """The model with N(0, 0.05²) parameters, built abstractly (no eager per-shape init)."""
-    model = nnx.eval_shape(lambda: build_model(cfg, data_shape=shape, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: model_from_config(cfg, data_shape=shape,
+                                                     rngs=nnx.Rngs(0)))
     model_def, like = split_model(model)
     leaves, treedef = jax.tree.flatten(like)
     keys = jax.random.split(jax.random.key(0), len(leaves))

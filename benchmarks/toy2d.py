@@ -39,12 +39,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import run_metadata, write_json  # noqa: E402
 from configs.toy2d import COUPLINGS, LOOM_NUM_EXAMPLES, get_config  # noqa: E402
-from simple_reflow.couplings import make_coupling  # noqa: E402
 from simple_reflow.data.toy import TOY_DATASETS, make_toy_sampler  # noqa: E402
 from simple_reflow.metrics.transport import w2  # noqa: E402
+from simple_reflow.train import configure  # noqa: E402
 from simple_reflow.train.toy import (  # noqa: E402
     ONE_RF_LOSS,
-    ONE_RF_TIME,
     TOY_SHAPE,
     generate_toy_pairs,
     make_data_batch_fn,
@@ -145,7 +144,8 @@ def run_task(task, seed, args, workroot):
             batch_fn = pair_batch_fn(mcfg, seed)
             model_def, state = train_flow(
                 mcfg, os.path.join(workdir, name), batch_fn=batch_fn, data=data,
-                loss_cfg=mcfg.loss, time_cfg=mcfg.time, init_params=teacher_params,
+                loss_fn=configure.flow_loss_from_config(mcfg.loss, mcfg.time),
+                init_params=teacher_params,
                 num_steps=cfg.training.num_steps, seed=seed + 1, desc=f"{task}/{name}")
             fn = model_def.denoiser(state.ema)
         else:  # a 1-RF trained from scratch with another coupling
@@ -154,7 +154,8 @@ def run_task(task, seed, args, workroot):
             if spec["coupling"]["name"] == "wcfm":
                 mcfg.coupling.kappa = args.wcfm_kappa
             num_data = spec.get("num_data")
-            coupling = make_coupling(mcfg.coupling, data_shape=TOY_SHAPE, num_data=num_data)
+            coupling = configure.coupling_from_config(mcfg.coupling, data_shape=TOY_SHAPE,
+                                                      num_data=num_data)
             batch_fn, data = make_data_batch_fn(
                 task, cfg.training.batch_size * coupling.batch_factor, seed + 7, num_data)
             run_name = name
@@ -162,7 +163,7 @@ def run_task(task, seed, args, workroot):
                 run_name = f"{name}_kappa{args.wcfm_kappa:g}"
             model_def, state = train_flow(
                 mcfg, os.path.join(workdir, run_name), batch_fn=batch_fn, data=data,
-                loss_cfg=ONE_RF_LOSS, time_cfg=ONE_RF_TIME, coupling=coupling,
+                loss_fn=ONE_RF_LOSS, coupling=coupling,
                 num_steps=cfg.teacher.num_steps, seed=seed, desc=f"{task}/{name}")
             fn = model_def.denoiser(state.ema)
         recs = _evaluate(name, fn, spec, cfg, task, seed, floor, eval_key)

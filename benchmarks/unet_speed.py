@@ -77,7 +77,7 @@ def bench_jax(args) -> dict:
     sys.path.insert(0, REPO)
     from configs import backbones
     from simple_reflow import losses_edm
-    from simple_reflow.models import build_model
+    from simple_reflow.train.configure import model_from_config
     from simple_reflow.train.step import init_state, make_train_step, split_model
 
     out = {"jax_version": jax.__version__, "devices": [str(d) for d in jax.devices()]}
@@ -96,7 +96,7 @@ def bench_jax(args) -> dict:
     cfg = backbones.ddpmpp_cifar10(dropout=args.dropout)
     shape = (32, 32, 3)
     start = time.perf_counter()
-    model = build_model(cfg, data_shape=shape, rngs=nnx.Rngs(0))
+    model = model_from_config(cfg, data_shape=shape, rngs=nnx.Rngs(0))
     model_def, params = split_model(model)
     num_params = sum(x.size for x in jax.tree.leaves(params))
     out["init_seconds"] = time.perf_counter() - start

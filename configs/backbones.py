@@ -1,7 +1,8 @@
 """Model-config presets for the image backbones (the ``model`` section of a stage config).
 
-Fields of an image-model section (all read by ``simple_reflow.models.build_model`` and checked
-by ``validate_model_config`` before anything is compiled):
+Fields of an image-model section (the options of ``simple_reflow.models.build_model``, except
+``name`` and ``resolution``; read by ``simple_reflow.train.configure.model_from_config`` and
+checked by ``validate_model_config`` there before anything is compiled):
 
 - ``name``: ``"ddpmpp"`` or ``"ncsnpp"`` (EDM's SongUNet as EDM's ``--arch=ddpmpp`` /
   ``--arch=ncsnpp``, the "VP" / "VE" checkpoints), ``"songunet"`` (a SongUNet with any of

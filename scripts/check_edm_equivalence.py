@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from simple_reflow.models import build_model, count_parameters
+from simple_reflow.models import count_parameters
 from simple_reflow.models.edm_import import EDMNetwork, read_edm_network, read_state_dict
+from simple_reflow.train.configure import model_from_config
 from simple_reflow.train.edm import edm_model_config, model_params
 
 
@@ -50,7 +51,8 @@ def check(path):
     size = int(net.kwargs["img_resolution"])
     shape = (size, size, int(net.kwargs["img_channels"]))
     params = model_params(net.state, cfg, data_shape=shape, source=path)
-    model = nnx.eval_shape(lambda: build_model(cfg, data_shape=shape, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: model_from_config(cfg, data_shape=shape,
+                                                     rngs=nnx.Rngs(0)))
     nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, params)))
     labels = jnp.asarray(fx["labels"]) if "labels" in fx.files else None
     aug = jnp.asarray(fx["aug"]) if "aug" in fx.files else None

@@ -44,21 +44,21 @@ def main(argv):
         jax.distributed.initialize()
     from simple_reflow import grids, sampler
     from simple_reflow.data import data_spec
-    from simple_reflow.models import build_model, validate_model_config
-    from simple_reflow.train import checkpoint, sampling, sharding
+    from simple_reflow.train import checkpoint, configure, sampling, sharding
     from simple_reflow.train.images import data_shape_of
     from simple_reflow.train.step import split_model
     from simple_reflow.viz import save_image_grid
 
     cfg, snap = _CONFIG.value, _SNAPSHOT.value
     shape = data_shape_of(cfg.data)
-    validate_model_config(cfg.model, data_shape=shape)
+    configure.validate_model_config(cfg.model, data_shape=shape)
     checkpoint.check_model_config(snap, cfg.model, data_shape=shape, field="--snapshot")
     s = cfg.sampler
     grid, nfe = sampler.grid_for_budget(
         _NFE.value, s.solver, lambda k: grids.make_grid(s.grid, k, kappa=s.kappa, rho=s.rho,
                                                         t_max=s.t_max))
-    model_def, like = split_model(build_model(cfg.model, data_shape=shape, rngs=nnx.Rngs(0)))
+    model_def, like = split_model(configure.model_from_config(cfg.model, data_shape=shape,
+                                                              rngs=nnx.Rngs(0)))
     params = checkpoint.load_params(os.path.join(snap, "ema.npz"), like)
     num_classes = data_spec(cfg.data).num_classes
     key = jax.random.key(_SEED.value)

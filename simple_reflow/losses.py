@@ -3,10 +3,20 @@
 For a pair (x0, x1) and a time t: x_t = (1 − t)x0 + t x1, Δ = D_θ(x_t, t) − x0 and a per-sample
 distance d(Δ) ≥ 0. Simple ReFlow's loss normalisation divides each sample's distance by its own
 stop-gradient value, mean_i d_i / sg(d_i + δ), whose gradient is ∇ log d_i.
+
+:func:`flow_loss` takes the distance and the time distribution as callables, so a notebook
+builds Simple ReFlow's loss with keywords alone::
+
+    loss_fn = functools.partial(
+        flow_loss, distance_fn=make_distance("hpf"), normalize=True,
+        time_fn=functools.partial(time_dist.sample_time, dist="exp10"))
+
+(``simple_reflow.train.configure`` builds the same from a config's ``loss`` and ``time``.)
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -23,10 +33,9 @@ __all__ = [
     "gaussian_blur",
     "high_pass",
     "hpf_distance",
-    "per_sample_distance",
+    "make_distance",
     "normalized_mean",
     "flow_loss",
-    "validate_loss_config",
 ]
 
 DISTANCES = ("l2", "pseudo_huber", "hpf")
@@ -90,15 +99,26 @@ def hpf_distance(delta, weight=10.0, sigma=1.0):
     return d
 
 
-def per_sample_distance(delta, cfg):
-    """Dispatches on ``loss.distance``: ``[B, ...] -> [B]``."""
-    if cfg.distance == "l2":
-        return sq_l2(delta)
-    if cfg.distance == "pseudo_huber":
-        return pseudo_huber(delta)
-    if cfg.distance == "hpf":
-        return hpf_distance(delta, cfg.hpf_weight, cfg.hpf_sigma)
-    raise ValueError(f"loss.distance={cfg.distance!r} is not one of {DISTANCES}.")
+def make_distance(distance="l2", *, hpf_weight=10.0, hpf_sigma=1.0):
+    """The per-sample distance ``d(Δ): [B, ...] -> [B]`` that ``distance`` names.
+
+    Args:
+      distance: one of :data:`DISTANCES`: ``"l2"`` (:func:`sq_l2`), ``"pseudo_huber"``
+        (:func:`pseudo_huber`, iCT's c) or ``"hpf"`` (:func:`hpf_distance`).
+      hpf_weight: λ of the high-pass-filter distance, ≥ 0.
+      hpf_sigma: the blur's standard deviation in pixels, > 0.
+    """
+    if distance not in DISTANCES:
+        raise ValueError(f"distance={distance!r} is not one of {DISTANCES}.")
+    if hpf_weight < 0:
+        raise ValueError(f"hpf_weight={hpf_weight!r} must be >= 0.")
+    if not hpf_sigma > 0:
+        raise ValueError(f"hpf_sigma={hpf_sigma!r} must be > 0.")
+    if distance == "l2":
+        return sq_l2
+    if distance == "pseudo_huber":
+        return pseudo_huber
+    return functools.partial(hpf_distance, weight=hpf_weight, sigma=hpf_sigma)
 
 
 def normalized_mean(d, weight=None, delta=1e-8):
@@ -110,49 +130,40 @@ def normalized_mean(d, weight=None, delta=1e-8):
     return jnp.mean(per if weight is None else weight * per)
 
 
-def flow_loss(model, batch, key, cfg, time_cfg):
+def flow_loss(model, batch, key, *, distance_fn=sq_l2, time_fn=sample_time, normalize=False,
+              space="denoiser", t_max=1.0):
     """The flow-matching loss on a batch of pairs.
 
     Args:
       model: a flow-time denoiser ``model(x_t, t, cond=None, *, key=None)``.
       batch: ``{"x0": [B, ...], "x1": [B, ...]}`` with optional ``"cond"`` and ``"weight"``.
       key: PRNG key for t and dropout.
-      cfg: the ``loss`` config section (distance, normalize, space, hpf_*).
-      time_cfg: the ``time`` config section.
+      distance_fn: ``distance_fn(Δ [B, ...]) -> [B]``, e.g. :func:`make_distance`'s.
+      time_fn: ``time_fn(key, shape) -> t``, e.g. ``functools.partial(sample_time,
+        dist="exp10")``; t is clipped to ``[paths.T_EPS, t_max]``.
+      normalize: Simple ReFlow's normalisation mean_i d_i / sg(d_i + δ) [paper].
+      space: ``"denoiser"`` (Δ = D − x0) or ``"velocity"`` (v − u = (x0 − D)/t).
+      t_max: the largest training time, in (0, 1] (80/81 for EDM-wrapped models).
 
     Returns:
       ``(loss, metrics)``.
     """
+    if space not in LOSS_SPACES:
+        raise ValueError(f"space={space!r} is not one of {LOSS_SPACES}.")
+    if not 0 < t_max <= 1:
+        raise ValueError(f"t_max={t_max!r} must lie in (0, 1].")
     x0, x1 = batch["x0"], batch["x1"]
     key_t, key_drop = jax.random.split(key)
-    t = sample_time(
-        key_t, (x0.shape[0],), time_cfg.dist, a=time_cfg.u_shape_a,
-        mean=time_cfg.logit_mean, std=time_cfg.logit_std,
-    )
-    t = jnp.clip(t, paths.T_EPS, time_cfg.get("t_max", 1.0)).astype(x0.dtype)
+    t = jnp.clip(time_fn(key_t, (x0.shape[0],)), paths.T_EPS, t_max).astype(x0.dtype)
     x_t = paths.interpolate(x0, x1, t)
     denoised = model(x_t, t, batch.get("cond"), key=key_drop)
     delta = denoised - x0
-    if cfg.space == "velocity":  # v − u = (x0 − D)/t (METHOD.md §1)
+    if space == "velocity":  # v − u = (x0 − D)/t (METHOD.md §1)
         delta = -delta / paths.expand_t(t, delta)
-    d = per_sample_distance(delta, cfg)
+    d = distance_fn(delta)
     weight = batch.get("weight")
-    if cfg.normalize:
+    if normalize:
         loss = normalized_mean(d, weight, 1e-8 * math.prod(x0.shape[1:]))
     else:
         loss = jnp.mean(d if weight is None else weight * d)
     return loss, {"train/distance": jnp.mean(d)}
-
-
-def validate_loss_config(cfg):
-    """Checks a ``loss`` config section; raises ``ValueError`` naming the bad field."""
-    if cfg.get("kind", "flow") not in ("flow", "edm"):
-        raise ValueError(f"loss.kind={cfg.kind!r} is not one of ('flow', 'edm').")
-    if cfg.distance not in DISTANCES:
-        raise ValueError(f"loss.distance={cfg.distance!r} is not one of {DISTANCES}.")
-    if cfg.space not in LOSS_SPACES:
-        raise ValueError(f"loss.space={cfg.space!r} is not one of {LOSS_SPACES}.")
-    if cfg.hpf_weight < 0:
-        raise ValueError(f"loss.hpf_weight={cfg.hpf_weight!r} must be >= 0.")
-    if not cfg.hpf_sigma > 0:
-        raise ValueError(f"loss.hpf_sigma={cfg.hpf_sigma!r} must be > 0.")

@@ -17,9 +17,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["TIME_DISTS", "sample_time", "time_density", "validate_time_config"]
+__all__ = ["TIME_DISTS", "sample_time", "time_density"]
 
 TIME_DISTS = ("uniform", "exp10", "u_shape", "logit_normal")
+
+
+def _check(dist, a, std):
+    if dist not in TIME_DISTS:
+        raise ValueError(f"dist={dist!r} is not one of {TIME_DISTS}.")
+    if dist == "u_shape" and not a > 0:
+        raise ValueError(f"a={a!r} must be > 0 for dist='u_shape'.")
+    if dist == "logit_normal" and not std > 0:
+        raise ValueError(f"std={std!r} must be > 0 for dist='logit_normal'.")
 
 
 def sample_time(key, shape, dist="uniform", *, a=4.0, mean=0.0, std=1.0, dtype=jnp.float32):
@@ -29,12 +38,14 @@ def sample_time(key, shape, dist="uniform", *, a=4.0, mean=0.0, std=1.0, dtype=j
       key: PRNG key.
       shape: output shape, usually ``(batch,)``.
       dist: one of :data:`TIME_DISTS`.
-      a: U-shape sharpness (2-RF++ uses a = 4).
-      mean, std: location and scale of the logit-normal.
+      a: U-shape sharpness (2-RF++ uses a = 4), > 0.
+      mean, std: location and scale (> 0) of the logit-normal.
+      dtype: of ``t``.
 
     Returns:
       ``t`` of the given shape.
     """
+    _check(dist, a, std)
     if dist == "logit_normal":
         return jax.nn.sigmoid(mean + std * jax.random.normal(key, shape, dtype))
     u = jax.random.uniform(key, shape, dtype)
@@ -42,13 +53,12 @@ def sample_time(key, shape, dist="uniform", *, a=4.0, mean=0.0, std=1.0, dtype=j
         return u
     if dist == "exp10":
         return jnp.log10(1.0 + 9.0 * u)
-    if dist == "u_shape":
-        return 0.5 + jnp.arcsinh((2.0 * u - 1.0) * math.sinh(a / 2.0)) / a
-    raise ValueError(f"time.dist={dist!r} is not one of {TIME_DISTS}.")
+    return 0.5 + jnp.arcsinh((2.0 * u - 1.0) * math.sinh(a / 2.0)) / a  # u_shape
 
 
 def time_density(t, dist="uniform", *, a=4.0, mean=0.0, std=1.0):
     """The density p(t) of :func:`sample_time` (NumPy, for tests and plots)."""
+    _check(dist, a, std)
     t = np.asarray(t, dtype=np.float64)
     if dist == "uniform":
         return np.ones_like(t)
@@ -56,20 +66,7 @@ def time_density(t, dist="uniform", *, a=4.0, mean=0.0, std=1.0):
         return math.log(10.0) * 10.0**t / 9.0
     if dist == "u_shape":
         return a * np.cosh(a * (t - 0.5)) / (2.0 * math.sinh(a / 2.0))
-    if dist == "logit_normal":
-        logit = np.log(t) - np.log1p(-t)
-        gauss = np.exp(-0.5 * ((logit - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi))
-        return gauss / (t * (1.0 - t))
-    raise ValueError(f"time.dist={dist!r} is not one of {TIME_DISTS}.")
+    logit = np.log(t) - np.log1p(-t)  # logit_normal
+    gauss = np.exp(-0.5 * ((logit - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi))
+    return gauss / (t * (1.0 - t))
 
-
-def validate_time_config(cfg):
-    """Checks a ``time`` config section; raises ``ValueError`` naming the bad field."""
-    if cfg.dist not in TIME_DISTS:
-        raise ValueError(f"time.dist={cfg.dist!r} is not one of {TIME_DISTS}.")
-    if cfg.dist == "u_shape" and not cfg.u_shape_a > 0:
-        raise ValueError(f"time.u_shape_a={cfg.u_shape_a!r} must be > 0.")
-    if not 0 < cfg.get("t_max", 1.0) <= 1:
-        raise ValueError(f"time.t_max={cfg.t_max!r} must lie in (0, 1].")
-    if cfg.dist == "logit_normal" and not cfg.logit_std > 0:
-        raise ValueError(f"time.logit_std={cfg.logit_std!r} must be > 0.")

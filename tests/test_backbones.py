@@ -12,8 +12,9 @@ from flax import nnx
 
 from configs import backbones
 from simple_reflow import paths
-from simple_reflow.models import build_model, count_parameters, validate_model_config
+from simple_reflow.models import SONGUNET_VARIANTS, build_model, count_parameters
 from simple_reflow.models.layers import class_labels, conv3x3
+from simple_reflow.train.configure import model_from_config, validate_model_config
 
 # Reference parameter counts, obtained by instantiating EDM's own PyTorch networks
 # (NVlabs/edm training/networks.py, torch 2.13 CPU) as `EDMPrecond(**kwargs)` with the network
@@ -45,7 +46,7 @@ def _random_model(cfg, data_shape, seed=0, scale=0.1):
     Skips the eager initialisation (one XLA compilation per parameter shape) and leaves no
     output layer at zero, so the network term of the denoiser is not negligible.
     """
-    model = nnx.eval_shape(lambda: build_model(cfg, data_shape=data_shape, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: model_from_config(cfg, data_shape=data_shape, rngs=nnx.Rngs(0)))
     state = nnx.state(model, nnx.Param)
     leaves, treedef = jax.tree.flatten(state)
     rng = np.random.default_rng(seed)
@@ -84,14 +85,14 @@ def inputs():
 def test_param_counts_equal_edm(name):
     preset, data_shape, expected = EDM_PARAM_COUNTS[name]
     cfg = preset()
-    model = nnx.eval_shape(lambda: build_model(cfg, data_shape=data_shape, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: model_from_config(cfg, data_shape=data_shape, rngs=nnx.Rngs(0)))
     assert _num_params(model) == expected
 
 
 @pytest.mark.parametrize("preset", [backbones.ddpmpp_smoke, backbones.adm_smoke])
 def test_smoke_presets_build_with_expected_shapes(preset):
-    model = nnx.eval_shape(lambda: build_model(preset(), data_shape=(32, 32, 3),
-                                               rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: model_from_config(preset(), data_shape=(32, 32, 3),
+                                                     rngs=nnx.Rngs(0)))
     out = nnx.eval_shape(lambda m: m(jnp.zeros((2, 32, 32, 3)), jnp.full((2,), 0.5),
                                      jnp.zeros((2,), jnp.int32), key=jax.random.key(0)), model)
     assert out.shape == (2, 32, 32, 3) and out.dtype == jnp.float32
@@ -104,7 +105,7 @@ def test_init_output_is_the_skip_path(inputs):
     # D(x_t, t) = c_skip(σ)·x_t/(1 − t) = σ_d²(1 − t)·x_t / (t² + σ_d²(1 − t)²).
     x_t, t = inputs
     cfg = _tiny(backbones.adm_smoke, dropout=0.5, label_dropout=0.5)
-    model = build_model(cfg, data_shape=SHAPE, rngs=nnx.Rngs(0))
+    model = model_from_config(cfg, data_shape=SHAPE, rngs=nnx.Rngs(0))
     out = _denoise(model, x_t, t, jnp.arange(BATCH) % cfg.num_classes)
     assert out.shape == x_t.shape
     tb = t[:, None, None, None]
@@ -178,12 +179,35 @@ def test_label_dropout_gives_null_class_output(inputs):
 
 
 def test_build_model_mlp():
-    cfg = backbones.ddpmpp_smoke()
+    # 2 + 32 Fourier time features in, two hidden layers of 32, 2 out (weights and biases).
+    expected = (2 + 32) * 32 + 32 + 32 * 32 + 32 + 32 * 2 + 2
+    model = nnx.eval_shape(lambda: build_model("mlp", hidden=32, depth=2, data_shape=(2,),
+                                               rngs=nnx.Rngs(0)))
+    assert type(model).__name__ == "MLPDenoiser" and _num_params(model) == expected
+    cfg = backbones.ddpmpp_smoke()  # image fields are ignored for the MLP
     cfg.name = "mlp"
     cfg.hidden, cfg.depth = 32, 2
-    model = nnx.eval_shape(lambda: build_model(cfg, data_shape=(2,), rngs=nnx.Rngs(0)))
-    assert type(model).__name__ == "MLPDenoiser"
-    assert _num_params(model) == (2 + 32) * 32 + 32 + 32 * 32 + 32 + 32 * 2 + 2
+    model = nnx.eval_shape(lambda: model_from_config(cfg, data_shape=(2,), rngs=nnx.Rngs(0)))
+    assert _num_params(model) == expected
+
+
+def test_build_model_takes_the_backbone_options_and_names_bad_ones():
+    kw = dict(model_channels=16, channel_mult=(1, 2), channel_mult_emb=2, num_blocks=1,
+              attn_resolutions=(8,), augment_dim=0, dropout=0.0)
+    build = lambda name, **extra: nnx.eval_shape(lambda: build_model(  # noqa: E731
+        name, data_shape=(16, 16, 3), rngs=nnx.Rngs(0), **kw, **extra))
+    ncsnpp, songunet = build("ncsnpp"), build("songunet")  # ncsnpp's SongUNet options by default
+    assert _num_params(ncsnpp) > _num_params(songunet)
+    assert _num_params(ncsnpp) == _num_params(build("songunet", **SONGUNET_VARIANTS["ncsnpp"]))
+    for name, extra, message in [
+            ("ddpmpp", {"embedding_type": "fourier"}, "^embedding_type='fourier' is not ddpmpp's"),
+            ("adm", {"resample_filter": (1, 1)}, "^resample_filter is not an option of"),
+            ("adm", {"channels_per_head": 0}, "^channels_per_head=0"),
+            ("unet", {}, "^name must be one of")]:
+        with pytest.raises(ValueError, match=message):
+            build(name, **extra)
+    with pytest.raises(ValueError, match="^channel_mult has 2 levels"):
+        build_model("songunet", data_shape=(15, 15, 3), rngs=nnx.Rngs(0), **kw)
 
 
 @pytest.mark.parametrize("batch, size", [(4, 8), (1, 8), (6, 16)])
@@ -235,7 +259,7 @@ def test_validation_names_the_field(preset, edit, data_shape, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         validate_model_config(cfg, data_shape=data_shape)
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
-        build_model(cfg, data_shape=data_shape, rngs=nnx.Rngs(0))
+        model_from_config(cfg, data_shape=data_shape, rngs=nnx.Rngs(0))
     assert time.perf_counter() - start < 0.5  # pure Python, nothing compiled or allocated
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from simple_reflow.couplings import default_coupling_config, make_coupling
+from simple_reflow.couplings import make_coupling
 from simple_reflow.couplings.assignment import (
     cost_matrix,
     default_resolution_bits,
@@ -19,6 +19,7 @@ from simple_reflow.couplings.loom import loom_noise
 from simple_reflow.couplings.noise import noise_from_ids, pair_cost
 from simple_reflow.couplings.projection import pairs_from_plan, project_pairs, search_lambda
 from simple_reflow.couplings.wcfm import gibbs_weights
+from simple_reflow.train.configure import coupling_from_config, default_coupling_config
 
 
 def _np_cost(x, y, cost):
@@ -89,16 +90,9 @@ def _batch(b, shape=(2,), seed=0, scale=3.0):
     return {"x0": x0, "index": jnp.arange(b, dtype=jnp.int32)}
 
 
-def _cfg(**kw):
-    cfg = default_coupling_config()
-    for k, v in kw.items():
-        setattr(cfg, k, v)
-    return cfg
-
-
 def test_ot_pairs_permute_the_independent_noise():
     batch, key = _batch(32), jax.random.key(5)
-    ot = make_coupling(_cfg(name="ot"), data_shape=(2,))
+    ot = make_coupling("ot", data_shape=(2,))
     out, _, m = jax.jit(ot.apply)(key, batch, {})
     x1 = np.asarray(noise_from_ids(jax.random.split(key)[0], batch["index"], (2,)))
     got = np.asarray(out["x1"])
@@ -110,7 +104,7 @@ def test_ot_pairs_permute_the_independent_noise():
 
 
 def test_ot_batch_factor_and_groups_shapes():
-    ot = make_coupling(_cfg(name="ot", ot_batch_factor=2, ot_groups=2), data_shape=(2,))
+    ot = make_coupling("ot", ot_batch_factor=2, ot_groups=2, data_shape=(2,))
     assert ot.batch_factor == 2
     batch = {**_batch(16), "cond": jnp.arange(16, dtype=jnp.int32)}
     out, _, _ = jax.jit(ot.apply)(jax.random.key(0), batch, {})
@@ -120,7 +114,7 @@ def test_ot_batch_factor_and_groups_shapes():
 
 
 def test_sinkhorn_ot_is_sharp_at_small_epsilon_in_2d():
-    ot = make_coupling(_cfg(name="ot", method="sinkhorn", epsilon=1e-3), data_shape=(2,))
+    ot = make_coupling("ot", method="sinkhorn", epsilon=1e-3, data_shape=(2,))
     _, _, m = jax.jit(ot.apply)(jax.random.key(0), _batch(16), {})
     assert float(m["coupling/plan_max_row"]) > 0.9
     assert float(m["coupling/cost_after"]) < float(m["coupling/cost_before"])
@@ -138,7 +132,7 @@ def _dataset_cost(state, data, shape):
 def test_loom_never_increases_dataset_cost_and_touches_only_the_batch():
     n, k, b, shape = 24, 2, 6, (3,)
     data = 2.0 * jax.random.normal(jax.random.key(0), (n,) + shape)
-    loom = make_coupling(_cfg(name="loom", num_caches=k), data_shape=shape, num_data=n)
+    loom = make_coupling("loom", num_caches=k, data_shape=shape, num_data=n)
     state = loom.init(jax.random.key(1))
     apply = jax.jit(loom.apply)
     total = _dataset_cost(state, data, shape)
@@ -165,7 +159,7 @@ def test_loom_never_increases_dataset_cost_and_touches_only_the_batch():
 def test_loom_invalid_batch_leaves_the_pool_unchanged(idx):
     n, k, shape = 24, 2, (3,)
     data = 2.0 * jax.random.normal(jax.random.key(0), (n,) + shape)
-    loom = make_coupling(_cfg(name="loom", num_caches=k), data_shape=shape, num_data=n)
+    loom = make_coupling("loom", num_caches=k, data_shape=shape, num_data=n)
     state = loom.init(jax.random.key(1))
     apply = jax.jit(loom.apply)
     idx = jnp.asarray(idx, jnp.int32)
@@ -180,7 +174,7 @@ def test_loom_invalid_batch_leaves_the_pool_unchanged(idx):
 
 def test_wcfm_weights_mean_one_and_proportional_to_gibbs():
     shape = (4,)
-    wc = make_coupling(_cfg(name="wcfm", kappa=0.5), data_shape=shape)
+    wc = make_coupling("wcfm", kappa=0.5, data_shape=shape)
     out, _, m = jax.jit(wc.apply)(jax.random.key(0), _batch(64, shape, scale=1.0), {})
     w = np.asarray(out["weight"], np.float64)
     c = np.asarray(pair_cost(out["x0"], out["x1"]), np.float64)
@@ -234,10 +228,23 @@ def test_lambda_search_picks_largest_lambda_within_budget():
                                          ("num_caches", 0), ("kappa", -1.0),
                                          ("resolution_bits", 30)])
 def test_config_errors_name_the_field(field, value):
-    with pytest.raises(ValueError, match=f"coupling.{field}="):
-        make_coupling(_cfg(**{field: value}), data_shape=(2,))
+    with pytest.raises(ValueError, match=f"^{field}="):  # the argument of make_coupling
+        make_coupling(**{"name": "independent", field: value}, data_shape=(2,))
+    cfg = default_coupling_config()
+    setattr(cfg, field, value)
+    with pytest.raises(ValueError, match=rf"^coupling\.{field}="):  # the config field
+        coupling_from_config(cfg, data_shape=(2,))
 
 
 def test_loom_needs_num_data():
     with pytest.raises(ValueError, match="num_data"):
-        make_coupling(_cfg(name="loom"), data_shape=(2,))
+        make_coupling("loom", data_shape=(2,))
+
+
+def test_default_coupling_config_is_make_couplings_defaults():
+    cfg = default_coupling_config()
+    assert cfg.name == "independent" and cfg.num_caches == 4 and cfg.epsilon == 0.05
+    # the section's fields are exactly make_coupling's keywords: a config builds every coupling
+    cfg.name, cfg.num_caches = "loom", 3
+    loom = coupling_from_config(cfg, data_shape=(2,), num_data=10)
+    assert loom.name == "loom" and loom.init(jax.random.key(0))["seeds"].shape == (10, 3)

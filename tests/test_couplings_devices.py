@@ -11,12 +11,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from simple_reflow.couplings import default_coupling_config, make_coupling
+from simple_reflow.couplings import make_coupling
 
 _SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from simple_reflow.couplings import default_coupling_config, make_coupling
+    from simple_reflow.couplings import make_coupling
 
     assert jax.device_count() == 8, jax.devices()
     b, shape, n_data = 32, (4, 2), 64
@@ -24,10 +24,10 @@ _SCRIPT = textwrap.dedent("""
     idx = jax.random.permutation(jax.random.key(1), n_data)[:b].astype(jnp.int32)
     batch = {"x0": data[idx], "index": idx}
 
-    def run(cfg, devices):
+    def run(kw, devices):
         mesh = Mesh(np.array(devices), ("data",))
         shard, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-        c = make_coupling(cfg, data_shape=shape, num_data=n_data)
+        c = make_coupling(**kw, data_shape=shape, num_data=n_data)
         state = jax.device_put(c.init(jax.random.key(2)), rep)
         bt = jax.device_put(batch, shard)
         step = jax.jit(c.apply, in_shardings=(rep, shard, rep),
@@ -38,12 +38,8 @@ _SCRIPT = textwrap.dedent("""
 
     for name, extra in [("ot", {}), ("ot", {"ot_groups": 8}), ("loom", {}), ("wcfm", {}),
                         ("independent", {})]:
-        cfg = default_coupling_config()
-        cfg.name = name
-        for k, v in extra.items():
-            setattr(cfg, k, v)
-        one = run(cfg, jax.devices()[:1])
-        eight = run(cfg, jax.devices())
+        one = run({"name": name, **extra}, jax.devices()[:1])
+        eight = run({"name": name, **extra}, jax.devices())
         # Pairs (x0, x1, index) and state bit-identical. Metrics and W-CFM's weights come from
         # batch-wide sums whose order depends on the device count: equal to float32 rounding.
         close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5)
@@ -69,9 +65,7 @@ def test_identical_pairs_on_1_and_8_virtual_devices():
 
 def test_loom_state_identical_after_orbax_round_trip(tmp_path):
     n, shape = 20, (3,)
-    cfg = default_coupling_config()
-    cfg.name, cfg.num_caches = "loom", 3
-    loom = make_coupling(cfg, data_shape=shape, num_data=n)
+    loom = make_coupling("loom", num_caches=3, data_shape=shape, num_data=n)
     state = loom.init(jax.random.key(0))
     data = jax.random.normal(jax.random.key(1), (n,) + shape)
     apply = jax.jit(loom.apply)

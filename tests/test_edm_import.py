@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from simple_reflow.models import build_model
 from simple_reflow.models.edm_import import EDMNetwork, read_edm_network, read_state_dict
 from simple_reflow.models.torch_files import TorchFileError, load_torch_file
+from simple_reflow.train.configure import model_from_config
 from simple_reflow.train.edm import edm_model_config, import_edm, model_params
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "edm")
@@ -72,8 +72,8 @@ def imported(request):
     cfg = edm_model_config(net)
     size = int(net.kwargs["img_resolution"])
     params = model_params(net.state, cfg, data_shape=(size, size, 3), source=name)
-    model = nnx.eval_shape(lambda: build_model(cfg, data_shape=(size, size, 3),
-                                               rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: model_from_config(cfg, data_shape=(size, size, 3),
+                                                     rngs=nnx.Rngs(0)))
     nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, params)))
     return name, cfg, model, fx
 

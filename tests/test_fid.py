@@ -271,8 +271,8 @@ def test_eval_stage_scores_fid_against_reference_statistics(fixture, tmp_path):
     import sys
 
     from configs import cifar10
-    from simple_reflow.models import build_model
     from simple_reflow.train import checkpoint
+    from simple_reflow.train.configure import model_from_config
     from simple_reflow.train.stages import run_stage, validate_config
     from simple_reflow.train.step import split_model
 
@@ -285,7 +285,8 @@ def test_eval_stage_scores_fid_against_reference_statistics(fixture, tmp_path):
     cfg.eval.batch_size = 8
     cfg.teacher.workdir = ""
     model_dir = str(tmp_path / "student")
-    _, params = split_model(build_model(cfg.model, data_shape=(8, 8, 3), rngs=nnx.Rngs(0)))
+    _, params = split_model(model_from_config(cfg.model, data_shape=(8, 8, 3),
+                                              rngs=nnx.Rngs(0)))
     os.makedirs(model_dir)
     checkpoint.save_params(os.path.join(model_dir, "ema.npz"), params)
     cfg.eval.model_dir = model_dir

@@ -21,8 +21,8 @@ from flax import nnx
 
 from configs import backbones
 from simple_reflow.losses_edm import edm_loss
-from simple_reflow.models import build_model
 from simple_reflow.models.edm_import import EDMNetwork
+from simple_reflow.train.configure import model_from_config
 from simple_reflow.train.edm import edm_model_config, model_params
 from simple_reflow.train.step import init_state, make_train_step, split_model
 
@@ -44,8 +44,8 @@ def test_bfloat16_forward_agrees_with_float32(name):
     out = {}
     for dtype in ("float32", "bfloat16"):
         cfg = edm_model_config(net, dtype=dtype)
-        model = nnx.eval_shape(lambda c=cfg: build_model(c, data_shape=(32, 32, 3),
-                                                         rngs=nnx.Rngs(0)))
+        model = nnx.eval_shape(lambda c=cfg: model_from_config(c, data_shape=(32, 32, 3),
+                                                               rngs=nnx.Rngs(0)))
         nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, model_params(
             net.state, cfg, data_shape=(32, 32, 3)))))
         f = nnx.jit(lambda m, x, n, c: m.backbone(x, n, c))(
@@ -62,7 +62,7 @@ def test_bfloat16_forward_agrees_with_float32(name):
 def test_bfloat16_train_step_keeps_float32_params():
     cfg = backbones.ddpmpp_smoke(dropout=0.1)
     cfg.dtype = "bfloat16"
-    model = build_model(cfg, data_shape=(8, 8, 3), rngs=nnx.Rngs(0))
+    model = model_from_config(cfg, data_shape=(8, 8, 3), rngs=nnx.Rngs(0))
     model_def, params = split_model(model)
     optimizer = optax.adam(1e-3)
     state = init_state(params, optimizer, seed=0)

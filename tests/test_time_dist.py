@@ -1,11 +1,13 @@
 """Each training-time distribution matches its density (KS test, 10^4 draws)."""
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from scipy import integrate, stats
 
 from simple_reflow.time_dist import TIME_DISTS, sample_time, time_density
+from simple_reflow.train.configure import validate_time_config
 
 
 def _cdf(dist, t, **kw):
@@ -43,6 +45,16 @@ def test_exp10_puts_ten_times_more_mass_near_noise():
     np.testing.assert_allclose(_cdf("exp10", np.log10(1 + 9 * u)), u, atol=1e-8)
 
 
-def test_unknown_distribution_names_the_field():
-    with pytest.raises(ValueError, match="time.dist"):
+def test_bad_arguments_and_fields_are_named():
+    with pytest.raises(ValueError, match="^dist='beta'"):
         sample_time(jax.random.key(0), (3,), "beta")
+    with pytest.raises(ValueError, match="^a=0"):
+        sample_time(jax.random.key(0), (3,), "u_shape", a=0)
+    with pytest.raises(ValueError, match="^std=-1"):
+        time_density(0.5, "logit_normal", std=-1)
+    section = dict(dist="uniform", u_shape_a=4.0, logit_mean=0.0, logit_std=1.0, t_max=1.0)
+    for field, value, dist in [("dist", "beta", "beta"), ("u_shape_a", 0.0, "u_shape"),
+                               ("logit_std", 0.0, "logit_normal"), ("t_max", 0.0, "uniform")]:
+        cfg = ml_collections.ConfigDict({**section, "dist": dist, field: value})
+        with pytest.raises(ValueError, match=rf"^time\.{field}="):
+            validate_time_config(cfg)

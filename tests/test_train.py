@@ -11,11 +11,10 @@ import pytest
 from flax import nnx
 
 from configs.toy2d import get_config
-from simple_reflow import losses
 from simple_reflow.models.mlp import MLPDenoiser
 from simple_reflow.train import checkpoint
 from simple_reflow.train.step import init_state, make_train_step, split_model
-from simple_reflow.train.toy import ONE_RF_LOSS, ONE_RF_TIME, train_flow
+from simple_reflow.train.toy import ONE_RF_LOSS, train_flow
 
 B = 32
 
@@ -28,8 +27,7 @@ def _batch(step):
 def _setup(decay=0.9):
     model_def, params = split_model(MLPDenoiser(2, hidden=32, depth=2, rngs=nnx.Rngs(0)))
     opt = optax.adam(1e-3)
-    loss_fn = lambda m, b, k: losses.flow_loss(m, b, k, ONE_RF_LOSS, ONE_RF_TIME)  # noqa: E731
-    return model_def, init_state(params, opt, 0), make_train_step(model_def, loss_fn, opt,
+    return model_def, init_state(params, opt, 0), make_train_step(model_def, ONE_RF_LOSS, opt,
                                                                    ema_decay=decay)
 
 
@@ -65,8 +63,8 @@ def _toy_cfg(steps):
 
 
 def _train(cfg, workdir, steps):
-    return train_flow(cfg, workdir, batch_fn=lambda s, d: _batch(s), loss_cfg=ONE_RF_LOSS,
-                      time_cfg=ONE_RF_TIME, num_steps=steps, seed=0, desc="t")[1]
+    return train_flow(cfg, workdir, batch_fn=lambda s, d: _batch(s), loss_fn=ONE_RF_LOSS,
+                      num_steps=steps, seed=0, desc="t")[1]
 
 
 def test_interrupted_run_resumes_exactly(tmp_path):
@@ -121,8 +119,8 @@ def test_param_snapshot_round_trip_and_mismatch(tmp_path):
 def test_steps_per_call_must_divide():
     cfg = _toy_cfg(45)
     with pytest.raises(ValueError, match="steps_per_call"):
-        train_flow(cfg, "/nonexistent", batch_fn=lambda s, d: _batch(s), loss_cfg=ONE_RF_LOSS,
-                   time_cfg=ONE_RF_TIME, num_steps=45, seed=0, desc="t")
+        train_flow(cfg, "/nonexistent", batch_fn=lambda s, d: _batch(s), loss_fn=ONE_RF_LOSS,
+                   num_steps=45, seed=0, desc="t")
 
 
 def test_optimizer_config_errors():

@@ -1,9 +1,10 @@
 """Couplings: where the training pairs come from (METHOD.md §3, §8).
 
 A coupling maps a batch ``{"x0": [B, ...], "index": [B] int32, ...}`` to the same batch with
-``"x1"`` filled (and optionally ``"weight"``, mean 1). Build one from the ``coupling`` config
-section with :func:`make_coupling`; the train step calls ``coupling.apply(key, batch, state)``
-inside its jitted body and keeps ``state`` (LOOM-CFM's assignment) in the train state.
+``"x1"`` filled (and optionally ``"weight"``, mean 1). Build one with :func:`make_coupling`
+(its keyword arguments are the fields of a config's ``coupling`` section); the train step calls
+``coupling.apply(key, batch, state)`` inside its jitted body and keeps ``state`` (LOOM-CFM's
+assignment) in the train state.
 
 | ``name`` | pairs |
 |---|---|
@@ -13,7 +14,7 @@ inside its jitted body and keeps ``state`` (LOOM-CFM's assignment) in the train 
 | ``wcfm`` | W-CFM: independent pairs with Gibbs weights ``exp(−c/(κ√dim))`` |
 
 For ``ot`` with ``ot_batch_factor = f`` the loader must deliver ``f × batch`` samples
-(``coupling.batch_factor``); the coupling returns ``batch`` pairs.
+(``Coupling.batch_factor``); the coupling returns ``batch`` pairs.
 """
 
 from __future__ import annotations
@@ -22,14 +23,12 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import ml_collections
-
 from simple_reflow.couplings.assignment import default_resolution_bits
 from simple_reflow.couplings.loom import loom_init, loom_pairs
 from simple_reflow.couplings.minibatch import independent_pairs, ot_pairs
 from simple_reflow.couplings.wcfm import wcfm_pairs
 
-__all__ = ["Coupling", "default_coupling_config", "make_coupling", "validate_coupling_config"]
+__all__ = ["Coupling", "NAMES", "COSTS", "METHODS", "make_coupling"]
 
 NAMES = ("independent", "ot", "loom", "wcfm")
 COSTS = ("sqeuclidean", "euclidean")
@@ -50,87 +49,81 @@ class Coupling(NamedTuple):
     batch_factor: int = 1
 
 
-def default_coupling_config() -> ml_collections.ConfigDict:
-    """Defaults of the ``coupling`` config section."""
-    c = ml_collections.ConfigDict()
-    c.name = "independent"  # independent | ot | loom | wcfm
-    c.cost = "sqeuclidean"  # sqeuclidean | euclidean (LOOM-CFM's released code)
-    c.method = "exact"  # ot: exact (auction) | sinkhorn (OTT-JAX)
-    c.epsilon = 0.05  # ot/sinkhorn: entropic ε relative to the batch's mean cost
-    c.max_iterations = 1000  # ot/sinkhorn
-    c.ot_batch_factor = 1  # ot: OT over factor × batch samples, keep batch pairs
-    c.ot_groups = 1  # ot/loom: 1 = global batch; G = independent OT per contiguous group
-    c.resolution_bits = 0  # exact solver: quantisation levels 2^bits; 0 = largest safe
-    c.num_caches = 4  # loom: K noise caches per image (CIFAR10 4–6, ImageNet-64 1)
-    c.kappa = 1.0  # wcfm: ε = κ·√dim
-    return c
-
-
-def _require(ok, cfg, field, valid):
+def _require(ok, field, value, valid):
     if not ok:
-        raise ValueError(f"coupling.{field}={getattr(cfg, field)!r} {valid}.")
+        raise ValueError(f"{field}={value!r} {valid}.")
 
 
-def validate_coupling_config(cfg, *, num_data=None):
-    """Raises ``ValueError`` naming the first invalid field of a ``coupling`` section."""
-    _require(cfg.name in NAMES, cfg, "name", f"is not one of {NAMES}")
-    _require(cfg.cost in COSTS, cfg, "cost", f"is not one of {COSTS}")
-    _require(cfg.method in METHODS, cfg, "method", f"is not one of {METHODS}")
-    _require(cfg.epsilon > 0, cfg, "epsilon", "must be > 0 (relative to the mean cost)")
-    for field in ("max_iterations", "ot_batch_factor", "ot_groups", "num_caches"):
-        v = getattr(cfg, field)
-        _require(isinstance(v, int) and v >= 1, cfg, field, "must be an integer ≥ 1")
-    bits = cfg.resolution_bits
-    _require(isinstance(bits, int) and 0 <= bits <= 24, cfg, "resolution_bits",
+def _check_args(name, cost, method, epsilon, kappa, resolution_bits, num_data, **counts):
+    _require(name in NAMES, "name", name, f"is not one of {NAMES}")
+    _require(cost in COSTS, "cost", cost, f"is not one of {COSTS}")
+    _require(method in METHODS, "method", method, f"is not one of {METHODS}")
+    _require(epsilon > 0, "epsilon", epsilon, "must be > 0 (relative to the mean cost)")
+    for field, v in counts.items():
+        _require(isinstance(v, int) and v >= 1, field, v, "must be an integer ≥ 1")
+    bits = resolution_bits
+    _require(isinstance(bits, int) and 0 <= bits <= 24, "resolution_bits", bits,
              "must be an integer in [0, 24] (0 = automatic)")
-    _require(cfg.kappa > 0 and math.isfinite(cfg.kappa), cfg, "kappa", "must be a finite value > 0")
-    if cfg.name == "loom" and (num_data is None or num_data < 1):
-        raise ValueError(f"coupling.name='loom' needs num_data ≥ 1 (the dataset size), got "
+    _require(kappa > 0 and math.isfinite(kappa), "kappa", kappa, "must be a finite value > 0")
+    if name == "loom" and (num_data is None or num_data < 1):
+        raise ValueError(f"name='loom' needs num_data ≥ 1 (the dataset size), got "
                          f"num_data={num_data!r}.")
 
 
-def _check_batch(batch, data_shape, multiple, cfg):
+def _check_batch(batch, data_shape, multiple, name):
     shape = tuple(batch["x0"].shape[1:])
     if shape != tuple(data_shape):
         raise ValueError(f"batch['x0'] has per-sample shape {shape}, the coupling was built for "
                          f"data_shape={tuple(data_shape)}.")
     if batch["x0"].shape[0] % multiple:
         raise ValueError(f"batch size {batch['x0'].shape[0]} is not a multiple of "
-                         f"coupling.ot_groups × coupling.ot_batch_factor = {multiple} "
-                         f"({cfg.name!r} coupling).")
+                         f"ot_groups × ot_batch_factor = {multiple} ({name!r} coupling).")
 
 
-def make_coupling(cfg, *, data_shape, num_data=None) -> Coupling:
-    """Builds the configured coupling (validated before anything compiles).
+def make_coupling(name="independent", *, data_shape, num_data=None, cost="sqeuclidean",
+                  method="exact", epsilon=0.05, max_iterations=1000, ot_batch_factor=1,
+                  ot_groups=1, resolution_bits=0, num_caches=4, kappa=1.0) -> Coupling:
+    """Builds a coupling; bad arguments raise a ValueError naming them before anything compiles.
 
     Args:
-      cfg: the ``coupling`` config section (see :func:`default_coupling_config`).
+      name: ``independent`` | ``ot`` | ``loom`` | ``wcfm`` (module docstring).
       data_shape: per-sample shape of ``x0``, e.g. ``(2,)`` or ``(32, 32, 3)``.
       num_data: dataset size; required by ``loom`` (indices lie in ``[0, num_data)``).
+      cost: ``sqeuclidean`` | ``euclidean`` (LOOM-CFM's released code).
+      method: ``ot``: ``exact`` (ε-scaling auction) | ``sinkhorn`` (OTT-JAX).
+      epsilon: ``ot``/``sinkhorn``: entropic ε relative to the batch's mean cost.
+      max_iterations: ``ot``/``sinkhorn``.
+      ot_batch_factor: ``ot``: OT over factor × batch samples, keep batch pairs.
+      ot_groups: ``ot``/``loom``: 1 = global batch; G = independent OT per contiguous group.
+      resolution_bits: exact solver: quantisation levels 2^bits; 0 = the largest safe.
+      num_caches: ``loom``: K noise caches per image (CIFAR10 4–6, ImageNet-64 1).
+      kappa: ``wcfm``: ε = κ·√dim.
     """
-    validate_coupling_config(cfg, num_data=num_data)
+    _check_args(name, cost, method, epsilon, kappa, resolution_bits, num_data,
+                max_iterations=max_iterations, ot_batch_factor=ot_batch_factor,
+                ot_groups=ot_groups, num_caches=num_caches)
     data_shape = tuple(int(d) for d in data_shape)
-    bits = cfg.resolution_bits or None
-    name, cost, groups = cfg.name, cfg.cost, cfg.ot_groups
+    bits = resolution_bits or None
+    groups = ot_groups
     stateless = lambda key: {}
 
     if name == "independent":
         def apply(key, batch, state):
-            _check_batch(batch, data_shape, 1, cfg)
+            _check_batch(batch, data_shape, 1, name)
             batch, metrics = independent_pairs(key, batch, data_shape, cost)
             return batch, state, metrics
         return Coupling(name, stateless, apply)
 
     if name == "ot":
-        factor = cfg.ot_batch_factor
-        kw = dict(cost=cost, method=cfg.method, epsilon=float(cfg.epsilon),
-                  max_iterations=cfg.max_iterations, batch_factor=factor, groups=groups)
+        factor = ot_batch_factor
+        kw = dict(cost=cost, method=method, epsilon=float(epsilon),
+                  max_iterations=max_iterations, batch_factor=factor, groups=groups)
 
         def apply(key, batch, state):
-            _check_batch(batch, data_shape, groups * factor, cfg)
+            _check_batch(batch, data_shape, groups * factor, name)
             m = batch["x0"].shape[0] // groups
             if bits is not None and bits > default_resolution_bits(m):
-                raise ValueError(f"coupling.resolution_bits={bits} exceeds "
+                raise ValueError(f"resolution_bits={bits} exceeds "
                                  f"{default_resolution_bits(m)}, the int32-safe limit at n={m}.")
             batch, metrics = ot_pairs(key, batch, data_shape, resolution_bits=bits, **kw)
             return batch, state, metrics
@@ -138,18 +131,18 @@ def make_coupling(cfg, *, data_shape, num_data=None) -> Coupling:
 
     if name == "loom":
         def init(key):
-            return loom_init(key, num_data, cfg.num_caches)
+            return loom_init(key, num_data, num_caches)
 
         def apply(key, batch, state):
-            _check_batch(batch, data_shape, groups, cfg)
+            _check_batch(batch, data_shape, groups, name)
             return loom_pairs(key, batch, state, data_shape, cost=cost, groups=groups,
                               resolution_bits=bits)
         return Coupling(name, init, apply)
 
-    kappa = float(cfg.kappa)
+    kappa = float(kappa)
 
     def apply(key, batch, state):
-        _check_batch(batch, data_shape, 1, cfg)
+        _check_batch(batch, data_shape, 1, name)
         batch, metrics = wcfm_pairs(key, batch, data_shape, kappa=kappa, cost=cost)
         return batch, state, metrics
     return Coupling(name, stateless, apply)

@@ -87,7 +87,7 @@ def check_model_config(workdir, model_cfg, *, data_shape, field):
     Raises:
       ValueError: naming the first model field that differs, or the image size.
     """
-    from simple_reflow.models import check_same_architecture
+    from simple_reflow.train.configure import check_same_architecture
 
     saved = load_model_config(workdir) if workdir else None
     if saved is None:

@@ -8,12 +8,7 @@ import os
 import ml_collections
 from flax import nnx
 
-from simple_reflow.models import (
-    MODEL_NAMES,
-    build_model,
-    check_same_architecture,
-    validate_model_config,
-)
+from simple_reflow.models import MODEL_NAMES
 from simple_reflow.models.edm_import import (
     EDMNetwork,
     edm_architecture,
@@ -21,6 +16,7 @@ from simple_reflow.models.edm_import import (
     read_edm_network,
     read_state_dict,
 )
+from simple_reflow.train.configure import check_same_architecture, model_from_config
 
 __all__ = ["edm_model_config", "model_params", "import_edm"]
 
@@ -32,10 +28,9 @@ def edm_model_config(net: EDMNetwork, *, dtype: str = "float32") -> ml_collectio
 
 
 def model_params(state: dict, model_cfg, *, data_shape, source: str = "state_dict"):
-    """An EDM ``state_dict`` as the parameters of ``build_model(model_cfg, data_shape)``."""
-    validate_model_config(model_cfg, data_shape=data_shape)
-    model = nnx.eval_shape(lambda: build_model(model_cfg, data_shape=data_shape,
-                                               rngs=nnx.Rngs(0)))
+    """An EDM ``state_dict`` as the parameters of ``model_from_config(model_cfg, ...)``."""
+    model = nnx.eval_shape(lambda: model_from_config(model_cfg, data_shape=data_shape,
+                                                     rngs=nnx.Rngs(0)))
     like = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     filters = (1, 1) if model_cfg.name == "adm" else tuple(model_cfg.resample_filter)
     return edm_params(state, like, resample_filter=filters, source=source)
@@ -54,7 +49,8 @@ def import_edm(path: str, *, model_cfg=None, data_shape=None, dtype: str = "floa
       dtype: compute dtype of the returned config when none is given.
 
     Returns:
-      ``(model ConfigDict, pure parameter dict)`` ready for ``build_model`` / the stages.
+      ``(model ConfigDict, pure parameter dict)`` ready for ``model_from_config`` / the
+      stages.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"no EDM checkpoint at {path!r}")

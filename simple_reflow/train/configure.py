@@ -1,0 +1,212 @@
+"""The config adapter: config sections as the keyword arguments of the math layer.
+
+Below ``simple_reflow/train/`` every function takes typed arguments and callables; this module
+is the one place where a config's ``loss``, ``time``, ``coupling`` and ``model`` sections become
+them, and where a bad section is reported naming its field (``loss.distance='l1' is not one of
+...``) before anything is built or compiled.
+
+Where a section's fields are the math function's argument names (``coupling`` →
+:func:`~simple_reflow.couplings.make_coupling`, ``model`` →
+:func:`~simple_reflow.models.build_model`, ``loss.distance`` →
+:func:`~simple_reflow.losses.make_distance`), the function's own check runs and its message,
+which starts with the argument, gets the section's name in front.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import ml_collections
+
+from simple_reflow import losses, time_dist
+from simple_reflow.couplings import make_coupling
+from simple_reflow.losses_edm import edm_loss
+from simple_reflow.models import MODEL_NAMES, SONGUNET_OPTIONS, build_model, model_options
+
+__all__ = [
+    "validate_loss_config",
+    "validate_time_config",
+    "flow_loss_kwargs",
+    "flow_loss_from_config",
+    "loss_fn_from_config",
+    "default_coupling_config",
+    "coupling_from_config",
+    "model_kwargs",
+    "validate_model_config",
+    "model_from_config",
+    "ARCHITECTURE_FIELDS",
+    "check_same_architecture",
+]
+
+LOSS_KINDS = ("flow", "edm")
+
+
+def _check(ok, message):
+    if not ok:
+        raise ValueError(message)
+
+
+def _in_section(section, fn, /, *args, **kwargs):
+    """``fn(*args, **kwargs)``; a ValueError (which names an argument first) gets ``section.``."""
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as e:
+        raise ValueError(f"{section}.{e}") from None
+
+
+# -- loss and time ------------------------------------------------------------------------------
+
+
+def validate_loss_config(loss) -> None:
+    """Checks a ``loss`` section; raises ``ValueError`` naming the bad field."""
+    kind = loss.get("kind", "flow")
+    _check(kind in LOSS_KINDS, f"loss.kind={kind!r} is not one of {LOSS_KINDS}.")
+    _in_section("loss", losses.make_distance, distance=loss.distance,
+                hpf_weight=loss.hpf_weight, hpf_sigma=loss.hpf_sigma)
+    _check(loss.space in losses.LOSS_SPACES,
+           f"loss.space={loss.space!r} is not one of {losses.LOSS_SPACES}.")
+
+
+def validate_time_config(time) -> None:
+    """Checks a ``time`` section; raises ``ValueError`` naming the bad field."""
+    _check(time.dist in time_dist.TIME_DISTS,
+           f"time.dist={time.dist!r} is not one of {time_dist.TIME_DISTS}.")
+    _check(time.dist != "u_shape" or time.u_shape_a > 0,
+           f"time.u_shape_a={time.u_shape_a!r} must be > 0.")
+    t_max = time.get("t_max", 1.0)
+    _check(0 < t_max <= 1, f"time.t_max={t_max!r} must lie in (0, 1].")
+    _check(time.dist != "logit_normal" or time.logit_std > 0,
+           f"time.logit_std={time.logit_std!r} must be > 0.")
+
+
+def flow_loss_kwargs(loss, time) -> dict:
+    """The keyword arguments of :func:`~simple_reflow.losses.flow_loss` that ``loss`` and
+    ``time`` describe (validated)."""
+    validate_loss_config(loss)
+    validate_time_config(time)
+    return dict(
+        distance_fn=losses.make_distance(loss.distance, hpf_weight=loss.hpf_weight,
+                                         hpf_sigma=loss.hpf_sigma),
+        time_fn=functools.partial(time_dist.sample_time, dist=time.dist, a=time.u_shape_a,
+                                  mean=time.logit_mean, std=time.logit_std),
+        normalize=loss.normalize, space=loss.space, t_max=time.get("t_max", 1.0))
+
+
+def flow_loss_from_config(loss, time):
+    """``loss_fn(model, batch, key) -> (loss, metrics)``: the flow-matching loss (METHOD.md §3)
+    that ``loss`` and ``time`` describe, whatever ``loss.kind`` (the toy pipeline's)."""
+    return functools.partial(losses.flow_loss, **flow_loss_kwargs(loss, time))
+
+
+def loss_fn_from_config(loss, time):
+    """``loss_fn(model, batch, key) -> (loss, metrics)`` of ``loss.kind``: EDM's loss
+    (``"edm"``, EDM eq. 2) or the flow-matching loss (``"flow"``, METHOD.md §3)."""
+    validate_loss_config(loss)
+    if loss.get("kind", "flow") == "edm":
+        return functools.partial(edm_loss, p_mean=loss.p_mean, p_std=loss.p_std,
+                                 sigma_data=loss.sigma_data)
+    return flow_loss_from_config(loss, time)
+
+
+# -- coupling -----------------------------------------------------------------------------------
+
+
+def default_coupling_config() -> ml_collections.ConfigDict:
+    """The ``coupling`` section: :func:`~simple_reflow.couplings.make_coupling`'s keyword
+    arguments and their defaults (documented there)."""
+    params = inspect.signature(make_coupling).parameters
+    return ml_collections.ConfigDict({k: p.default for k, p in params.items()
+                                      if k not in ("data_shape", "num_data")})
+
+
+def coupling_from_config(coupling, *, data_shape, num_data=None):
+    """The :class:`~simple_reflow.couplings.Coupling` a ``coupling`` section describes.
+
+    Args:
+      coupling: the section (fields: :func:`default_coupling_config`).
+      data_shape: per-sample shape of ``x0``.
+      num_data: dataset size; required by ``coupling.name='loom'``.
+    """
+    return _in_section("coupling", make_coupling, **coupling, data_shape=data_shape,
+                       num_data=num_data)
+
+
+# -- model --------------------------------------------------------------------------------------
+
+_MLP_FIELDS = ("hidden", "depth", "dropout")
+_IMAGE_FIELDS = ("model_channels", "channel_mult", "channel_mult_emb", "num_blocks",
+                 "attn_resolutions", "dropout", "num_classes", "label_dropout", "augment_dim",
+                 "sigma_data", "dtype")
+# Every image preset of configs/backbones.py has these (conv_grad is optional).
+_REQUIRED_IMAGE_FIELDS = ("resolution", *_IMAGE_FIELDS, "channels_per_head", *SONGUNET_OPTIONS)
+
+# Fields that define the function a snapshot computes (dropout, dtype and conv_grad do not).
+ARCHITECTURE_FIELDS = ("name", "resolution", "model_channels", "channel_mult",
+                       "channel_mult_emb", "num_blocks", "attn_resolutions", "num_classes",
+                       "augment_dim", "sigma_data", "channels_per_head", *SONGUNET_OPTIONS)
+
+
+def model_kwargs(model) -> dict:
+    """The options of :func:`~simple_reflow.models.build_model` a ``model`` section sets."""
+    name = model.get("name")
+    if name == "mlp":
+        fields = _MLP_FIELDS
+    else:
+        fields = (*_IMAGE_FIELDS, "conv_grad",
+                  *(("channels_per_head",) if name == "adm" else SONGUNET_OPTIONS))
+    return {k: model[k] for k in fields if k in model}
+
+
+def validate_model_config(model, *, data_shape) -> None:
+    """Checks a ``model`` section against the data, in pure Python (no compilation).
+
+    Args:
+      model: the section (fields in ``configs/backbones.py``).
+      data_shape: one example's shape, ``[H, W, C]`` for images, ``[dim]`` for vectors.
+
+    Raises:
+      ValueError: naming the offending field (``model.name``, ``model.dropout``,
+        ``model.resolution``, ``model.channel_mult``, ...) and what would be valid.
+    """
+    name = model.get("name")
+    if name in MODEL_NAMES and name != "mlp":
+        for field in _REQUIRED_IMAGE_FIELDS:
+            _check(field in model, f"model.{field} is missing for model.name={name!r}; start "
+                                   "from a preset in configs/backbones.py")
+        res = model.resolution
+        if res and len(data_shape) == 3 and data_shape[0] == data_shape[1] != res:
+            size = data_shape[0]
+            raise ValueError(f"model.resolution={res} does not match the data's image size "
+                             f"{size}; use a preset for {size}x{size} or set model.resolution")
+    _in_section("model", model_options, name, data_shape=data_shape, **model_kwargs(model))
+
+
+def model_from_config(model, *, data_shape, rngs):
+    """The denoiser a ``model`` section describes (validated first; see ``build_model``)."""
+    validate_model_config(model, data_shape=data_shape)
+    return build_model(model.name, data_shape=data_shape, rngs=rngs, **model_kwargs(model))
+
+
+def check_same_architecture(expected, model, *, what: str) -> None:
+    """Raises a ValueError naming the first architecture field where ``model`` differs.
+
+    Args:
+      expected: the model section a snapshot was made with (a ConfigDict or dict).
+      model: the config's model section.
+      what: where ``expected`` comes from, for the message (a path, a config field).
+    """
+    def norm(v):
+        return tuple(norm(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+    adm = expected.get("name") == "adm"
+    fields = [f for f in ARCHITECTURE_FIELDS if not (f in SONGUNET_OPTIONS and adm)
+              and not (f == "channels_per_head" and not adm)]
+    for field in fields:
+        want = norm(expected.get(field))
+        got = norm(model.get(field)) if field in model else None
+        if field == "resolution" and not got:
+            continue  # 0 = any size; the data shape is checked when the model is built
+        if want != got:
+            raise ValueError(f"model.{field}={got!r} does not match {what}, which has "
+                             f"model.{field}={want!r}")
