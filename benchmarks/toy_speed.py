@@ -32,7 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import matmul_peak, run_metadata, time_fn, write_json  # noqa: E402
 from configs.toy2d import get_config  # noqa: E402
-from simple_reflow import grids, losses, pairs, sampler  # noqa: E402
+from simple_reflow import grids, losses, pair_mixing, sampler  # noqa: E402
+from simple_reflow.train.configure import flow_loss_kwargs  # noqa: E402
 from simple_reflow.train.step import (  # noqa: E402
     init_state,
     make_multi_step,
@@ -58,7 +59,7 @@ def train_figures(peak):
     cfg = get_config()
     model_def, params = build_mlp(cfg.model, 0)
     optimizer = make_optimizer(cfg.optim)
-    loss_fn = functools.partial(losses.flow_loss, cfg=cfg.loss, time_cfg=cfg.time)
+    loss_fn = functools.partial(losses.flow_loss, **flow_loss_kwargs(cfg.loss, cfg.time))
     step = make_train_step(model_def, loss_fn, optimizer, ema_decay=0.999)
     n = 20_000
     data = {"backward": {"x0": jax.random.normal(jax.random.key(1), (n, 2)),
@@ -67,7 +68,8 @@ def train_figures(peak):
     key = jax.random.key(3)
 
     def batch_fn(s, d):
-        return pairs.mix_pairs(jax.random.fold_in(key, s), d, pairs.pair_fractions(0.4), BATCH)
+        return pair_mixing.mix_pairs(jax.random.fold_in(key, s), d,
+                                     pair_mixing.pair_fractions(0.4), BATCH)
 
     state = init_state(params, optimizer, 0)
     batch = batch_fn(0, data)

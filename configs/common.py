@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from simple_reflow.couplings import default_coupling_config
+from simple_reflow.train.configure import default_coupling_config
 
 # Config-argument tokens that train a 1-rectified flow with a coupling (toy and image configs).
 COUPLINGS = {
@@ -85,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.pairs.t_max = 1.0
     c.pairs.t_min = 2e-3
     c.pairs.chunk = 1024  # pairs generated per jitted call (and per file shard)
+    # Floating-point storage of the pair store: "float32" | "float16" | "bfloat16" (half the
+    # disk and read bandwidth; read back as float32).
+    c.pairs.storage_dtype = "float32"
     c.pairs.dir = ml_collections.FieldReference(None, field_type=str)
     # Coupling projection (METHOD.md §3 [recon]): a fraction of each batch from backward pairs
     # re-paired with real data by entropic OT (OTT-JAX). Off by default.

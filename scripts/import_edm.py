@@ -18,7 +18,6 @@ neither PyTorch nor EDM's code.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -34,21 +33,15 @@ _CONFIG = config_flags.DEFINE_config_file(
 flags.mark_flags_as_required(["checkpoint", "workdir"])
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def main(argv):
     del argv
     from flax import nnx
 
-    from simple_reflow.models import build_model, count_parameters
+    from simple_reflow.models import count_parameters
     from simple_reflow.models.edm_import import read_edm_network
+    from simple_reflow.pair_store import file_sha256
     from simple_reflow.train import checkpoint
+    from simple_reflow.train.configure import model_from_config
     from simple_reflow.train.edm import import_edm
 
     path, workdir, cfg = _CHECKPOINT.value, _WORKDIR.value, _CONFIG.value
@@ -68,12 +61,13 @@ def main(argv):
     except ValueError:
         edm_kwargs = None  # a state_dict
     shape = data_shape or (model_cfg.resolution, model_cfg.resolution, 3)
-    model = nnx.eval_shape(lambda: build_model(model_cfg, data_shape=shape, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: model_from_config(model_cfg, data_shape=shape,
+                                                     rngs=nnx.Rngs(0)))
 
     os.makedirs(workdir, exist_ok=True)
     checkpoint.save_params(os.path.join(workdir, "ema.npz"), params)
     checkpoint.save_model_config(workdir, model_cfg)
-    record = {"source": os.path.abspath(path), "sha256": _sha256(path),
+    record = {"source": os.path.abspath(path), "sha256": file_sha256(path),
               "edm_kwargs": edm_kwargs, "parameters": count_parameters(model)}
     with open(os.path.join(workdir, "import.json"), "w") as f:
         json.dump(record, f, indent=1, default=str)

@@ -11,7 +11,8 @@ import numpy as np
 
 from simple_reflow import paths
 
-__all__ = ["GRIDS", "uniform_grid", "edm_grid", "sigmoid_grid", "scale_grid", "make_grid"]
+__all__ = ["GRIDS", "uniform_grid", "edm_grid", "sigmoid_grid", "scale_grid", "make_grid",
+           "forward_grid"]
 
 GRIDS = ("uniform", "edm", "sigmoid")
 
@@ -64,3 +65,14 @@ def make_grid(name, n, *, kappa=20.0, rho=7.0, t_max=1.0):
     else:
         raise ValueError(f"grid={name!r} is not one of {GRIDS}.")
     return scale_grid(g, t_max)
+
+
+def forward_grid(name, n, *, t_min, t_max=1.0, **kw):
+    """The increasing grid of forward pairs (data → noise, METHOD.md §2).
+
+    The named grid ending at ``min(t_max, 1 − t_min)`` (ε̂ = (x − (1 − t)D)/t needs t < 1),
+    reversed, with t = 0 replaced by ``t_min`` (the forward solve starts at x_{t_min}): the
+    same times as the backward grid wherever they lie in (t_min, t_max].
+    """
+    g = np.sort(make_grid(name, n, t_max=min(t_max, 1.0 - t_min), **kw))
+    return np.concatenate([[t_min], g[g > t_min]])

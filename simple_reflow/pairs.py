@@ -1,26 +1,20 @@
-"""Teacher pairs for ReFlow (METHOD.md §2) and the pair source that mixes them (§3).
+"""Teacher pairs for ReFlow (METHOD.md §2) and projected pairs (§3).
 
 - Backward pairs: x1 ~ N(0, I) drawn from the pair's own global index, integrated by the
   teacher from t_max (starting at x = t_max·x1 [recon]) to 0; the pair is (x̂0, x1).
 - Forward pairs: a real x0, integrated from t_min (starting at x = (1 − t_min)·x0, the mean of
   x_{t_min} [recon]) up to t_max; the noise end is x1 = ε̂(x_{t_max}, t_max) [recon].
-- :func:`write_pair_shards` runs a generator chunk by chunk into ``.npz`` shards named by their
-  first index; a restarted run skips the finished shards, each shard is written atomically, and
-  chunk c belongs to process c mod process_count, so generation resumes without losing or
-  duplicating pairs and splits across hosts with no coordination.
-- A batch mixes backward, forward and projected pairs by configured fractions
-  (:func:`pair_fractions`, :func:`mix_pairs` on the device, :func:`mix_indices` +
-  :func:`gather_pairs` for pairs held on the host); projected pairs come from
-  :func:`projected_pairs` (OTT-JAX, ``couplings/projection.py``).
+- Projected pairs: backward pairs re-paired with real data by entropic OT
+  (:func:`projected_pairs`, OTT-JAX, ``couplings/projection.py``).
+
+Pairs on disk: :mod:`simple_reflow.pair_store`; mixing them into batches:
+:mod:`simple_reflow.pair_mixing`.
 """
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from simple_reflow import paths, sampler
 
@@ -28,19 +22,9 @@ __all__ = [
     "noise_for_indices",
     "backward_pairs",
     "forward_pairs",
-    "write_pair_shards",
-    "load_pair_shards",
-    "SOURCES",
-    "pair_fractions",
-    "mix_indices",
-    "gather_pairs",
-    "mix_pairs",
     "reconstruction_error",
     "projected_pairs",
 ]
-
-# Pair sources of a ReFlow batch (METHOD.md §3), in the order ``mix_indices`` labels them.
-SOURCES = ("backward", "forward", "projected")
 
 
 def noise_for_indices(key, indices, shape, dtype=jnp.float32):
@@ -86,139 +70,6 @@ def forward_pairs(denoise_fn, x0, grid, *, solver="heun", cond=None):
     return x0, paths.noise_from_denoised(x_end, t_end, denoise_fn(x_end, t_end, cond)), nfe + 1
 
 
-def _shard_path(out_dir, start):
-    return os.path.join(out_dir, f"pairs_{start:010d}.npz")
-
-
-def write_pair_shards(generate_fn, num, chunk, out_dir, *, process_index=0, process_count=1,
-                      progress=None):
-    """Generates ``num`` pairs in chunks of ``chunk`` into ``out_dir``, resumably.
-
-    Args:
-      generate_fn: ``generate_fn(indices [chunk] int32) -> dict of arrays [chunk, ...]``
-        (the last chunk is padded to full size so the function compiles once, then trimmed).
-      num: total number of pairs; chunk: pairs per shard.
-      process_index, process_count: this host's share (chunk c → host c mod count).
-      progress: optional callable ``progress(done_pairs)`` for a progress bar.
-
-    Returns:
-      The number of pairs this call generated (0 when everything was already there).
-    """
-    os.makedirs(out_dir, exist_ok=True)
-    made = 0
-    for c, start in enumerate(range(0, num, chunk)):
-        if c % process_count != process_index:
-            continue
-        path = _shard_path(out_dir, start)
-        n = min(chunk, num - start)
-        if os.path.exists(path):
-            if progress:
-                progress(n)
-            continue
-        idx = np.arange(start, start + chunk, dtype=np.int32)
-        arrays = {k: np.asarray(v)[:n] for k, v in generate_fn(idx).items()}
-        arrays["index"] = idx[:n]
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)  # atomic: a shard either exists whole or not at all
-        made += n
-        if progress:
-            progress(n)
-    return made
-
-
-def load_pair_shards(out_dir, num=None):
-    """Loads all shards in ``out_dir`` sorted by index; checks there is no gap or overlap."""
-    files = sorted(f for f in os.listdir(out_dir) if f.startswith("pairs_") and
-                   f.endswith(".npz") and ".tmp" not in f)
-    if not files:
-        raise FileNotFoundError(f"no pair shards in {out_dir!r}: run the pairs stage first.")
-    parts = [dict(np.load(os.path.join(out_dir, f))) for f in files]
-    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    expected = np.arange(len(out["index"]))
-    if not np.array_equal(out["index"], expected):
-        raise ValueError(f"pair shards in {out_dir!r} have gaps or overlaps in their indices.")
-    if num is not None and len(expected) < num:
-        raise ValueError(f"{out_dir!r} holds {len(expected)} pairs, {num} were asked for.")
-    return out
-
-
-def pair_fractions(rho, projected=0.0):
-    """Batch fractions per pair source: forward ρ [paper, §3], projected q, backward the rest."""
-    if not (0 <= rho <= 1 and 0 <= projected <= 1 and rho + projected <= 1 + 1e-9):
-        raise ValueError(f"pair fractions rho={rho!r}, projected={projected!r} must be >= 0 "
-                         "with rho + projected <= 1.")
-    return {"backward": max(0.0, 1.0 - rho - projected), "forward": float(rho),
-            "projected": float(projected)}
-
-
-def mix_indices(key, sizes, fractions, batch_size):
-    """Which pair each slot of a batch takes.
-
-    Each slot picks its source independently: forward with probability ``fractions["forward"]``
-    (the paper's "forward pair with probability ρ"), projected with ``fractions["projected"]``,
-    backward otherwise; then a pair of that source uniformly, with replacement. With only
-    backward and forward pairs this is the same random stream as a Bernoulli(ρ) mask.
-
-    Args:
-      key: PRNG key (fold in the step for a reproducible stream).
-      sizes: ``{source: number of pairs}`` for the sources present.
-      fractions: ``{source: fraction}`` (see :func:`pair_fractions`); a source with a positive
-        fraction must be in ``sizes``.
-      batch_size: slots.
-
-    Returns:
-      ``source`` ``[B]`` int32 (position in :data:`SOURCES`) and ``index`` ``[B]`` int32 into it.
-    """
-    for name in SOURCES:
-        if fractions.get(name, 0.0) > 0 and not sizes.get(name):
-            raise ValueError(f"{name} pairs have fraction {fractions[name]} but none exist.")
-    key_b, key_f, key_s = jax.random.split(key, 3)
-    keys = {"backward": key_b, "forward": key_f, "projected": jax.random.fold_in(key, 3)}
-    f_fwd = float(fractions.get("forward", 0.0)) if sizes.get("forward") else 0.0
-    f_proj = float(fractions.get("projected", 0.0)) if sizes.get("projected") else 0.0
-    u = jax.random.uniform(key_s, (batch_size,))
-    source = jnp.where(u < f_fwd, 1, jnp.where(u < f_fwd + f_proj, 2, 0)).astype(jnp.int32)
-    index = jnp.zeros((batch_size,), jnp.int32)
-    for s, name in enumerate(SOURCES):
-        if sizes.get(name) and (s == 0 or fractions.get(name, 0.0) > 0):
-            i = jax.random.randint(keys[name], (batch_size,), 0, sizes[name])
-            index = jnp.where(source == s, i, index)
-    return source, index
-
-
-def gather_pairs(stores, source, index, xp=jnp):
-    """Gathers a mixed batch from pair stores (``xp``: jnp on device, np on the host).
-
-    Args:
-      stores: ``{source: {"x0": [N, ...], "x1": [N, ...], ...}}``; the keys common to every
-        store are gathered.
-      source, index: from :func:`mix_indices`.
-    """
-    names = [n for n in SOURCES if n in stores]
-    keys = sorted(set.intersection(*(set(stores[n]) for n in names)))
-    out = {}
-    for k in keys:
-        val = None
-        for name in names:
-            arr = stores[name][k]
-            g = arr[xp.clip(index, 0, len(arr) - 1)]
-            if val is None:
-                val = g
-            else:
-                m = (source == SOURCES.index(name)).reshape((-1,) + (1,) * (g.ndim - 1))
-                val = xp.where(m, g, val)
-        out[k] = val
-    return out
-
-
-def mix_pairs(key, stores, fractions, batch_size):
-    """A batch of ``batch_size`` pairs mixed by ``fractions``, on the device (inside a jit)."""
-    sizes = {n: stores[n]["x0"].shape[0] for n in stores}
-    source, index = mix_indices(key, sizes, fractions, batch_size)
-    return gather_pairs(stores, source, index)
-
-
 def reconstruction_error(denoise_fn, forward, grid, *, solver="heun", cond=None):
     """Mean ``‖x̂0 − x0‖²/dim`` of forward pairs re-integrated backward from their noise end.
 
@@ -232,17 +83,17 @@ def reconstruction_error(denoise_fn, forward, grid, *, solver="heun", cond=None)
 BUDGET_PAIRS = 256  # forward pairs re-integrated for Algorithm 2's default budget
 
 
-def projected_pairs(key, backward, real, proj, *, denoise_fn=None, forward=None, grid=None,
-                    solver="heun"):
+def projected_pairs(key, backward, real, *, epsilon=0.05, lam="balanced", draw="sample",
+                    denoise_fn=None, forward=None, grid=None, solver="heun"):
     """Projected pairs ``(y_{j(i)}, x1_i)`` of backward pairs onto real data (METHOD.md §3).
 
     Args:
       key: PRNG key (draws ``j(i)`` from the plan's rows).
       backward: ``{"x0": [n, ...], "x1": [n, ...]}`` teacher pairs.
       real: ``[m, ...]`` real data.
-      proj: the ``pairs.projection`` config section: ``epsilon`` (entropic ε relative to the
-        mean cost), ``lam`` (``"balanced"``, λ = ∞, or ``"search"``, Algorithm 2) and ``draw``
-        (``"sample"`` from the plan's rows or ``"argmax"``).
+      epsilon: entropic ε relative to the mean cost.
+      lam: ``"balanced"`` (λ = ∞) or ``"search"`` (Algorithm 2).
+      draw: ``"sample"`` j(i) from the plan's row i, or ``"argmax"``.
       denoise_fn, forward, grid, solver: for ``lam="search"``: the budget is the teacher's
         :func:`reconstruction_error` on the first :data:`BUDGET_PAIRS` forward pairs,
         re-integrated on the backward ``grid``.
@@ -252,19 +103,17 @@ def projected_pairs(key, backward, real, proj, *, denoise_fn=None, forward=None,
     """
     from simple_reflow.couplings.projection import project_pairs
 
-    if proj.lam not in ("balanced", "search"):
-        raise ValueError(f"pairs.projection.lam={proj.lam!r} is not one of "
-                         "('balanced', 'search').")
+    if lam not in ("balanced", "search"):
+        raise ValueError(f"lam={lam!r} is not one of ('balanced', 'search').")
     budget, metrics = None, {}
-    if proj.lam == "search":
+    if lam == "search":
         if forward is None or denoise_fn is None or grid is None:
-            raise ValueError("pairs.projection.lam='search' needs forward pairs, the teacher "
-                             "and the backward grid for its budget.")
+            raise ValueError("lam='search' needs forward pairs, the teacher (denoise_fn) and the "
+                             "backward grid for its budget.")
         first = {k: jnp.asarray(forward[k][:BUDGET_PAIRS]) for k in ("x0", "x1")}
         budget = reconstruction_error(denoise_fn, first, grid, solver=solver)
         metrics["projection/budget"] = budget
     project = jax.jit(project_pairs, static_argnames=("epsilon", "mode"))
     out, m = project(key, jnp.asarray(backward["x0"]), jnp.asarray(backward["x1"]),
-                     jnp.asarray(real), budget=budget, epsilon=float(proj.epsilon),
-                     mode=proj.draw)
+                     jnp.asarray(real), budget=budget, epsilon=float(epsilon), mode=draw)
     return {"x0": out["x0"], "x1": out["x1"]}, {**metrics, **m}

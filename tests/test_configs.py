@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
 import pytest
 
 pytest.importorskip("simple_reflow.couplings", reason="configs/common.py needs the couplings")
@@ -28,7 +29,7 @@ def test_smoke_configs_build_and_validate(name, stage):
     spec = data_spec(c.data)
     assert spec.num_classes == c.model.num_classes
     assert c.training.num_steps <= 5 and c.training.batch_size <= 8
-    from simple_reflow.models import validate_model_config
+    from simple_reflow.train.configure import validate_model_config
 
     validate_model_config(c.model, data_shape=spec.shape)
 
@@ -44,7 +45,7 @@ def test_full_configs_build(name, stage):
             validate_data_config(c.data)
     else:
         validate_data_config(c.data)
-    from simple_reflow.models import validate_model_config
+    from simple_reflow.train.configure import validate_model_config
 
     if name != "digits":
         validate_model_config(c.model, data_shape=(c.model.resolution,) * 2 + (3,))
@@ -133,3 +134,28 @@ def test_a_coupling_needs_the_flow_loss():
     with pytest.raises(ValueError, match=r"coupling\.name='ot'.*loss\.kind='edm'"):
         validate_config(c)
     validate_config(cifar10.get_config("ot-cfm,smoke"))
+
+
+def test_imagenet64_pair_stores_at_the_papers_scale():
+    """8M backward + 4M forward pairs: the stores' description, shard count, and the reflow
+    stream at the last step of 500k (batch 1024) over 8M/4M pairs, per host of 8."""
+    from simple_reflow import pair_mixing
+    from simple_reflow.train.images import _store_spec
+    from simple_reflow.train.stages import validate_config
+
+    cfg = _get("imagenet64", "pairs")
+    validate_config(cfg)
+    back, arrays, prov = _store_spec(cfg, "backward", "sha")
+    fwd = _store_spec(cfg, "forward", "sha")[0]
+    assert (back, fwd) == (8_000_000, 4_000_000)
+    assert arrays == {"x0": ((64, 64, 3), "float32"), "x1": ((64, 64, 3), "float32"),
+                      "cond": ((), "int32")}
+    assert prov["nfe"] == 79 and -(-back // cfg.pairs.chunk) == 7813
+    r = _get("imagenet64", "reflow")
+    sizes = {"backward": back, "forward": fwd}
+    fractions = pair_mixing.pair_fractions(r.pairs.rho)
+    src, idx = pair_mixing.stream_indices(r.seed, r.training.num_steps - 1,
+                                          r.training.batch_size, sizes, fractions,
+                                          process_index=7, process_count=8)
+    assert len(src) == 128 and 0.2 < np.mean(src == 1) < 0.6
+    assert np.all(idx < np.where(src == 1, fwd, back))

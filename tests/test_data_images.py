@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from simple_reflow.data import (
-    BatchIterator,
+    Prefetcher,
     batch_at,
     data_spec,
     make_image_source,
@@ -104,14 +104,26 @@ def test_flips_mirror_width_and_are_fair():
     assert np.mean(flip_bits(0, np.arange(2000)) != flip_bits(1, np.arange(2000))) > 0.4
 
 
-def test_batch_iterator_matches_batch_at_and_resumes():
+def test_prefetcher_matches_batch_at_resumes_and_reraises():
     source = _ramp_source()
     kw = dict(batch_size=6, random_flip=True)
-    with BatchIterator(source, 4, start_step=3, prefetch=2, **kw) as it:
-        got = [next(it) for _ in range(4)]
-        assert it.step == 7
-    for k, batch in enumerate(got):
-        np.testing.assert_array_equal(batch["x0"], batch_at(source, 4, 3 + k, **kw)["x0"])
+    calls = []
+
+    def fn(step):
+        calls.append(step)
+        if step == 9:
+            raise RuntimeError("read failed at 9")
+        return batch_at(source, 4, step, **kw)
+
+    with Prefetcher(fn, depth=2) as at:
+        got = {s: at(s) for s in (3, 4, 5, 6)}
+        got[2] = at(2)  # out of order (a resume): restarts there
+        with pytest.raises(RuntimeError, match="at 9"):
+            for s in range(3, 10):
+                at(s)
+    for s, batch in got.items():
+        np.testing.assert_array_equal(batch["x0"], batch_at(source, 4, s, **kw)["x0"])
+    assert calls[:4] == [3, 4, 5, 6]  # computed ahead, in order
 
 
 def test_folder_source_crops_resizes_and_labels(tmp_path):

@@ -38,3 +38,13 @@ def test_uniform_and_make_grid():
     assert g[0] == pytest.approx(0.9) and g[-1] == 0.0
     with pytest.raises(ValueError, match="grid"):
         grids.make_grid("cosine", 5)
+
+
+@pytest.mark.parametrize("t_max", [1.0, 80 / 81])
+def test_forward_grid_is_the_backward_grid_reversed_from_t_min(t_max):
+    t_min = 2e-3
+    g = grids.forward_grid("edm", 6, t_min=t_min, t_max=t_max)
+    assert g[0] == t_min and np.all(np.diff(g) > 0)
+    assert g[-1] == pytest.approx(min(t_max, 1 - t_min), abs=1e-15)  # < 1: ε̂ is finite
+    back = grids.make_grid("edm", 6, t_max=min(t_max, 1 - t_min))
+    np.testing.assert_array_equal(g[1:], np.sort(back[back > t_min]))

@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from simple_reflow import pair_store
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("teacher", "pairs", "reflow", "eval")
 
@@ -39,7 +41,7 @@ def _chain(dataset, tmp_path, cache_dir, extra=()):
     for stage in STAGES:
         _stage(dataset, stage, tmp_path, cache_dir, extra)
     assert (tmp_path / "teacher" / "ema.npz").exists()
-    assert any(f.startswith("pairs_") for f in os.listdir(tmp_path / "pairs" / "backward"))
+    assert pair_store.verify_store(str(tmp_path / "pairs" / "backward")).complete
     assert (tmp_path / "reflow" / "ema.npz").exists()
     metrics = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
     assert any(k.startswith("eval/student/fd_pixel@nfe=") for k in metrics)
@@ -53,9 +55,8 @@ def test_cifar10_smoke_stages_with_projected_pairs(tmp_path, cache_dir):
     _chain("cifar10", tmp_path, cache_dir, ("--config.pairs.projection.fraction=0.25",
                                             "--config.pairs.projection.num=8",
                                             "--config.pairs.projection.lam=search"))
-    projected = [f for f in os.listdir(tmp_path / "pairs" / "projected")
-                 if f.startswith("pairs_") and ".tmp" not in f]
-    assert len(projected) == 2  # 8 pairs in shards of pairs.chunk = 4
+    report = pair_store.verify_store(str(tmp_path / "pairs" / "projected"))
+    assert report.complete and report.ok == 2  # 8 pairs in shards of pairs.chunk = 4
 
 
 @pytest.mark.slow

@@ -43,7 +43,7 @@ from simple_reflow.data.images import (
     TfdsSource,
     mock_images,
 )
-from simple_reflow.data.pipeline import BatchIterator, batch_at
+from simple_reflow.data.pipeline import Prefetcher, batch_at
 from simple_reflow.data.toy import TOY_DATASETS, make_toy_sampler, sample_toy, toy_mixture
 
 __all__ = [
@@ -55,7 +55,7 @@ __all__ = [
     "validate_data_config",
     "make_image_source",
     "batch_at",
-    "BatchIterator",
+    "Prefetcher",
     "ArraySource",
     "make_toy_sampler",
     "sample_toy",

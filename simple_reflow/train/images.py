@@ -4,9 +4,10 @@ Each stage reads one config (``configs/<dataset>.py:<stage>``) and one workdir:
 
 - ``teacher``: trains the EDM-preconditioned backbone with EDM's loss on real images;
 - ``pairs``: integrates the teacher's EMA snapshot (``teacher.workdir/ema.npz``) into backward
-  and forward pair shards under ``workdir/backward`` and ``workdir/forward`` (resumable);
-- ``reflow``: trains the student, initialised from the teacher, on the pairs of ``pairs.dir``
-  mixed with ratio ρ;
+  and forward pair stores (:mod:`simple_reflow.pair_store`) under ``workdir/backward`` and
+  ``workdir/forward`` — every device of every host, resumable;
+- ``reflow``: trains the student, initialised from the teacher, on pairs streamed from the
+  stores of ``pairs.dir``, mixed with ratio ρ;
 - ``eval``: samples the model in ``eval.model_dir`` (default: the workdir) and the teacher at
   each NFE budget — ``eval.num_samples`` images, sample i seeded by its index, over all devices
   and hosts, quantised to uint8 as EDM does — and writes sample grids and
@@ -19,27 +20,22 @@ Each stage reads one config (``configs/<dataset>.py:<stage>``) and one workdir:
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from simple_reflow import grids, guidance, losses, pairs, sampler
-from simple_reflow.couplings import make_coupling
-from simple_reflow.data import batch_at, data_spec, make_image_source
+from simple_reflow import grids, guidance, pair_mixing, pair_store, pairs, sampler
+from simple_reflow.data import Prefetcher, batch_at, data_spec, make_image_source
 from simple_reflow.errors import MissingInput
-from simple_reflow.losses_edm import edm_loss
 from simple_reflow.metrics import inception
 from simple_reflow.metrics.fid import load_reference
 from simple_reflow.metrics.frechet import frechet_distance_from_stats, gaussian_stats
-from simple_reflow.models import build_model
-from simple_reflow.train import checkpoint, sampling, sharding
+from simple_reflow.train import checkpoint, configure, sampling, sharding
 from simple_reflow.train.loop import train_loop
 from simple_reflow.train.step import init_state, make_optimizer, make_train_step, split_model
 from simple_reflow.viz import save_image_grid
@@ -53,7 +49,8 @@ def data_shape_of(cfg_data):
 
 
 def _build(cfg, seed):
-    model = build_model(cfg.model, data_shape=data_shape_of(cfg.data), rngs=nnx.Rngs(seed))
+    model = configure.model_from_config(cfg.model, data_shape=data_shape_of(cfg.data),
+                                        rngs=nnx.Rngs(seed))
     return split_model(model)
 
 
@@ -86,12 +83,11 @@ def _require_inputs(cfg, workdir):
         p = cfg.pairs
         if not p.dir:
             raise ValueError("pairs.dir must name the workdir of the pairs stage.")
-        fractions = pairs.pair_fractions(p.rho, p.projection.fraction)
-        for name in pairs.SOURCES:
+        fractions = pair_mixing.pair_fractions(p.rho, p.projection.fraction)
+        for name in pair_mixing.SOURCES:
             folder = os.path.join(p.dir, name)
-            if (name == "backward" or fractions[name] > 0) and not (
-                    os.path.isdir(folder) and any(f.startswith("pairs_")
-                                                  for f in os.listdir(folder))):
+            if (name == "backward" or fractions[name] > 0) and not os.path.exists(
+                    os.path.join(folder, "manifest.json")):
                 raise MissingInput(
                     f"pairs.dir={p.dir!r} has no {name} pairs ({folder}): create them with "
                     f"`python scripts/train.py --config {conf}:pairs --workdir {p.dir} "
@@ -112,12 +108,7 @@ def _require_inputs(cfg, workdir):
 
 
 def _loss_fn(cfg):
-    if cfg.loss.kind == "edm":
-        return functools.partial(edm_loss, p_mean=cfg.loss.p_mean, p_std=cfg.loss.p_std,
-                                 sigma_data=cfg.loss.sigma_data)
-    if cfg.loss.kind == "flow":
-        return functools.partial(losses.flow_loss, cfg=cfg.loss, time_cfg=cfg.time)
-    raise ValueError(f"loss.kind={cfg.loss.kind!r} is not one of ('edm', 'flow').")
+    return configure.loss_fn_from_config(cfg.loss, cfg.time)
 
 
 def _train(cfg, workdir, model_def, params, host_batch_at, desc, coupling=None):
@@ -133,11 +124,13 @@ def _train(cfg, workdir, model_def, params, host_batch_at, desc, coupling=None):
     compiled = jax.jit(step, in_shardings=(repl, sharding.batch_sharding(mesh)),
                        out_shardings=(repl, repl), donate_argnums=(0,))
     state = jax.device_put(state, repl)
-    return train_loop(
-        state, compiled, num_steps=cfg.training.num_steps, workdir=workdir,
-        batch_at=lambda s: sharding.shard_batch(host_batch_at(s), mesh),
-        log_every=cfg.training.log_every, ckpt_every=cfg.training.ckpt_every,
-        keep=cfg.training.keep_checkpoints, batch_size=cfg.training.batch_size, desc=desc)
+    # the next batches are read and sent to the devices while the current step runs
+    with Prefetcher(lambda s: sharding.shard_batch(host_batch_at(s), mesh)) as batches:
+        return train_loop(
+            state, compiled, num_steps=cfg.training.num_steps, workdir=workdir,
+            batch_at=batches, log_every=cfg.training.log_every,
+            ckpt_every=cfg.training.ckpt_every, keep=cfg.training.keep_checkpoints,
+            batch_size=cfg.training.batch_size, desc=desc)
 
 
 def run_teacher(cfg, workdir):
@@ -153,8 +146,8 @@ def run_teacher(cfg, workdir):
         checkpoint.save_model_config(workdir, cfg.model)
     coupling, factor, keep = None, 1, ("x0", "cond")
     if cfg.loss.kind == "flow":
-        coupling = make_coupling(cfg.coupling, data_shape=data_shape_of(cfg.data),
-                                 num_data=len(source))
+        coupling = configure.coupling_from_config(
+            cfg.coupling, data_shape=data_shape_of(cfg.data), num_data=len(source))
         factor, keep = coupling.batch_factor, ("x0", "cond", "index")
 
     def host_batch(step):
@@ -175,24 +168,71 @@ def _teacher(cfg):
 
 
 def _pair_grid(p, increasing=False):
-    g = grids.make_grid(p.grid, p.steps, t_max=p.t_max)
-    if not increasing:
-        return g
-    g = np.sort(g)[1:]  # drop t = 0: the forward solve starts at t_min
-    return np.concatenate([[p.t_min], g[g > p.t_min]])
+    if increasing:
+        return grids.forward_grid(p.grid, p.steps, t_min=p.t_min, t_max=p.t_max)
+    return grids.make_grid(p.grid, p.steps, t_max=p.t_max)
+
+
+def _teacher_sha256(cfg):
+    return pair_store.file_sha256(_snapshot(cfg.teacher.workdir, "teacher.workdir"))
+
+
+def _store_spec(cfg, kind, teacher_sha):
+    """``(num, arrays, provenance)`` of one pair store as this config describes it; the
+    provenance keys name the config fields, so a mismatch message says what to change."""
+    p, q = cfg.pairs, cfg.pairs.projection
+    shape = data_shape_of(cfg.data)
+    arrays = {"x0": (shape, "float32"), "x1": (shape, "float32")}
+    if data_spec(cfg.data).num_classes and kind != "projected":
+        arrays["cond"] = ((), "int32")
+    prov = {"kind": kind, "teacher.workdir (ema.npz SHA-256)": teacher_sha, "seed": cfg.seed,
+            "pairs.solver": p.solver, "pairs.grid": p.grid, "pairs.steps": p.steps,
+            "pairs.t_max": p.t_max, "data.name": cfg.data.name}
+    if kind == "backward":
+        prov["nfe"] = sampler.nfe_of(_pair_grid(p), p.solver)
+        return p.num_backward, arrays, prov
+    if kind == "forward":
+        prov.update({"pairs.t_min": p.t_min, "data.split": cfg.data.get("split", "train"),
+                     "nfe": sampler.nfe_of(_pair_grid(p, increasing=True), p.solver) + 1})
+        return p.num_forward, arrays, prov
+    prov.update({"pairs.projection.num": q.num, "pairs.projection.epsilon": q.epsilon,
+                 "pairs.projection.lam": q.lam, "pairs.projection.draw": q.draw})
+    return q.num, arrays, prov
+
+
+def _local_data_parallel(fn, chunk):
+    """``fn`` jitted over this host's devices, its array arguments split along their first axis
+    (padded to a multiple of the device count; the padding is cut from the outputs)."""
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    size = -(-chunk // mesh.size) * mesh.size
+    compiled = jax.jit(fn, out_shardings=split)
+
+    def run(*args):
+        n = len(args[0])
+        padded = [None if a is None else jax.device_put(
+            np.concatenate([a, np.repeat(a[-1:], size - n, 0)]) if size > n else np.asarray(a),
+            split) for a in args]
+        return {k: np.asarray(v)[:n] for k, v in compiled(*padded).items()}
+
+    return run
 
 
 def run_pairs(cfg, workdir):
-    """Backward and forward pairs from the teacher snapshot, as resumable shards."""
+    """Backward, forward and projected pair stores from the teacher snapshot, generated by every
+    device of every host (each host its own shards; a chunk split over its devices), resumable
+    at shard granularity; ``pairs.storage_dtype`` sets the stored precision."""
     p = cfg.pairs
     model_def, params = _teacher(cfg)
+    teacher_sha = _teacher_sha256(cfg)
     shape = data_shape_of(cfg.data)
     num_classes = data_spec(cfg.data).num_classes
     key = jax.random.key(cfg.seed + 11)
     denoise = model_def.denoiser(params)
     grid_b = _pair_grid(p)
+    kw = dict(process_index=jax.process_index(), process_count=jax.process_count(),
+              storage_dtype=p.storage_dtype, chunk=p.chunk)
 
-    @jax.jit
     def gen_backward(idx):
         cond = None
         if num_classes:  # each pair's class from its own index, like its noise
@@ -202,99 +242,134 @@ def run_pairs(cfg, workdir):
                                          cond=cond)
         return {"x0": x0, "x1": x1, **({"cond": cond} if num_classes else {})}
 
-    kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    with tqdm(total=p.num_backward, desc="backward pairs", disable=jax.process_index()) as bar:
-        pairs.write_pair_shards(lambda i: gen_backward(jnp.asarray(i)), p.num_backward, p.chunk,
-                                os.path.join(workdir, "backward"), progress=bar.update, **kw)
+    _write(cfg, workdir, "backward", teacher_sha, _local_data_parallel(gen_backward, p.chunk), kw)
     if p.num_forward:
         source = make_image_source(cfg.data)
         grid_f = _pair_grid(p, increasing=True)
-        gen_f = jax.jit(lambda x0, c: pairs.forward_pairs(denoise, x0, grid_f, solver=p.solver,
-                                                          cond=c)[:2])
+
+        def gen_f(x0, c):
+            x0, x1, _ = pairs.forward_pairs(denoise, x0, grid_f, solver=p.solver, cond=c)
+            return {"x0": x0, "x1": x1, **({"cond": c} if c is not None else {})}
+
+        gen_f = _local_data_parallel(gen_f, p.chunk)
 
         def gen_forward(idx):
             data = source.get(np.asarray(idx) % len(source))  # pair i ← training image i
-            x0, x1 = gen_f(jnp.asarray(data["x0"]), data.get("cond"))
-            return {"x0": x0, "x1": x1, **({"cond": data["cond"]} if "cond" in data else {})}
+            return gen_f(data["x0"], data.get("cond"))
 
-        with tqdm(total=p.num_forward, desc="forward pairs", disable=jax.process_index()) as bar:
-            pairs.write_pair_shards(gen_forward, p.num_forward, p.chunk,
-                                    os.path.join(workdir, "forward"), progress=bar.update, **kw)
+        _write(cfg, workdir, "forward", teacher_sha, gen_forward, kw)
     if p.projection.fraction > 0:
-        _write_projected(cfg, workdir, denoise, grid_b, **kw)
+        _write_projected(cfg, workdir, denoise, grid_b, teacher_sha, kw)
     nfe_b = sampler.nfe_of(grid_b, p.solver)
-    return (f"pairs in {workdir}: {p.num_backward} backward ({nfe_b} NFE each), "
+    return (f"pair stores in {workdir}: {p.num_backward} backward ({nfe_b} NFE each), "
             f"{p.num_forward} forward"
-            + (f", {p.projection.num} projected" if p.projection.fraction > 0 else ""))
+            + (f", {p.projection.num} projected" if p.projection.fraction > 0 else "")
+            + f"; check them with `python scripts/verify_pairs.py {workdir}`")
 
 
-def _write_projected(cfg, workdir, denoise, grid_b, *, process_index, process_count):
+def _write(cfg, workdir, kind, teacher_sha, generate, kw):
+    """One store: this host's shards, then (all hosts done) the manifest's checksums."""
+    num, arrays, prov = _store_spec(cfg, kind, teacher_sha)
+    path = os.path.join(workdir, kind)
+    main = jax.process_index() == 0
+    with tqdm(total=num, desc=f"{kind} pairs", disable=not main, unit="pair",
+              dynamic_ncols=True) as bar:
+        pair_store.write_store(generate, path, num=num, arrays=arrays, provenance=prov,
+                               progress=bar.update, **kw)
+    if jax.process_count() > 1:  # every host's shards are on disk before anyone reads them
+        multihost_utils.sync_global_devices(f"{kind} pairs written")
+    if main:
+        pair_store.finalize_store(path)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"{kind} manifest written")
+
+
+def _write_projected(cfg, workdir, denoise, grid_b, teacher_sha, kw):
     """Projected pairs (METHOD.md §3): the first ``projection.num`` backward pairs re-paired
-    with as many real images (a seeded permutation of the training set) by entropic OT."""
+    with as many real images (a seeded permutation of the training set) by entropic OT; reads
+    only those backward pairs (and, for ``lam='search'``, only the budget's forward pairs)."""
     p, q = cfg.pairs, cfg.pairs.projection
-    out_dir = os.path.join(workdir, "projected")
-    if _complete(out_dir, q.num):
+    num, arrays, prov = _store_spec(cfg, "projected", teacher_sha)
+    path = os.path.join(workdir, "projected")
+    if os.path.exists(path) and pair_store.verify_store(path, checksums=False).complete:
+        _open_store(path, num, arrays, prov, "projected").close()  # same pairs, or refused
         return
-    if process_count > 1:  # every host reads the backward shards the others wrote
-        multihost_utils.sync_global_devices("backward pairs written")
-    backward = pairs.load_pair_shards(os.path.join(workdir, "backward"), q.num)
+    with pair_store.PairStore(os.path.join(workdir, "backward")) as store:
+        backward = store.read(np.arange(q.num), ("x0", "x1"))
     source = make_image_source(cfg.data)
     order = np.random.default_rng(cfg.seed + 19).permutation(len(source))[:q.num]
     real = source.get(np.resize(order, q.num))["x0"]
     forward = None
     if q.lam == "search":
-        forward = pairs.load_pair_shards(os.path.join(workdir, "forward"), None)
+        with pair_store.PairStore(os.path.join(workdir, "forward")) as store:
+            forward = store.read(np.arange(min(pairs.BUDGET_PAIRS, len(store))), ("x0", "x1"))
     projected, metrics = pairs.projected_pairs(
-        jax.random.key(cfg.seed + 23), {k: backward[k][:q.num] for k in ("x0", "x1")}, real, q,
-        denoise_fn=denoise, forward=forward, grid=grid_b, solver=p.solver)
+        jax.random.key(cfg.seed + 23), backward, real, epsilon=q.epsilon, lam=q.lam,
+        draw=q.draw, denoise_fn=denoise, forward=forward, grid=grid_b, solver=p.solver)
     projected = {k: np.asarray(v) for k, v in projected.items()}
-    if process_index == 0:
+    if jax.process_index() == 0:
         print("projection: " + ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items()),
               flush=True)
 
     def take(idx):
         return {k: v[np.minimum(idx, q.num - 1)] for k, v in projected.items()}
 
-    pairs.write_pair_shards(take, q.num, p.chunk, out_dir, process_index=process_index,
-                            process_count=process_count)
+    _write(cfg, workdir, "projected", teacher_sha, take, kw)
 
 
-def _complete(out_dir, num):
-    try:
-        return len(pairs.load_pair_shards(out_dir, num)["index"]) >= num
-    except (FileNotFoundError, ValueError):
-        return False
+def _open_store(path, num, arrays, provenance, kind):
+    """The store at ``path``, refused (naming the fields) when its manifest describes other
+    pairs than this config: another teacher, shape, solver, grid, seed, or too few pairs."""
+    store = pair_store.PairStore(path)
+    # the pairs' seed is the pairs stage's: a student of another seed may train on them
+    diff = store.mismatches(num=num, arrays=arrays, provenance=provenance, ignore=("seed",))
+    if diff:
+        store.close()
+        raise pair_store.StoreMismatch(
+            f"the {kind} pair store {path} was made for another config ({'; '.join(diff)}): "
+            "regenerate it with this config's pairs stage into a new pairs.dir, or set the "
+            "fields to the store's values.")
+    return store
 
 
 def run_reflow(cfg, workdir):
-    """Trains the student, initialised from the teacher, on the mixed pairs (METHOD.md §3)."""
+    """Trains the student, initialised from the teacher, on pairs streamed from the stores of
+    ``pairs.dir``, mixed with ratio ρ (METHOD.md §3): each host reads only its slice of each
+    global batch, one batch ahead of the step (:class:`~simple_reflow.data.Prefetcher`)."""
     p = cfg.pairs
-    if not p.dir:
-        raise ValueError("pairs.dir must name the workdir of the pairs stage.")
-    fractions = pairs.pair_fractions(p.rho, p.projection.fraction)
-    num = {"backward": p.num_backward, "forward": p.num_forward, "projected": p.projection.num}
-    keep = ("x0", "x1", "cond")
-    stores = {}
-    for name in pairs.SOURCES:
-        if name == "backward" or fractions[name] > 0:
-            loaded = pairs.load_pair_shards(os.path.join(p.dir, name), num[name])
-            stores[name] = {k: v for k, v in loaded.items() if k in keep}
+    fractions = pair_mixing.pair_fractions(p.rho, p.projection.fraction)
+    stores = _open_stores(cfg)
     model_def, params = _teacher(cfg)  # the student starts from the teacher's weights
     if jax.process_index() == 0:
         checkpoint.save_model_config(workdir, cfg.model)
-    key = jax.random.key(cfg.seed + 17)
-    sizes = {name: len(v["x0"]) for name, v in stores.items()}
-    mix = jax.jit(lambda step: pairs.mix_indices(jax.random.fold_in(key, step), sizes, fractions,
-                                                 cfg.training.batch_size))
-    per_host = cfg.training.batch_size // jax.process_count()
-    lo = jax.process_index() * per_host
+    sizes = {name: _store_spec(cfg, name, None)[0] for name in stores}
+    seed = cfg.seed + 17
 
     def host_batch(step):
-        source, index = (np.asarray(a)[lo:lo + per_host] for a in mix(step))
-        return pairs.gather_pairs(stores, source, index, xp=np)
+        source, index = pair_mixing.stream_indices(
+            seed, step, cfg.training.batch_size, sizes, fractions,
+            process_index=jax.process_index(), process_count=jax.process_count())
+        return pair_mixing.read_mixed(stores, source, index)
 
-    _train(cfg, workdir, model_def, params, host_batch, "student (ReFlow)")
+    try:
+        _train(cfg, workdir, model_def, params, host_batch, "student (ReFlow)")
+    finally:
+        for store in stores.values():
+            store.close()
     return f"student EMA snapshot: {os.path.join(workdir, 'ema.npz')}"
+
+
+def _open_stores(cfg):
+    """The pair stores the reflow stage reads, each checked against the config."""
+    p = cfg.pairs
+    fractions = pair_mixing.pair_fractions(p.rho, p.projection.fraction)
+    sha = _teacher_sha256(cfg)
+    stores = {}
+    for name in pair_mixing.SOURCES:
+        if name == "backward" or fractions[name] > 0:
+            stores[name] = _open_store(os.path.join(p.dir, name), *_store_spec(cfg, name, sha),
+                                       name)
+    return stores
 
 
 def _guided(cfg, model_def, params, denoise):

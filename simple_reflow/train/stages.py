@@ -6,8 +6,10 @@ value fails in well under a second with a message naming the field.
 
 from __future__ import annotations
 
-from simple_reflow import grids, losses, sampler, time_dist
+from simple_reflow import grids, sampler
 from simple_reflow.data.toy import TOY_DATASETS
+from simple_reflow.pair_store import STORAGE_DTYPES
+from simple_reflow.train import configure
 
 __all__ = ["STAGES", "validate_config", "run_stage"]
 
@@ -21,8 +23,8 @@ def _check(cond, msg):
 
 def _validate_common(cfg):
     _check(cfg.stage in STAGES, f"stage={cfg.stage!r} is not one of {STAGES}.")
-    losses.validate_loss_config(cfg.loss)
-    time_dist.validate_time_config(cfg.time)
+    configure.validate_loss_config(cfg.loss)
+    configure.validate_time_config(cfg.time)
     s = cfg.sampler
     _check(s.solver in sampler.SOLVERS,
            f"sampler.solver={s.solver!r} is not one of {sampler.SOLVERS}.")
@@ -43,6 +45,10 @@ def _validate_common(cfg):
     _check(p.steps >= 1, f"pairs.steps={p.steps!r} must be >= 1.")
     _check(0 < p.t_min < 0.5, f"pairs.t_min={p.t_min!r} must lie in (0, 0.5).")
     _check(0.5 < p.t_max <= 1, f"pairs.t_max={p.t_max!r} must lie in (0.5, 1].")
+    _check(p.storage_dtype in STORAGE_DTYPES,
+           f"pairs.storage_dtype={p.storage_dtype!r} is not one of {STORAGE_DTYPES}.")
+    _check(isinstance(p.chunk, int) and p.chunk >= 1,
+           f"pairs.chunk={p.chunk!r} must be an integer >= 1.")
     q = p.projection
     _check(0 <= q.fraction <= 1 - p.rho,
            f"pairs.projection.fraction={q.fraction!r} must lie in [0, 1 - pairs.rho].")
@@ -68,8 +74,6 @@ def _validate_common(cfg):
 
 def validate_config(cfg):
     """Validates a full config for its stage; raises ``ValueError`` naming the bad field."""
-    from simple_reflow.couplings import make_coupling
-
     if cfg.stage == "pipeline" and "stages" in cfg:  # an image pipeline: one config per stage
         for name in ("teacher", "pairs", "reflow", "eval"):
             _check(name in cfg.stages, f"stages.{name} is missing from the pipeline config.")
@@ -93,10 +97,10 @@ def validate_config(cfg):
         _check(num_data >= 0 and num_data % cfg.training.batch_size == 0,
                f"data.num_examples={num_data!r} must be 0 (fresh samples) or a multiple of "
                f"training.batch_size={cfg.training.batch_size}.")
-        make_coupling(cfg.coupling, data_shape=(2,), num_data=num_data or None)  # validates it
+        configure.coupling_from_config(cfg.coupling, data_shape=(2,),
+                                       num_data=num_data or None)  # validates it
         return
     from simple_reflow.data import validate_data_config
-    from simple_reflow.models import validate_model_config
 
     _check(not toy, f"data.name={cfg.data.name!r} is toy data: use stage='pipeline'.")
     validate_data_config(cfg.data)
@@ -111,7 +115,7 @@ def validate_config(cfg):
     from simple_reflow.train.images import data_shape_of
 
     shape = data_shape_of(cfg.data)
-    validate_model_config(cfg.model, data_shape=shape)
+    configure.validate_model_config(cfg.model, data_shape=shape)
     classes = data_spec(cfg.data).num_classes
     _check(cfg.model.get("num_classes", 0) == classes,
            f"model.num_classes={cfg.model.get('num_classes', 0)!r} does not match the data's "
@@ -133,8 +137,8 @@ def validate_config(cfg):
                f"coupling.name={cfg.coupling.name!r} pairs noise with data for a 1-rectified "
                "flow (loss.kind='flow'); EDM's loss (loss.kind='edm') has no coupling.")
         if cfg.loss.kind == "flow":  # LOOM's dataset size is known once the data is read
-            make_coupling(cfg.coupling, data_shape=shape,
-                          num_data=1 if cfg.coupling.name == "loom" else None)
+            configure.coupling_from_config(cfg.coupling, data_shape=shape,
+                                           num_data=1 if cfg.coupling.name == "loom" else None)
 
 
 def _validate_eval(cfg, shape):

@@ -14,15 +14,12 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
-import numpy as np
 from flax import nnx
 
-from simple_reflow import grids, losses, pairs
-from simple_reflow.couplings import make_coupling
+from simple_reflow import grids, losses, pair_mixing, pairs
 from simple_reflow.data.toy import make_toy_sampler, toy_mixture
 from simple_reflow.models.mlp import MLPDenoiser
-from simple_reflow.train import checkpoint
+from simple_reflow.train import checkpoint, configure
 from simple_reflow.train.loop import train_loop
 from simple_reflow.train.step import (
     init_state,
@@ -38,11 +35,9 @@ __all__ = ["build_mlp", "train_flow", "teacher_fn", "generate_toy_pairs", "toy_p
 TOY_SHAPE = (2,)
 
 # 1-rectified flow, the teacher for targets without an analytic one: independent-style pairs
-# from the configured coupling, uniform t, squared ℓ2 on the velocity (Liu et al. 2022).
-ONE_RF_LOSS = ml_collections.ConfigDict(
-    dict(distance="l2", normalize=False, space="velocity", hpf_weight=0.0, hpf_sigma=1.0))
-ONE_RF_TIME = ml_collections.ConfigDict(
-    dict(dist="uniform", u_shape_a=4.0, logit_mean=0.0, logit_std=1.0))
+# from the configured coupling, uniform t, squared ℓ2 on the velocity (Liu et al. 2022); the
+# first two are flow_loss's defaults.
+ONE_RF_LOSS = functools.partial(losses.flow_loss, space="velocity")
 
 
 def build_mlp(cfg_model, seed):
@@ -52,8 +47,8 @@ def build_mlp(cfg_model, seed):
     return split_model(model)
 
 
-def train_flow(cfg, workdir, *, batch_fn, data=None, loss_cfg, time_cfg, init_params=None,
-               coupling=None, num_steps, seed, desc):
+def train_flow(cfg, workdir, *, batch_fn, data=None, loss_fn, init_params=None, coupling=None,
+               num_steps, seed, desc):
     """Trains the toy MLP with device-side batches; returns ``(model_def, final state)``.
 
     Args:
@@ -61,7 +56,7 @@ def train_flow(cfg, workdir, *, batch_fn, data=None, loss_cfg, time_cfg, init_pa
       workdir: checkpoints, metrics and ``ema.npz`` go here; an existing run resumes.
       batch_fn: ``batch_fn(step, data) -> batch`` pure, evaluated inside the compiled step.
       data: arrays ``batch_fn`` reads (pairs), passed as an argument, not baked into the program.
-      loss_cfg, time_cfg: ``loss`` and ``time`` sections for :func:`losses.flow_loss`.
+      loss_fn: ``loss_fn(model, batch, key) -> (loss, metrics)``, e.g. :data:`ONE_RF_LOSS`.
       init_params: start from these params (a student initialised from its teacher).
       coupling: optional coupling applied inside the step.
     """
@@ -71,7 +66,6 @@ def train_flow(cfg, workdir, *, batch_fn, data=None, loss_cfg, time_cfg, init_pa
     optimizer = make_optimizer(cfg.optim)
     coupling_state = coupling.init(jax.random.key(seed + 1)) if coupling is not None else None
     state = init_state(params, optimizer, seed, coupling_state)
-    loss_fn = functools.partial(losses.flow_loss, cfg=loss_cfg, time_cfg=time_cfg)
     step = make_train_step(model_def, loss_fn, optimizer, ema_decay=cfg.training.ema_decay,
                            coupling=coupling)
     k = cfg.training.steps_per_call
@@ -135,12 +129,13 @@ def teacher_fn(cfg, workdir):
                              f"mixture), got data.name={cfg.data.name!r}.")
         return toy_mixture(), None, None
     num_data = cfg.data.get("num_examples", 0) or None
-    coupling = make_coupling(cfg.coupling, data_shape=TOY_SHAPE, num_data=num_data)
+    coupling = configure.coupling_from_config(cfg.coupling, data_shape=TOY_SHAPE,
+                                              num_data=num_data)
     batch_fn, data = make_data_batch_fn(cfg.data.name, cfg.training.batch_size, cfg.seed + 7,
                                         num_data)
     model_def, state = train_flow(
-        cfg, os.path.join(workdir, "teacher"), batch_fn=batch_fn, data=data, loss_cfg=ONE_RF_LOSS,
-        time_cfg=ONE_RF_TIME, coupling=coupling, num_steps=cfg.teacher.num_steps,
+        cfg, os.path.join(workdir, "teacher"), batch_fn=batch_fn, data=data, loss_fn=ONE_RF_LOSS,
+        coupling=coupling, num_steps=cfg.teacher.num_steps,
         seed=cfg.seed, desc="teacher (1-RF)")
     return model_def.denoiser(state.ema), state.ema, model_def
 
@@ -162,10 +157,7 @@ def generate_toy_pairs(denoise_fn, cfg, seed):
     stores = {"backward": {"x0": x0b, "x1": x1b}}
     search = proj.fraction > 0 and proj.lam == "search"
     if p.num_forward and (p.rho > 0 or search):
-        t_max_fwd = min(p.t_max, 1.0 - p.t_min)  # ε̂ needs t_max < 1
-        grid_f = np.sort(grids.make_grid(p.grid, p.steps, t_max=t_max_fwd))
-        grid_f = grid_f[1:] if grid_f[0] == 0 else grid_f
-        grid_f = np.concatenate([[p.t_min], grid_f[grid_f > p.t_min]])
+        grid_f = grids.forward_grid(p.grid, p.steps, t_min=p.t_min, t_max=p.t_max)
         real = make_toy_sampler(cfg.data.name)(jax.random.key(seed + 13), p.num_forward)
         gen_f = jax.jit(lambda x: pairs.forward_pairs(denoise_fn, x, grid_f, solver=p.solver)[:2])
         x0f, x1f = gen_f(real)
@@ -181,7 +173,8 @@ def toy_projected_pairs(denoise_fn, cfg, seed, stores):
     real = make_toy_sampler(cfg.data.name)(jax.random.key(seed + 19), proj.num)
     first = jax.tree.map(lambda a: a[:proj.num], stores["backward"])
     projected, metrics = pairs.projected_pairs(
-        jax.random.key(seed + 23), first, real, proj, denoise_fn=denoise_fn,
+        jax.random.key(seed + 23), first, real, epsilon=proj.epsilon, lam=proj.lam,
+        draw=proj.draw, denoise_fn=denoise_fn,
         forward=stores.get("forward"), grid=grids.make_grid(p.grid, p.steps, t_max=p.t_max),
         solver=p.solver)
     print("projection: " + ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items()),
@@ -191,12 +184,12 @@ def toy_projected_pairs(denoise_fn, cfg, seed, stores):
 
 def pair_batch_fn(cfg, seed):
     """``batch_fn(step, stores)``: a mixed batch drawn on the device from ``fold_in(key, step)``."""
-    fractions = pairs.pair_fractions(cfg.pairs.rho, cfg.pairs.projection.fraction)
+    fractions = pair_mixing.pair_fractions(cfg.pairs.rho, cfg.pairs.projection.fraction)
     pair_key = jax.random.key(seed + 17)
     b = cfg.training.batch_size
 
     def batch_fn(step, stores):
-        return pairs.mix_pairs(jax.random.fold_in(pair_key, step), stores, fractions, b)
+        return pair_mixing.mix_pairs(jax.random.fold_in(pair_key, step), stores, fractions, b)
 
     return batch_fn
 
@@ -213,7 +206,7 @@ def run_pipeline(cfg, workdir):
     model_def, state = train_flow(
         cfg, os.path.join(workdir, "student"), batch_fn=pair_batch_fn(cfg, cfg.seed),
         data=stores,
-        loss_cfg=cfg.loss, time_cfg=cfg.time, init_params=teacher_params,
+        loss_fn=configure.flow_loss_from_config(cfg.loss, cfg.time), init_params=teacher_params,
         num_steps=cfg.training.num_steps, seed=cfg.seed + 1, desc="student (ReFlow)")
     student = model_def.denoiser(state.ema)
     clock = time.perf_counter()
