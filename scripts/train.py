@@ -37,6 +37,7 @@ def main(argv):
     if _MULTIHOST.value:
         jax.distributed.initialize()
     from simple_reflow.errors import MissingInput
+    from simple_reflow.pair_store import StoreMismatch
     from simple_reflow.train.loop import NonFiniteLoss, TrainingInterrupted
     from simple_reflow.train.stages import run_stage, validate_config
 
@@ -59,6 +60,9 @@ def main(argv):
         return 1
     except MissingInput as e:  # a missing input: one line saying what creates it
         print(f"missing input: {e}", file=sys.stderr, flush=True)
+        return 2
+    except StoreMismatch as e:  # pairs of another teacher / shape / grid: one line
+        print(f"pair store mismatch: {e}", file=sys.stderr, flush=True)
         return 2
     if jax.process_index() == 0 and summary:
         print(summary)

@@ -48,6 +48,11 @@ def test_round_trip_in_any_order_with_storage_dtypes(tmp_path, dtype, rtol):
         assert got[k].dtype == np.float32
         np.testing.assert_allclose(got[k], ref[k], rtol=rtol, atol=0)
     np.testing.assert_array_equal(got["cond"], ref["cond"])
+    perm = np.random.default_rng(0).permutation(np.tile(np.arange(50), 2))
+    with pair_store.PairStore(str(tmp_path / "s"), threads=3) as store:  # concurrent reads
+        many = store.read(perm)
+    np.testing.assert_allclose(many["x0"], _gen(perm)["x0"], rtol=rtol, atol=0)
+    np.testing.assert_array_equal(many["cond"], _gen(perm)["cond"])
     raw = np.load(tmp_path / "s" / "shard_0000000008" / "x0.npy")
     expect = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}[dtype]
     assert raw.dtype == expect and raw.shape == (8, *SHAPE)

@@ -1,4 +1,4 @@
-"""The reflow stage streaming from a pair store, SIGKILLed mid-run, resumes to the same model.
+"""The reflow stage on a pair store: refuses pairs of another config; SIGKILLed, it resumes.
 
 Every batch is a function of (seed, step) read from the store, so a run killed without warning
 (no checkpoint at the kill) and restarted from its newest checkpoint ends with parameters
@@ -33,30 +33,50 @@ def get_config(stage):
     c.training.ckpt_every = 50
     c.pairs.num_backward, c.pairs.num_forward, c.pairs.chunk, c.pairs.steps = 64, 32, 16, 2
     c.pairs.rho = 0.4
-    c.teacher.workdir = os.path.join(os.environ["RUN_ROOT"], "teacher")
+    c.teacher.workdir = os.path.join(os.environ["RUN_ROOT"], os.environ.get("TEACHER", "teacher"))
     c.pairs.dir = os.path.join(os.environ["RUN_ROOT"], "pairs")
     return c
 """
 
 
-def _start(root, stage, workdir):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "RUN_ROOT": str(root)}
+def _start(root, stage, workdir, *flags, teacher="teacher"):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "RUN_ROOT": str(root),
+           "TEACHER": teacher}
     return subprocess.Popen([sys.executable, "scripts/train.py", "--config",
-                             f"{root / 'config.py'}:{stage}", "--workdir", str(workdir)],
+                             f"{root / 'config.py'}:{stage}", "--workdir", str(workdir), *flags],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
 
-def _finish(proc):
+def _finish(proc, code=0):
     out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == code, err[-3000:]
+    return err
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """A teacher and its pair stores (backward + forward), made once."""
+    root = tmp_path_factory.mktemp("reflow_store")
+    (root / "config.py").write_text(CONFIG)
+    for stage in ("teacher", "pairs"):
+        _finish(_start(root, stage, root / stage))
+    return root
+
+
+def test_reflow_refuses_pairs_of_another_teacher_or_grid(root):
+    err = _finish(_start(root, "reflow", root / "r1", "--config.pairs.steps=3"), code=2)
+    assert "pair store mismatch" in err and "pairs.steps: store has 2, asked for 3" in err
+    assert len(err.strip().splitlines()) == 1, err  # one line, no traceback
+    _finish(_start(root, "teacher", root / "teacher2", "--config.seed=5", teacher="teacher2"))
+    err = _finish(_start(root, "reflow", root / "r2", teacher="teacher2"), code=2)
+    assert "teacher.workdir (ema.npz SHA-256)" in err
+    assert not os.path.exists(root / "r1" / "metrics.jsonl")  # refused before training
 
 
 @pytest.mark.slow
-def test_sigkilled_reflow_resumes_bit_identical(tmp_path):
-    (tmp_path / "config.py").write_text(CONFIG)
-    for stage in ("teacher", "pairs"):
-        _finish(_start(tmp_path, stage, tmp_path / stage))
+def test_sigkilled_reflow_resumes_bit_identical(root):
+    tmp_path = root
     _finish(_start(tmp_path, "reflow", tmp_path / "straight"))
     proc = _start(tmp_path, "reflow", tmp_path / "cut")
     metrics = tmp_path / "cut" / "metrics.jsonl"
