@@ -46,12 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.label_dropout = 0.0
     c.model.num_classes = 0
 
-    # Where the teacher comes from: "analytic" (Gaussian mixture, METHOD.md §6), "train"
-    # (a 1-rectified flow trained here with the configured coupling), "auto" (analytic where
-    # the data is a Gaussian mixture, else train), or "checkpoint" (an EMA snapshot written by
-    # the teacher stage, at `teacher.workdir`).
+    # The teacher: image stages read its EMA snapshot at `teacher.workdir`; the toy pipeline
+    # (configs/toy2d.py) adds `teacher.kind` and trains a 1-RF for `teacher.num_steps` steps.
     c.teacher = ml_collections.ConfigDict()
-    c.teacher.kind = "auto"
     c.teacher.num_steps = 4000  # 1-RF teacher training steps (toy)
     c.teacher.workdir = ml_collections.FieldReference(None, field_type=str)
 
@@ -137,7 +134,6 @@ def base_config() -> ml_collections.ConfigDict:
     # pixel-space FD) and reference statistics (scripts/fid_stats.py, or EDM's .npz).
     c.eval.inception_weights = ""
     c.eval.fid_ref = ""
-    c.eval.accurate_steps = 100
     # The eval stage samples the EMA snapshot in this folder (default: the stage's workdir).
     c.eval.model_dir = ml_collections.FieldReference(None, field_type=str)
 

@@ -155,7 +155,6 @@ def image_config(recipe: ImageRecipe, arg: str = "", *,
     c.loss.sigma_data = 0.5
 
     # Pair generation: EDM's Heun sampler from σ_max = 80 to σ_min = 0.002.
-    c.teacher.kind = "checkpoint"
     c.pairs.num_backward = recipe.num_backward
     c.pairs.num_forward = recipe.num_forward
     c.pairs.solver = "heun"
@@ -175,7 +174,6 @@ def image_config(recipe: ImageRecipe, arg: str = "", *,
     c.guidance.w = recipe.guidance_w
     c.eval.nfe = (1, 2, 4, 9)
     c.eval.num_samples = recipe.eval_samples
-    c.eval.accurate_steps = 2 * recipe.pair_steps  # Heun, ~2× the pair generator's steps
 
     c.model = model_fn()
     if "cond" in options:
@@ -256,4 +254,3 @@ def apply_smoke(c: ml_collections.ConfigDict, recipe: ImageRecipe) -> None:
     c.guidance.w = 0.0
     c.eval.nfe = (1, 2)
     c.eval.num_samples = 8
-    c.eval.accurate_steps = 2

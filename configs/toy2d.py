@@ -32,6 +32,9 @@ def get_config(arg: str = ""):
     c = base_config()
     c.stage = "pipeline"
     c.data.name = "8gaussians"
+    # Where the teacher comes from: "analytic" (the Gaussian mixture's exact flow, METHOD.md §6),
+    # "train" (a 1-RF trained here with the configured coupling) or "auto" (analytic for
+    # 8gaussians, else train).
     c.teacher.kind = "auto"
     c.teacher.num_steps = 4000
 
@@ -74,7 +77,7 @@ def get_config(arg: str = ""):
 
     c.eval.nfe = (1, 2, 4, 9)
     c.eval.num_samples = 5000
-    c.eval.accurate_steps = 100
+    c.eval.accurate_steps = 100  # the reference solve: Heun on a uniform grid of this many steps
 
     coupling = [t for t in tokens if t in COUPLINGS]
     if len(coupling) > 1:

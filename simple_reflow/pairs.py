@@ -28,8 +28,15 @@ __all__ = [
 
 
 def noise_for_indices(key, indices, shape, dtype=jnp.float32):
-    """x1_i = N(0, I) drawn from ``fold_in(key, i)``: ``[n] -> [n, *shape]``."""
-    return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), shape, dtype))(indices)
+    """x1_i = N(0, I) drawn from ``fold_in(key, i)``: ``[n] -> [n, *shape]``.
+
+    The one per-index noise of the library (backward pairs, the couplings, index-seeded
+    sampling): ``indices`` are global data indices, pair indices or LOOM-CFM noise seeds, so the
+    same noise comes out on any number of devices and in any batch order.
+    """
+    shape = tuple(shape)
+    draw = lambda i: jax.random.normal(jax.random.fold_in(key, i), shape, dtype)
+    return jax.vmap(draw)(jnp.asarray(indices))
 
 
 def backward_pairs(denoise_fn, key, indices, shape, grid, *, solver="heun", cond=None):

@@ -16,9 +16,10 @@ from simple_reflow.couplings.assignment import (
     solve_assignment,
 )
 from simple_reflow.couplings.loom import loom_noise
-from simple_reflow.couplings.noise import noise_from_ids, pair_cost
+from simple_reflow.couplings.noise import pair_cost
 from simple_reflow.couplings.projection import pairs_from_plan, project_pairs, search_lambda
 from simple_reflow.couplings.wcfm import gibbs_weights
+from simple_reflow.pairs import noise_for_indices
 from simple_reflow.train.configure import coupling_from_config, default_coupling_config
 
 
@@ -94,7 +95,7 @@ def test_ot_pairs_permute_the_independent_noise():
     batch, key = _batch(32), jax.random.key(5)
     ot = make_coupling("ot", data_shape=(2,))
     out, _, m = jax.jit(ot.apply)(key, batch, {})
-    x1 = np.asarray(noise_from_ids(jax.random.split(key)[0], batch["index"], (2,)))
+    x1 = np.asarray(noise_for_indices(jax.random.split(key)[0], batch["index"], (2,)))
     got = np.asarray(out["x1"])
     # Same multiset of noise vectors (a permutation, no resampling), lower total cost.
     np.testing.assert_array_equal(got[np.lexsort(got.T)], x1[np.lexsort(x1.T)])
@@ -209,7 +210,7 @@ def test_projection_with_permutation_plan_uses_each_image_and_noise_once():
 
 
 def test_lambda_search_picks_largest_lambda_within_budget():
-    x_hat0 = jax.random.normal(jax.random.key(0), (24, 2)) + jnp.array([1.0, 0.0])
+    x_hat0 = jax.random.normal(jax.random.key(0), (24, 2)) + jnp.array([[1.0, 0.0]])
     y = jax.random.normal(jax.random.key(1), (24, 2))
     lambdas = (0.01, 1.0, 100.0, None)
     search = jax.jit(lambda b: search_lambda(x_hat0, y, budget=b, lambdas=lambdas,

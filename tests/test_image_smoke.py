@@ -3,19 +3,45 @@
 The smoke variants use a tiny backbone on 8×8 mock data, so each stage takes seconds; the
 subprocesses share a persistent XLA compilation cache, so datasets with the same smoke network
 (CIFAR10, AFHQv2, FFHQ) compile it once.
+
+What the FD can show at this size: two training steps teach the networks nothing measurable,
+and a pixel FD from 8 samples in 192 dimensions is dominated by the covariance estimate (8 real
+training images score ~53 against the 8 held-out ones). An untrained EDM-preconditioned model
+already emits near-zero images at t = 0 (c_skip ≈ 0 at σ = 80), FD ~37, and so do the smoke
+teacher and student (measured 37.1 at 1 NFE, 41.0 at 3); the initial noise x1 scores ~133. So
+the test asserts what can fail here: the student's and the teacher's FD are below half the
+noise's (a sampler or snapshot that hands back its noise fails), every (model, NFE) key is
+present and finite, and the sample grids have the right size.
 """
 
+import importlib
 import json
+import math
 import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+from PIL import Image
 
-from simple_reflow import pair_store
+from simple_reflow import pair_store, pairs
+from simple_reflow.data import data_spec, make_image_source
+from simple_reflow.metrics.fid import to_uint8
+from simple_reflow.metrics.frechet import frechet_distance_from_stats, gaussian_stats
+from simple_reflow.train.sampling import pixel_features
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("teacher", "pairs", "reflow", "eval")
+# DPM-Solver-2 (the smoke sampler) spends 2 NFE per interval and 1 (a denoiser call) on the
+# last: 1 interval = 1 NFE, 2 intervals = 3, 3 intervals = 5. Budgets (1, 4) buy NFE 1 and 3.
+EVAL_ARGS = ("--config.eval.nfe=(1,4)",)
+EVAL_NFE = (1, 3)
+# Sample grids of the 8 smoke samples (8×8): one row of ncols = 8, pad 1, upscaled 4×, so
+# width (8·(8 + 1) − 1)·4 = 284 and height (8 + 1 − 1)·4 = 32 (viz.image_grid's docstring).
+GRID_SIZE = (284, 32)
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +63,36 @@ def _stage(dataset, stage, root, cache_dir, extra=()):
     return res
 
 
+def _noise_fd(dataset):
+    """Pixel FD of the eval stage's initial noise (sample i: ``fold_in(key(eval.seed), i)``),
+    quantised to uint8 as the samples are, to the eval stage's reference (the first held-out
+    images, as many as samples)."""
+    cfg = importlib.import_module(f"configs.{dataset}").get_config("eval,smoke")
+    held_out = make_image_source(cfg.data, split=cfg.data.eval_split)
+    n = min(cfg.eval.num_samples, len(held_out))
+    ref = held_out.get(np.arange(n))["x0"].reshape(n, -1)
+    x1 = pairs.noise_for_indices(jax.random.key(cfg.eval.seed), jnp.arange(n),
+                                 tuple(data_spec(cfg.data).shape))
+    noise = np.asarray(pixel_features(to_uint8(x1)))
+    return frechet_distance_from_stats(*gaussian_stats(noise), *gaussian_stats(ref))
+
+
 def _chain(dataset, tmp_path, cache_dir, extra=()):
     for stage in STAGES:
-        _stage(dataset, stage, tmp_path, cache_dir, extra)
+        _stage(dataset, stage, tmp_path, cache_dir, (*extra, *(EVAL_ARGS * (stage == "eval"))))
     assert (tmp_path / "teacher" / "ema.npz").exists()
     assert pair_store.verify_store(str(tmp_path / "pairs" / "backward")).complete
     assert (tmp_path / "reflow" / "ema.npz").exists()
     metrics = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
-    assert any(k.startswith("eval/student/fd_pixel@nfe=") for k in metrics)
-    assert all(v >= 0 for v in metrics.values())
-    assert any(f.endswith(".png") for f in os.listdir(tmp_path / "eval"))
+    models = ("student", "teacher")
+    assert set(metrics) == {f"eval/{m}/fd_pixel@nfe={n}" for m in models for n in EVAL_NFE}
+    assert all(math.isfinite(v) and v > 0 for v in metrics.values()), metrics
+    noise_fd = _noise_fd(dataset)  # measured ~133; the models ~37-41 (module docstring)
+    for m in models:
+        for n in EVAL_NFE:
+            assert metrics[f"eval/{m}/fd_pixel@nfe={n}"] < noise_fd / 2, (metrics, noise_fd)
+            with Image.open(tmp_path / "eval" / f"samples_{m}_nfe{n}.png") as im:
+                assert (im.size, im.mode) == (GRID_SIZE, "RGB")
 
 
 def test_cifar10_smoke_stages_with_projected_pairs(tmp_path, cache_dir):

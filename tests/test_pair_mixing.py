@@ -27,7 +27,7 @@ def test_mix_pairs_follows_the_fractions(rho, q):
     for s, f in enumerate((1 - rho - q, rho, q)):
         # Binomial(n, f): std √(f(1 − f)/n) ≤ 0.0036; 5 std
         assert abs(np.mean(src == s) - f) < 0.018
-    np.testing.assert_array_equal(batch["x0"], -batch["x1"] * np.array([1, -1]))  # never split
+    np.testing.assert_array_equal(batch["x0"], -np.asarray(batch["x1"]) * [1, -1])  # never split
     idx = np.asarray(batch["x0"][:, 1]).astype(int)
     for s, name in enumerate(pair_mixing.SOURCES):  # each slot indexes within its own source
         assert np.all(idx[src == s] < sizes[name])

@@ -31,7 +31,7 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["cost_matrix", "solve_assignment", "assignment_cost", "default_resolution_bits"]
+__all__ = ["cost_matrix", "solve_assignment", "default_resolution_bits"]
 
 _COSTS = ("sqeuclidean", "euclidean")
 _PRICE_BITS = 27
@@ -64,11 +64,6 @@ def cost_matrix(x, y, cost="sqeuclidean"):
     sq = lax.dot_general(xa, ya, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST)
     sq = jnp.maximum(sq, 0.0)
     return sq if cost == "sqeuclidean" else jnp.sqrt(sq)
-
-
-def assignment_cost(cost, perm):
-    """Mean cost of the pairs ``(i, perm[i])``: ``[n, n], [n] -> []``."""
-    return jnp.mean(jnp.take_along_axis(cost, perm[:, None], axis=1))
 
 
 def default_resolution_bits(n):

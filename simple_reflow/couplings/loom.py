@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from simple_reflow.couplings.minibatch import grouped_assignment
-from simple_reflow.couplings.noise import noise_from_ids
+from simple_reflow.pairs import noise_for_indices
 
 __all__ = ["loom_init", "loom_pairs", "loom_noise"]
 
@@ -42,7 +42,7 @@ def loom_init(key, num_data, num_caches):
 
 def loom_noise(state, seeds, data_shape):
     """Noise of the given seeds ``[batch]`` → ``[batch, *data_shape]``."""
-    return noise_from_ids(jax.random.wrap_key_data(state["noise_key"]), seeds, data_shape)
+    return noise_for_indices(jax.random.wrap_key_data(state["noise_key"]), seeds, data_shape)
 
 
 def loom_pairs(key, batch, state, data_shape, *, cost="sqeuclidean", groups=1,

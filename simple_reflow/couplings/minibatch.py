@@ -33,19 +33,18 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from ott.geometry import geometry
-from ott.problems.linear import linear_problem
-from ott.solvers.linear import sinkhorn
 
 from simple_reflow.couplings.assignment import cost_matrix, solve_assignment
-from simple_reflow.couplings.noise import noise_from_ids, pair_cost
+from simple_reflow.couplings.noise import pair_cost
+from simple_reflow.couplings.projection import sinkhorn_solve
+from simple_reflow.pairs import noise_for_indices
 
 __all__ = ["independent_pairs", "grouped_assignment", "ot_pairs", "sinkhorn_plan"]
 
 
 def independent_pairs(key, batch, data_shape, cost="sqeuclidean"):
     """``x1 = N(0, I)`` keyed by ``batch["index"]``; returns ``(batch, metrics)``."""
-    x1 = noise_from_ids(key, batch["index"], data_shape)
+    x1 = noise_for_indices(key, batch["index"], data_shape)
     c = jnp.mean(pair_cost(batch["x0"], x1, cost))
     return {**batch, "x1": x1}, {"coupling/cost_before": c, "coupling/cost_after": c}
 
@@ -86,9 +85,8 @@ def sinkhorn_plan(x0, x1, *, cost="sqeuclidean", epsilon=0.05, max_iterations=10
       ``plan`` ``[n, n]`` (rows sum to ≈ 1/n), the cost matrix ``[n, n]`` and ``converged``.
     """
     c = cost_matrix(x0, x1, cost)
-    geom = geometry.Geometry(cost_matrix=c, epsilon=epsilon * jnp.mean(c))
-    out = sinkhorn.Sinkhorn(max_iterations=max_iterations)(linear_problem.LinearProblem(geom))
-    return out.matrix, c, out.converged
+    plan, converged = sinkhorn_solve(c, epsilon * jnp.mean(c), max_iterations=max_iterations)
+    return plan, c, converged
 
 
 def ot_pairs(key, batch, data_shape, *, cost="sqeuclidean", method="exact", epsilon=0.05,
@@ -107,7 +105,7 @@ def ot_pairs(key, batch, data_shape, *, cost="sqeuclidean", method="exact", epsi
     """
     n = batch["x0"].shape[0]
     key_noise, key_plan = jax.random.split(key)
-    x1 = noise_from_ids(key_noise, batch["index"], data_shape)
+    x1 = noise_for_indices(key_noise, batch["index"], data_shape)
     if method == "exact":
         perm, before, after = grouped_assignment(
             batch["x0"], x1, cost=cost, groups=groups, resolution_bits=resolution_bits)

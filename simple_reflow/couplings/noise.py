@@ -1,31 +1,16 @@
-"""Per-sample noise keyed by integers, and the per-pair cost (METHOD.md §1, §8).
+"""The per-pair cost of the couplings (METHOD.md §8).
 
-Every noise sample is ``N(0, I)`` drawn from ``jax.random.fold_in(key, i)`` for an integer
-``i`` (a global data index, or a LOOM-CFM noise seed), so the same pairs come out on any
-number of devices and a run can be resumed or split without coordination.
+The couplings' noise is :func:`simple_reflow.pairs.noise_for_indices`: ``N(0, I)`` drawn from
+``jax.random.fold_in(key, i)`` for an integer ``i`` (a global data index, or a LOOM-CFM noise
+seed), the same function that draws the teachers' backward-pair noise, so the same pairs come
+out on any number of devices and a run can be resumed or split without coordination.
 """
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
-__all__ = ["noise_from_ids", "pair_cost"]
-
-
-def noise_from_ids(key, ids, shape):
-    """``x1[b] = jax.random.normal(jax.random.fold_in(key, ids[b]), shape)``.
-
-    Args:
-      key: a PRNG key.
-      ids: ``[batch]`` integer ids (global data indices or noise seeds).
-      shape: per-sample shape, e.g. ``(2,)`` or ``(32, 32, 3)``.
-
-    Returns:
-      ``[batch, *shape]`` float32 standard normal noise.
-    """
-    draw = lambda i: jax.random.normal(jax.random.fold_in(key, i), tuple(shape), jnp.float32)
-    return jax.vmap(draw)(jnp.asarray(ids))
+__all__ = ["pair_cost"]
 
 
 def pair_cost(x0, x1, cost="sqeuclidean"):

@@ -13,7 +13,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from simple_reflow.couplings.noise import noise_from_ids, pair_cost
+from simple_reflow.couplings.noise import pair_cost
+from simple_reflow.pairs import noise_for_indices
 
 __all__ = ["gibbs_weights", "wcfm_pairs"]
 
@@ -39,7 +40,7 @@ def gibbs_weights(costs, epsilon, prior=None):
 
 def wcfm_pairs(key, batch, data_shape, *, kappa=1.0, cost="sqeuclidean"):
     """Independent noise keyed by ``batch["index"]``, Gibbs-weighted: ``(batch, metrics)``."""
-    x1 = noise_from_ids(key, batch["index"], data_shape)
+    x1 = noise_for_indices(key, batch["index"], data_shape)
     c = pair_cost(batch["x0"], x1, cost)
     eps = kappa * math.sqrt(math.prod(data_shape))
     w, ess = gibbs_weights(c, eps, batch.get("weight"))

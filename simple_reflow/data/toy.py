@@ -30,7 +30,7 @@ _MOONS_CENTER = (0.5, 0.25)
 
 def toy_mixture():
     """The ``8gaussians`` target as a :class:`GaussianMixture` (radius 4, std 0.5)."""
-    angles = jnp.arange(8) * (2 * math.pi / 8)
+    angles = jnp.arange(8, dtype=jnp.float32) * (2 * math.pi / 8)
     means = 4.0 * jnp.stack([jnp.cos(angles), jnp.sin(angles)], axis=1)
     return GaussianMixture(means=means, stds=jnp.full((8,), 0.5), weights=jnp.ones((8,)))
 
@@ -42,13 +42,14 @@ def _moons(key, n):
     inner = jnp.stack([1.0 - jnp.cos(theta), 0.5 - jnp.sin(theta)], 1)
     side = jax.random.bernoulli(key_side, 0.5, (n, 1))
     x = jnp.where(side, inner, outer) + 0.05 * jax.random.normal(key_noise, (n, 2))
-    return 2.0 * (x - jnp.asarray(_MOONS_CENTER))
+    return 2.0 * (x - jnp.asarray([_MOONS_CENTER], x.dtype))  # [1, 2]: broadcast over rows
 
 
 def _checkerboard(key, n):
     # Dark cells of the 4×4 board on [-4, 4]^2 (cells of side 2): (i + j) even, i, j ∈ {0..3}.
     key_cell, key_pos = jax.random.split(key)
-    cells = jnp.asarray([(i, j) for i in range(4) for j in range(4) if (i + j) % 2 == 0])
+    cells = jnp.asarray([(i, j) for i in range(4) for j in range(4) if (i + j) % 2 == 0],
+                        jnp.float32)
     c = jax.random.randint(key_cell, (n,), 0, cells.shape[0])
     return -4.0 + 2.0 * (cells[c] + jax.random.uniform(key_pos, (n, 2)))
 

@@ -57,7 +57,7 @@ class BasicConv2d(nnx.Module):
         (ph, pw) = self.padding
         y = jax.lax.conv_general_dilated(x, self.weight[...], self.stride, [(ph, ph), (pw, pw)],
                                          dimension_numbers=_DN)
-        return jax.nn.relu(y + self.bias[...])
+        return jax.nn.relu(y + self.bias[...].reshape(1, 1, 1, -1))  # [C] over NHWC, explicitly
 
 
 def _max_pool(x, stride, padding=0):

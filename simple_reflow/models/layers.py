@@ -46,6 +46,12 @@ __all__ = [
 ]
 
 
+def _per_channel(v, x):
+    """A per-channel vector ``[C]`` as ``[1, …, 1, C]`` in ``x``'s rank and dtype, so it
+    broadcasts over ``x [..., C]`` without implicit rank promotion."""
+    return v.astype(x.dtype).reshape((1,) * (x.ndim - 1) + v.shape)
+
+
 def edm_init(mode: str, fan_in: int, fan_out: int, gain: float = 1.0):
     """EDM's ``weight_init`` as a JAX initializer with fans fixed by the layer, scaled by ``gain``.
 
@@ -94,7 +100,7 @@ class Linear(nnx.Module):
 
     def __call__(self, x):
         y = x @ self.weight[...].astype(x.dtype)
-        return y + self.bias[...].astype(x.dtype) if self.bias is not None else y
+        return y + _per_channel(self.bias[...], y) if self.bias is not None else y
 
 
 class Buffer(nnx.Param):
@@ -252,7 +258,7 @@ class Conv2d(nnx.Module):
             if w is not None:
                 x = self._conv(x, w)
         if self.bias is not None:
-            x = x + self.bias[...].astype(x.dtype)
+            x = x + _per_channel(self.bias[...], x)
         return x
 
 
@@ -272,7 +278,9 @@ class GroupNorm(nnx.Module):
         mean = g.mean(axis=(1, 2, 4), keepdims=True)
         var = jnp.square(g - mean).mean(axis=(1, 2, 4), keepdims=True)
         g = (g - mean) * jax.lax.rsqrt(var + self.eps)
-        return (g.reshape(b, h, w, c) * self.weight[...] + self.bias[...]).astype(x.dtype)
+        g = g.reshape(b, h, w, c)
+        g = g * _per_channel(self.weight[...], g) + _per_channel(self.bias[...], g)
+        return g.astype(x.dtype)
 
 
 def class_labels(cond, num_classes: int, batch: int, *, label_dropout: float = 0.0, key=None):

@@ -1,4 +1,4 @@
-"""The image stages: teacher (EDM loss), pairs, reflow, eval, and the chained pipeline.
+"""The image stages: teacher (EDM loss), pairs, reflow, eval.
 
 Each stage reads one config (``configs/<dataset>.py:<stage>``) and one workdir:
 
@@ -13,9 +13,7 @@ Each stage reads one config (``configs/<dataset>.py:<stage>``) and one workdir:
   and hosts, quantised to uint8 as EDM does — and writes sample grids and
   ``eval_metrics.json``: FID against ``eval.fid_ref`` when Inception weights are given
   (``eval.inception_weights`` or ``$SIMPLE_REFLOW_INCEPTION``), else the pixel-space Fréchet
-  distance to held-out images;
-- ``pipeline``: runs the four stage configs in ``cfg.stages`` one after the other, wiring each
-  stage's inputs to the previous stage's workdir (the ``digits`` config).
+  distance to held-out images.
 """
 
 from __future__ import annotations
@@ -450,30 +448,10 @@ def run_eval(cfg, workdir):
     return what + "\n" + "\n".join(lines)
 
 
-def run_pipeline(cfg, workdir):
-    """Runs ``cfg.stages`` (teacher, pairs, reflow, eval) in subfolders of ``workdir``."""
-    out = []
-    dirs = {k: os.path.join(workdir, k) for k in ("teacher", "pairs", "reflow", "eval")}
-    for stage in ("teacher", "pairs", "reflow", "eval"):
-        sc = cfg.stages[stage]
-        with sc.unlocked():
-            sc.teacher.workdir = dirs["teacher"]
-            sc.pairs.dir = dirs["pairs"]
-            sc.eval.model_dir = dirs["reflow"]
-        wd = dirs[stage]
-        os.makedirs(wd, exist_ok=True)
-        _require_inputs(sc, wd)
-        out.append(_RUNNERS[stage](sc, wd))
-        print(out[-1], flush=True)
-    return "\n".join(out)
-
-
 _RUNNERS = {"teacher": run_teacher, "pairs": run_pairs, "reflow": run_reflow, "eval": run_eval}
 
 
 def run_image_stage(cfg, workdir):
     """Dispatches an image config to its stage, after checking that its inputs exist."""
-    if cfg.stage == "pipeline":
-        return run_pipeline(cfg, workdir)
     _require_inputs(cfg, workdir)
     return _RUNNERS[cfg.stage](cfg, workdir)

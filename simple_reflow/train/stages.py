@@ -74,13 +74,6 @@ def _validate_common(cfg):
 
 def validate_config(cfg):
     """Validates a full config for its stage; raises ``ValueError`` naming the bad field."""
-    if cfg.stage == "pipeline" and "stages" in cfg:  # an image pipeline: one config per stage
-        for name in ("teacher", "pairs", "reflow", "eval"):
-            _check(name in cfg.stages, f"stages.{name} is missing from the pipeline config.")
-            _check(cfg.stages[name].stage == name,
-                   f"stages.{name}.stage={cfg.stages[name].stage!r} must be {name!r}.")
-            validate_config(cfg.stages[name])
-        return
     _validate_common(cfg)
     toy = cfg.data.name in TOY_DATASETS
     if cfg.stage == "pipeline":

@@ -99,7 +99,11 @@ def make_train_step(model_def, loss_fn, optimizer, *, ema_decay, coupling=None):
             return loss_fn(model_def.merge(params), batch, key_loss)
 
         (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        # optax 0.2 promotes implicitly (Adam's bias correction: float ** int32 step count),
+        # which the tests' strict dtype promotion (tests/conftest.py) rejects: the optimizer
+        # alone is traced with JAX's standard promotion; the loss and the EMA stay strict.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, params)
         metrics = {**metrics, **aux, "train/loss": loss,

@@ -19,7 +19,7 @@ from flax import nnx
 from simple_reflow import grids, losses, pair_mixing, pairs
 from simple_reflow.data.toy import make_toy_sampler, toy_mixture
 from simple_reflow.models.mlp import MLPDenoiser
-from simple_reflow.train import checkpoint, configure
+from simple_reflow.train import configure
 from simple_reflow.train.loop import train_loop
 from simple_reflow.train.step import (
     init_state,
@@ -195,7 +195,11 @@ def pair_batch_fn(cfg, seed):
 
 
 def run_pipeline(cfg, workdir):
-    """Teacher → pairs → Simple ReFlow student → evaluation; returns the metrics dict."""
+    """Teacher → pairs → Simple ReFlow student → evaluation; returns the metrics dict.
+
+    The training loop writes each trained model's EMA snapshot: ``workdir/student/ema.npz``
+    (and ``workdir/teacher/ema.npz`` for a trained teacher).
+    """
     from simple_reflow.train.toy_eval import evaluate_models, write_outputs
 
     clock = time.perf_counter()
@@ -213,5 +217,4 @@ def run_pipeline(cfg, workdir):
     metrics = evaluate_models({"teacher": teacher, "student": student}, cfg)
     write_outputs(workdir, cfg, metrics, {"teacher": teacher, "student": student})
     print(f"evaluation: {time.perf_counter() - clock:.1f}s", flush=True)
-    checkpoint.save_params(os.path.join(workdir, "student_ema.npz"), state.ema)
     return metrics
