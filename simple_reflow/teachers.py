@@ -13,6 +13,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from simple_reflow import paths
 
@@ -43,9 +44,13 @@ class GaussianMixture:
     weights: jax.Array
 
     def __post_init__(self):
-        w = jnp.asarray(self.weights, jnp.float32)
-        object.__setattr__(self, "means", jnp.asarray(self.means, jnp.float32))
-        object.__setattr__(self, "stds", jnp.asarray(self.stds, jnp.float32))
+        # One floating dtype for all three, the means' (float64 arrays stay float64 for
+        # reference computations under jax.enable_x64; integer means become float32).
+        dtype = jnp.asarray(self.means).dtype
+        dtype = dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32
+        w = jnp.asarray(self.weights, dtype)
+        object.__setattr__(self, "means", jnp.asarray(self.means, dtype))
+        object.__setattr__(self, "stds", jnp.asarray(self.stds, dtype))
         object.__setattr__(self, "weights", w / jnp.sum(w))
 
     @property
@@ -103,6 +108,20 @@ class GaussianMixture:
     def __call__(self, x_t, t, cond=None):
         return self.denoise(x_t, t, cond)
 
+    def mean(self):
+        """The data mean Σ_k π_k μ_k, flat ``[d]`` (float64, closed form)."""
+        mu = np.asarray(self._flat_means(), np.float64)
+        return np.asarray(self.weights, np.float64) @ mu
+
+    def covariance(self):
+        """The data covariance Σ_k π_k (s_k² I + μ_k μ_kᵀ) − m mᵀ, ``[d, d]`` (float64, closed
+        form; law of total covariance)."""
+        mu = np.asarray(self._flat_means(), np.float64)
+        w = np.asarray(self.weights, np.float64)
+        s2 = np.asarray(self.stds, np.float64) ** 2
+        m = w @ mu
+        return (w[:, None] * mu).T @ mu + (w @ s2) * np.eye(self.dim) - np.outer(m, m)
+
     def sample(self, key, n):
         """Exact samples ``[n, ...]`` of the data distribution."""
         key_k, key_n = jax.random.split(key)
@@ -116,4 +135,5 @@ class GaussianMixture:
         if self.means.shape[0] != 1:
             raise ValueError("exact_flow is closed-form only for a single Gaussian component.")
         tb = paths.expand_t(t, x1)
-        return (1.0 - tb) * self.means[0] + jnp.sqrt((1 - tb) ** 2 * self.stds[0] ** 2 + tb**2) * x1
+        scale = jnp.sqrt((1 - tb) ** 2 * self.stds[0] ** 2 + tb**2)
+        return (1.0 - tb) * self.means[:1] + scale * x1  # means[:1]: [1, ...], x1's rank
