@@ -27,11 +27,11 @@ def test_smoke_pipeline_writes_config_metrics_and_png(tmp_path):
     res = _run(tmp_path, "--config.data.name=moons")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "W2 to the target" in res.stdout
-    for name in ("config.json", "metrics.json", "samples.png"):
+    for name in ("config.json", "eval_metrics.json", "samples.png"):
         assert (tmp_path / name).exists(), name
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["data"]["name"] == "moons"
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "eval_metrics.json").read_text())
     for who in ("teacher", "student"):
         for nfe in (1, 2, 4, 8):  # DPM-Solver-2 from t = 1 spends 8 NFE of a 9 budget
             assert f"eval/{who}/w2@nfe={nfe}" in metrics
@@ -54,7 +54,7 @@ def test_student_beats_the_analytic_teacher_at_2_nfe(tmp_path, overrides):
     res = _run(tmp_path, *overrides)
     assert res.returncode == 0, res.stderr[-3000:]
     assert ("500 projected" in res.stdout) == bool(overrides)
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "eval_metrics.json").read_text())
     assert metrics["eval/teacher/w2@nfe=2"] > 1.0
     assert metrics["eval/student/w2@nfe=2"] < 0.8 * metrics["eval/teacher/w2@nfe=2"]
 
@@ -94,7 +94,7 @@ def test_loom_cfm_pipeline_trains_its_1rf_with_the_coupling(tmp_path):
     logged = [json.loads(line) for line in
               (tmp_path / "teacher" / "metrics.jsonl").read_text().splitlines()]
     assert any("coupling/swaps" in r for r in logged)
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "eval_metrics.json").read_text())
     assert metrics["eval/teacher/w2@accurate"] < 1.5
 
 

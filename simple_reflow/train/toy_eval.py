@@ -95,10 +95,11 @@ def _flat(metrics):
 
 
 def write_outputs(workdir, cfg, metrics, models):
-    """Writes ``metrics.json`` and ``samples.png`` (samples at the largest budget, trajectories)."""
+    """Writes ``eval_metrics.json`` (the image eval stage's name too) and ``samples.png``
+    (samples at the largest budget, trajectories)."""
     from simple_reflow.viz import save_toy_figure
 
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+    with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
         json.dump({**_flat(metrics), "records": metrics["models"]}, f, indent=1)
     key_noise, key_data = jax.random.split(jax.random.key(cfg.seed + 3000))
     x1 = jax.random.normal(key_noise, (2000, 2))
