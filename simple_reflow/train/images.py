@@ -36,6 +36,7 @@ from simple_reflow.metrics.frechet import frechet_distance_from_stats, gaussian_
 from simple_reflow.train import checkpoint, configure, sampling, sharding
 from simple_reflow.train.loop import train_loop
 from simple_reflow.train.step import init_state, make_optimizer, make_train_step, split_model
+from simple_reflow.train.streams import stream_key, stream_seed
 from simple_reflow.viz import save_image_grid
 
 __all__ = ["data_shape_of", "run_image_stage"]
@@ -114,7 +115,7 @@ def _train(cfg, workdir, model_def, params, host_batch_at, desc, coupling=None):
     optimizer = make_optimizer(cfg.optim)
     coupling_state = None
     if coupling is not None:
-        coupling_state = coupling.init(jax.random.fold_in(jax.random.key(cfg.seed), 1))
+        coupling_state = coupling.init(stream_key(cfg.seed, "coupling"))
     state = init_state(params, optimizer, cfg.seed, coupling_state)
     step = make_train_step(model_def, _loss_fn(cfg), optimizer,
                            ema_decay=cfg.training.ema_decay, coupling=coupling)
@@ -225,7 +226,7 @@ def run_pairs(cfg, workdir):
     teacher_sha = _teacher_sha256(cfg)
     shape = data_shape_of(cfg.data)
     num_classes = data_spec(cfg.data).num_classes
-    key = jax.random.key(cfg.seed + 11)
+    key = stream_key(cfg.seed, "pairs")
     denoise = model_def.denoiser(params)
     grid_b = _pair_grid(p)
     kw = dict(process_index=jax.process_index(), process_count=jax.process_count(),
@@ -295,14 +296,15 @@ def _write_projected(cfg, workdir, denoise, grid_b, teacher_sha, kw):
     with pair_store.PairStore(os.path.join(workdir, "backward")) as store:
         backward = store.read(np.arange(q.num), ("x0", "x1"))
     source = make_image_source(cfg.data)
-    order = np.random.default_rng(cfg.seed + 19).permutation(len(source))[:q.num]
+    order = np.random.default_rng(stream_seed(cfg.seed, "projection_data")).permutation(
+        len(source))[:q.num]
     real = source.get(np.resize(order, q.num))["x0"]
     forward = None
     if q.lam == "search":
         with pair_store.PairStore(os.path.join(workdir, "forward")) as store:
             forward = store.read(np.arange(min(pairs.BUDGET_PAIRS, len(store))), ("x0", "x1"))
     projected, metrics = pairs.projected_pairs(
-        jax.random.key(cfg.seed + 23), backward, real, epsilon=q.epsilon, lam=q.lam,
+        stream_key(cfg.seed, "projection_plan"), backward, real, epsilon=q.epsilon, lam=q.lam,
         draw=q.draw, denoise_fn=denoise, forward=forward, grid=grid_b, solver=p.solver)
     projected = {k: np.asarray(v) for k, v in projected.items()}
     if jax.process_index() == 0:
@@ -341,7 +343,7 @@ def run_reflow(cfg, workdir):
     if jax.process_index() == 0:
         checkpoint.save_model_config(workdir, cfg.model)
     sizes = {name: _store_spec(cfg, name, None)[0] for name in stores}
-    seed = cfg.seed + 17
+    seed = stream_seed(cfg.seed, "reflow_batches")
 
     def host_batch(step):
         source, index = pair_mixing.stream_indices(
