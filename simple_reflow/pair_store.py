@@ -199,7 +199,7 @@ def _write_shard(final, out, spec, n):
     tmp = f"{final}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    sums = {}
+    sums, offsets = {}, {}
     for name, s in spec.items():
         x = _to_disk(out[name], s["dtype"])
         if x.shape != (n, *s["shape"]):
@@ -210,8 +210,9 @@ def _write_shard(final, out, spec, n):
             np.lib.format.write_array(f, x, allow_pickle=False)
             f.flush()
             os.fsync(f.fileno())
+            offsets[name] = f.tell() - x.nbytes  # the header's length (depends on the shape)
         sums[name] = file_sha256(file)
-    _write_json(os.path.join(tmp, _DONE), {"count": n, "sha256": sums})
+    _write_json(os.path.join(tmp, _DONE), {"count": n, "sha256": sums, "offset": offsets})
     if os.path.exists(final):  # a partial folder without done.json (cannot happen via rename)
         shutil.rmtree(final)
     os.replace(tmp, final)  # atomic: the shard exists whole or not at all
@@ -277,15 +278,15 @@ class PairStore:
         self.arrays = manifest["arrays"]
         self.provenance = manifest["provenance"]
         self._item = {k: _item_bytes(s) for k, s in self.arrays.items()}
-        self._offset = {}
-        for k in self.arrays:  # every shard's files share one header size per array
-            self._offset[k] = _header_size(self._file(0, k))
+        self._offset = {}  # (shard start, array): where its data begins (after the header)
         for start in _starts(self.num, self.chunk):
             n = min(self.chunk, self.num - start)
+            offsets = manifest["shards"][_shard_name(start)]["offset"]
             for k in self.arrays:
                 file = self._file(start, k)
+                self._offset[(start, k)] = offsets[k]
                 size = os.path.getsize(file) if os.path.exists(file) else None
-                want = self._offset[k] + n * self._item[k]
+                want = offsets[k] + n * self._item[k]
                 if size != want:
                     what = "missing" if size is None else f"{size} bytes, expected {want}"
                     raise ValueError(f"pair store shard file {file} is {what}: run `python "
@@ -350,8 +351,9 @@ class PairStore:
             raw = buf.reshape(len(sidx), -1).view(np.uint8)
             item = self._item[k]
             for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-                reads.append((self._fd(int(start[a]), k), raw[a:b],
-                              self._offset[k] + int(row[a]) * item, (int(start[a]), k)))
+                where = (int(start[a]), k)
+                reads.append((self._fd(*where), raw[a:b],
+                              self._offset[where] + int(row[a]) * item, where))
             out[k] = buf
         if self._pool is None or len(reads) < 2 * self._threads:
             for r in reads:
@@ -472,9 +474,13 @@ def _check_shard(folder, n, start, spec, recorded, checksums):
             return (file, "missing file")
         item = _item_bytes(s)
         try:
-            size_ok = os.path.getsize(file) == _header_size(file) + n * item
+            header = _header_size(file)
         except ValueError as e:
             return (file, f"bad .npy header ({e})")
+        if done.get("offset", {}).get(k) != header:
+            return (file, f"header of {header} bytes, done.json records "
+                          f"{done.get('offset', {}).get(k)}")
+        size_ok = os.path.getsize(file) == header + n * item
         if not size_ok:
             return (file, f"truncated or padded ({os.path.getsize(file)} bytes)")
         if checksums and file_sha256(file) != done["sha256"].get(k):
