@@ -72,19 +72,45 @@ HEUN = {"solver": "heun", "grid": "uniform"}
 DPM2 = {"solver": "dpm2", "grid": "sigmoid", "kappa": 20.0, "r": 0.4}
 
 METHODS = {
-    "2rf": {"distance": "l2", "normalize": False, "space": "velocity", "time": {},
-            "rho": 0.0, "solver": EULER},
-    "2rf++": {"distance": "pseudo_huber", "normalize": False, "space": "velocity",
-              "time": {"dist": "u_shape", "a": 4.0}, "rho": 0.0, "solver": EULER},
-    "simple_reflow": {"distance": "hpf", "normalize": True, "space": "denoiser",
-                      "time": {"dist": "exp10"}, "rho": 0.4, "solver": DPM2},
+    "2rf": {
+        "distance": "l2",
+        "normalize": False,
+        "space": "velocity",
+        "time": {},
+        "rho": 0.0,
+        "solver": EULER,
+    },
+    "2rf++": {
+        "distance": "pseudo_huber",
+        "normalize": False,
+        "space": "velocity",
+        "time": {"dist": "u_shape", "a": 4.0},
+        "rho": 0.0,
+        "solver": EULER,
+    },
+    "simple_reflow": {
+        "distance": "hpf",
+        "normalize": True,
+        "space": "denoiser",
+        "time": {"dist": "exp10"},
+        "rho": 0.4,
+        "solver": DPM2,
+    },
 }
 
 # Sizes: full run / --quick.
-FULL = dict(pretrain_steps=3000, steps=2000, batch=64, pairs=16384, forward=8192,
-            eval_samples=10_000, seeds=(0, 1, 2))
-QUICK = dict(pretrain_steps=300, steps=200, batch=32, pairs=2048, forward=1024,
-             eval_samples=2000, seeds=(0,))
+FULL = dict(
+    pretrain_steps=3000,
+    steps=2000,
+    batch=64,
+    pairs=16384,
+    forward=8192,
+    eval_samples=10_000,
+    seeds=(0, 1, 2),
+)
+QUICK = dict(
+    pretrain_steps=300, steps=200, batch=32, pairs=2048, forward=1024, eval_samples=2000, seeds=(0,)
+)
 
 
 def make_mixture(size=16, components=10, std=0.3, seed=0):
@@ -96,19 +122,28 @@ def make_mixture(size=16, components=10, std=0.3, seed=0):
 
 
 def build_student(shape, seed):
-    model = build_model("ddpmpp", data_shape=shape, rngs=nnx.Rngs(seed), model_channels=32,
-                        channel_mult=(1, 2), num_blocks=1, attn_resolutions=(), dropout=0.0,
-                        sigma_data=1.0)
+    model = build_model(
+        "ddpmpp",
+        data_shape=shape,
+        rngs=nnx.Rngs(seed),
+        model_channels=32,
+        channel_mult=(1, 2),
+        num_blocks=1,
+        attn_resolutions=(),
+        dropout=0.0,
+        sigma_data=1.0,
+    )
     return split_model(model)
 
 
 def exact_solution(gm, x1, *, rtol=1e-5, chunk=2048):
     """The teacher's ODE solution from t_max·x1 (Dopri5), in chunks; returns (x0, max NFE)."""
-    solve = jax.jit(functools.partial(solve_adaptive, gm, t_start=T_MAX, t_end=1e-4,
-                                      rtol=rtol, atol=rtol))
+    solve = jax.jit(
+        functools.partial(solve_adaptive, gm, t_start=T_MAX, t_end=1e-4, rtol=rtol, atol=rtol)
+    )
     outs, nfe = [], 0
     for i in range(0, len(x1), chunk):
-        x0, n = solve(x1[i:i + chunk])
+        x0, n = solve(x1[i : i + chunk])
         outs.append(np.asarray(x0))
         nfe = max(nfe, int(n))
     return np.concatenate(outs), nfe
@@ -124,19 +159,23 @@ def generate(denoise_fn, x1, spec, budget, chunk=2000):
         grid, nfe = sampler.grid_for_budget(budget, spec["solver"], _grid_fn(spec))
     except ValueError:
         return None, None
-    run = jax.jit(lambda x: sampler.sample(denoise_fn, x, grid, solver=spec["solver"],
-                                           r=spec.get("r", 0.4))[0])
-    return np.concatenate([np.asarray(run(x1[i:i + chunk]))
-                           for i in range(0, len(x1), chunk)]), nfe
+    run = jax.jit(
+        lambda x: sampler.sample(denoise_fn, x, grid, solver=spec["solver"], r=spec.get("r", 0.4))[
+            0
+        ]
+    )
+    return np.concatenate(
+        [np.asarray(run(x1[i : i + chunk])) for i in range(0, len(x1), chunk)]
+    ), nfe
 
 
 def metrics(x, gm, exact_samples, x_star, key):
     """FD to the closed-form moments, SW2 to exact samples, coupling error to x0*(x1)."""
     flat = np.asarray(x, np.float64).reshape(len(x), -1)
-    fd = frechet_distance_from_stats(flat.mean(0), np.cov(flat, rowvar=False), gm.mean(),
-                                     gm.covariance())
-    err = float(np.mean((flat - x_star.reshape(len(x), -1)) ** 2)) if x_star is not None \
-        else None
+    fd = frechet_distance_from_stats(
+        flat.mean(0), np.cov(flat, rowvar=False), gm.mean(), gm.covariance()
+    )
+    err = float(np.mean((flat - x_star.reshape(len(x), -1)) ** 2)) if x_star is not None else None
     return {"fd": float(fd), "sw2": sliced_w2(x, exact_samples, key), "coupling_error": err}
 
 
@@ -148,16 +187,27 @@ def _train(model_def, params, batch_fn, data, loss_fn, *, steps, lr, ema, seed, 
     state = init_state(params, optimizer, seed)
     step = make_train_step(model_def, loss_fn, optimizer, ema_decay=ema)
     one = jax.jit(lambda s, d: step(s, batch_fn(s.step, d)), donate_argnums=(0,))
-    state = train_loop(state, lambda s: one(s, data), num_steps=steps, workdir=workdir,
-                       log_every=100, ckpt_every=10**9, desc=os.path.basename(workdir))
+    state = train_loop(
+        state,
+        lambda s: one(s, data),
+        num_steps=steps,
+        workdir=workdir,
+        log_every=100,
+        ckpt_every=10**9,
+        desc=os.path.basename(workdir),
+    )
     return state.ema
 
 
 def student_loss(m):
     return functools.partial(
-        losses.flow_loss, distance_fn=losses.make_distance(m["distance"], hpf_weight=10.0),
-        time_fn=functools.partial(time_dist.sample_time, **m["time"]), normalize=m["normalize"],
-        space=m["space"], t_max=T_MAX)
+        losses.flow_loss,
+        distance_fn=losses.make_distance(m["distance"], hpf_weight=10.0),
+        time_fn=functools.partial(time_dist.sample_time, **m["time"]),
+        normalize=m["normalize"],
+        space=m["space"],
+        t_max=T_MAX,
+    )
 
 
 def run_seed(seed, gm, sizes, eval_set, work):
@@ -167,11 +217,18 @@ def run_seed(seed, gm, sizes, eval_set, work):
     model_def, params = build_student(shape, seed)
     sample_key = jax.random.key(1000 + seed)
     t = time.perf_counter()
-    init = _train(model_def, params,
-                  lambda k, _: {"x0": gm.sample(jax.random.fold_in(sample_key, k), sizes["batch"])},
-                  None, functools.partial(edm_loss, sigma_data=1.0),
-                  steps=sizes["pretrain_steps"], lr=1e-3, ema=0.999, seed=seed,
-                  workdir=os.path.join(work, f"init_{seed}"))
+    init = _train(
+        model_def,
+        params,
+        lambda k, _: {"x0": gm.sample(jax.random.fold_in(sample_key, k), sizes["batch"])},
+        None,
+        functools.partial(edm_loss, sigma_data=1.0),
+        steps=sizes["pretrain_steps"],
+        lr=1e-3,
+        ema=0.999,
+        seed=seed,
+        workdir=os.path.join(work, f"init_{seed}"),
+    )
     timings = {"pretrain_s": time.perf_counter() - t}
     print(f"seed {seed}: network pretrained in {timings['pretrain_s']:.0f} s", flush=True)
     t = time.perf_counter()
@@ -184,17 +241,27 @@ def run_seed(seed, gm, sizes, eval_set, work):
     fx0, fx1, _ = jax.jit(lambda x: forward_pairs(gm, x, grid_f, solver="heun"))(real)
     stores["forward"] = {"x0": fx0, "x1": fx1}
     timings["pairs_s"] = time.perf_counter() - t
-    print(f"seed {seed}: {sizes['pairs']} backward + {sizes['forward']} forward exact-teacher "
-          f"pairs in {timings['pairs_s']:.0f} s", flush=True)
+    print(
+        f"seed {seed}: {sizes['pairs']} backward + {sizes['forward']} forward exact-teacher "
+        f"pairs in {timings['pairs_s']:.0f} s",
+        flush=True,
+    )
     records = []
 
     def evaluate(method, denoise_fn, spec):
         for budget in NFES:
             x, nfe = generate(denoise_fn, x1_eval, spec, budget)
             if x is not None:
-                records.append({"method": method, "seed": seed, "solver": spec["solver"],
-                                "budget": budget, "nfe": nfe,
-                                **metrics(x, gm, exact_samples, x_star, jax.random.key(7))})
+                records.append(
+                    {
+                        "method": method,
+                        "seed": seed,
+                        "solver": spec["solver"],
+                        "budget": budget,
+                        "nfe": nfe,
+                        **metrics(x, gm, exact_samples, x_star, jax.random.key(7)),
+                    }
+                )
 
     evaluate("init", model_def.denoiser(init), EULER)
     for name, m in METHODS.items():
@@ -204,15 +271,26 @@ def run_seed(seed, gm, sizes, eval_set, work):
         key = jax.random.key(4000 + seed)
 
         def batch_fn(k, d, fractions=fractions, key=key):
-            return pair_mixing.mix_pairs(jax.random.fold_in(key, k), d, fractions,
-                                         sizes["batch"])
+            return pair_mixing.mix_pairs(jax.random.fold_in(key, k), d, fractions, sizes["batch"])
 
-        ema = _train(model_def, init, batch_fn, data, student_loss(m), steps=sizes["steps"],
-                     lr=2e-4, ema=0.999, seed=seed, workdir=os.path.join(work, f"{name}_{seed}"))
+        ema = _train(
+            model_def,
+            init,
+            batch_fn,
+            data,
+            student_loss(m),
+            steps=sizes["steps"],
+            lr=2e-4,
+            ema=0.999,
+            seed=seed,
+            workdir=os.path.join(work, f"{name}_{seed}"),
+        )
         timings[f"{name}_train_s"] = time.perf_counter() - t
         evaluate(name, model_def.denoiser(ema), m["solver"])
-        print(f"seed {seed}: {name} trained in {timings[f'{name}_train_s']:.0f} s, evaluated",
-              flush=True)
+        print(
+            f"seed {seed}: {name} trained in {timings[f'{name}_train_s']:.0f} s, evaluated",
+            flush=True,
+        )
     return records, {**timings, "pair_nfe": pair_nfe}
 
 
@@ -225,15 +303,23 @@ def evaluation_set(gm, n):
     other = np.asarray(gm.sample(jax.random.key(101), n))
     floor = metrics(other, gm, exact, None, jax.random.key(7))
     floor["coupling_error"] = float(np.mean((finer - x_star[:1000]) ** 2))
-    records = [{"method": "floor", "seed": None, "solver": "exact", "budget": None, "nfe": None,
-                **floor}]
+    records = [
+        {"method": "floor", "seed": None, "solver": "exact", "budget": None, "nfe": None, **floor}
+    ]
     for spec in (EULER, HEUN, DPM2):
         for budget in NFES:
             x, got = generate(gm, x1, spec, budget)
             if x is not None:
-                records.append({"method": "teacher", "seed": None, "solver": spec["solver"],
-                                "budget": budget, "nfe": got,
-                                **metrics(x, gm, exact, x_star, jax.random.key(7))})
+                records.append(
+                    {
+                        "method": "teacher",
+                        "seed": None,
+                        "solver": spec["solver"],
+                        "budget": budget,
+                        "nfe": got,
+                        **metrics(x, gm, exact, x_star, jax.random.key(7)),
+                    }
+                )
     return (x1, x_star, exact), records, nfe
 
 
@@ -243,8 +329,12 @@ def table(records):
     half-range over seeds."""
     lines = []
     for metric in ("fd", "sw2", "coupling_error"):
-        lines += [f"### {metric}", "", "| method | solver | " + " | ".join(
-            f"NFE ≤ {n}" for n in NFES) + " |", "|---|---|" + "---|" * len(NFES)]
+        lines += [
+            f"### {metric}",
+            "",
+            "| method | solver | " + " | ".join(f"NFE ≤ {n}" for n in NFES) + " |",
+            "|---|---|" + "---|" * len(NFES),
+        ]
         keys = []
         for r in records:
             if (r["method"], r["solver"]) not in keys:
@@ -252,8 +342,13 @@ def table(records):
         for method, solver in keys:
             cells = []
             for n in NFES:
-                v = [r[metric] for r in records if (r["method"], r["solver"]) == (method, solver)
-                     and r["budget"] in (n, None) and r[metric] is not None]
+                v = [
+                    r[metric]
+                    for r in records
+                    if (r["method"], r["solver"]) == (method, solver)
+                    and r["budget"] in (n, None)
+                    and r[metric] is not None
+                ]
                 if not v:
                     cells.append("–")
                 elif len(v) == 1:
@@ -280,8 +375,11 @@ def main():
             sizes[k] = tuple(getattr(args, k)) if k == "seeds" else getattr(args, k)
     gm = make_mixture(args.size)
     start = time.perf_counter()
-    print(f"B2 {gm.shape}: exact solutions, floors and the analytic teacher on "
-          f"{sizes['eval_samples']} noises", flush=True)
+    print(
+        f"B2 {gm.shape}: exact solutions, floors and the analytic teacher on "
+        f"{sizes['eval_samples']} noises",
+        flush=True,
+    )
     eval_set, records, eval_nfe = evaluation_set(gm, sizes["eval_samples"])
     timings = {"eval_set_s": time.perf_counter() - start, "exact_solution_nfe": eval_nfe}
     print(f"  done in {timings['eval_set_s']:.0f} s", flush=True)

@@ -74,7 +74,7 @@ def coupling_rows(sizes, dims, repeats):
             rec["projection"] = _timed(proj, jax.random.key(0), x, y, repeats=repeats)
             xn, yn = np.asarray(x), np.asarray(y)
             t = time.perf_counter()
-            cn = ((xn * xn).sum(1)[:, None] + (yn * yn).sum(1)[None] - 2 * xn @ yn.T)
+            cn = (xn * xn).sum(1)[:, None] + (yn * yn).sum(1)[None] - 2 * xn @ yn.T
             rec["numpy_cost_ms"] = 1e3 * (time.perf_counter() - t)
             ts = []
             for _ in range(max(3, repeats // 2)):
@@ -84,14 +84,18 @@ def coupling_rows(sizes, dims, repeats):
             rec["scipy_ms"] = 1e3 * float(np.median(ts))
             p = np.asarray(exact(x, y))
             rec["exact_total_minus_scipy"] = float(
-                cn[np.arange(n), p].sum(dtype=np.float64) - cn[r, s].sum(dtype=np.float64))
+                cn[np.arange(n), p].sum(dtype=np.float64) - cn[r, s].sum(dtype=np.float64)
+            )
             rows.append(rec)
-            print(f"n={n:5d} dim={dim:5d}  exact {rec['exact']['median_ms']:8.2f} ms "
-                  f"(solve {rec['exact_solve_only']['median_ms']:7.2f}, compile "
-                  f"{rec['exact']['compile_s']:.2f} s)  scipy {rec['scipy_ms']:8.2f} ms "
-                  f"(+cost {rec['numpy_cost_ms']:.1f})  sinkhorn "
-                  f"{rec['sinkhorn']['median_ms']:8.2f} ms  projection "
-                  f"{rec['projection']['median_ms']:8.2f} ms", flush=True)
+            print(
+                f"n={n:5d} dim={dim:5d}  exact {rec['exact']['median_ms']:8.2f} ms "
+                f"(solve {rec['exact_solve_only']['median_ms']:7.2f}, compile "
+                f"{rec['exact']['compile_s']:.2f} s)  scipy {rec['scipy_ms']:8.2f} ms "
+                f"(+cost {rec['numpy_cost_ms']:.1f})  sinkhorn "
+                f"{rec['sinkhorn']['median_ms']:8.2f} ms  projection "
+                f"{rec['projection']['median_ms']:8.2f} ms",
+                flush=True,
+            )
     return rows
 
 
@@ -100,15 +104,23 @@ def sharpness_rows(n, dims, epsilons):
     for dim in dims:
         x, y = _points(n, dim, seed=3)
         for eps in epsilons:
-            plan, _, conv = jax.jit(lambda x, y, e=eps: sinkhorn_plan(
-                x, y, epsilon=e, max_iterations=5000))(x, y)
+            plan, _, conv = jax.jit(
+                lambda x, y, e=eps: sinkhorn_plan(x, y, epsilon=e, max_iterations=5000)
+            )(x, y)
             rows_ = plan / plan.sum(1, keepdims=True)
-            rec = {"n": n, "dim": dim, "epsilon_rel": eps,
-                   "mean_max_row": float(jnp.mean(jnp.max(rows_, axis=1))),
-                   "converged": bool(conv)}
+            rec = {
+                "n": n,
+                "dim": dim,
+                "epsilon_rel": eps,
+                "mean_max_row": float(jnp.mean(jnp.max(rows_, axis=1))),
+                "converged": bool(conv),
+            }
             rows.append(rec)
-            print(f"sharpness n={n} dim={dim:5d} eps_rel={eps:8.0e}: mean max row "
-                  f"{rec['mean_max_row']:.3f} (converged {rec['converged']})", flush=True)
+            print(
+                f"sharpness n={n} dim={dim:5d} eps_rel={eps:8.0e}: mean max row "
+                f"{rec['mean_max_row']:.3f} (converged {rec['converged']})",
+                flush=True,
+            )
     return rows
 
 
@@ -120,8 +132,13 @@ def toy_step_ratio(batch=256, repeats=30, steps=20):
     from simple_reflow.train.toy import ONE_RF_LOSS, build_mlp
 
     cfg = get_config()
-    out = {"batch": batch, "dim": 2, "data": "8gaussians", "steps_per_call": steps,
-           "via": "train.step"}
+    out = {
+        "batch": batch,
+        "dim": 2,
+        "data": "8gaussians",
+        "steps_per_call": steps,
+        "via": "train.step",
+    }
     x0 = sample_toy("8gaussians", jax.random.key(0), batch)
     for name in ("independent", "ot", "ot_bits8", "ot_groups4", "ot_groups8", "ot_groups16"):
         kw = {}
@@ -139,6 +156,7 @@ def toy_step_ratio(batch=256, repeats=30, steps=20):
             def body(s, i):
                 idx = s.step * batch + jnp.arange(batch, dtype=jnp.int32)
                 return step(s, {"x0": x0, "index": idx})[0], None
+
             return jax.lax.scan(body, state, None, length=steps)[0]
 
         f = jax.jit(many)
@@ -146,24 +164,35 @@ def toy_step_ratio(batch=256, repeats=30, steps=20):
         out[name]["per_step_ms"] = out[name]["median_ms"] / steps
     out["reference_exact_ms"] = _reference_solvers(batch)
     fastest = min(out["reference_exact_ms"].values())
-    out["ratio_lower_bound_fastest_reference"] = (
-        1.0 + fastest / out["independent"]["per_step_ms"])
+    out["ratio_lower_bound_fastest_reference"] = 1.0 + fastest / out["independent"]["per_step_ms"]
     out["ratio_ot_over_independent"] = out["ot"]["median_ms"] / out["independent"]["median_ms"]
-    out["ratio_ot_bits8_over_independent"] = (out["ot_bits8"]["median_ms"]
-                                              / out["independent"]["median_ms"])
-    print(f"toy MLP step (batch {batch}): independent {out['independent']['per_step_ms']:.3f} ms,"
-          f" ot {out['ot']['per_step_ms']:.3f} ms (ratio {out['ratio_ot_over_independent']:.2f}),"
-          f" ot 8 bits {out['ot_bits8']['per_step_ms']:.3f} ms "
-          f"(ratio {out['ratio_ot_bits8_over_independent']:.2f})", flush=True)
-    print("exact OT within groups: " + ", ".join(
-        f"{g} groups of {batch // g}: ratio "
-        f"{out[f'ot_groups{g}']['median_ms'] / out['independent']['median_ms']:.2f}"
-        for g in (4, 8, 16)), flush=True)
+    out["ratio_ot_bits8_over_independent"] = (
+        out["ot_bits8"]["median_ms"] / out["independent"]["median_ms"]
+    )
+    print(
+        f"toy MLP step (batch {batch}): independent {out['independent']['per_step_ms']:.3f} ms,"
+        f" ot {out['ot']['per_step_ms']:.3f} ms (ratio {out['ratio_ot_over_independent']:.2f}),"
+        f" ot 8 bits {out['ot_bits8']['per_step_ms']:.3f} ms "
+        f"(ratio {out['ratio_ot_bits8_over_independent']:.2f})",
+        flush=True,
+    )
+    print(
+        "exact OT within groups: "
+        + ", ".join(
+            f"{g} groups of {batch // g}: ratio "
+            f"{out[f'ot_groups{g}']['median_ms'] / out['independent']['median_ms']:.2f}"
+            for g in (4, 8, 16)
+        ),
+        flush=True,
+    )
     ref = out["reference_exact_ms"]
-    print("exact solvers on the same 256 x 256 costs (NumPy cost matrix included): "
-          + ", ".join(f"{k} {v:.2f} ms" for k, v in ref.items())
-          + f" -> an exact OT-CFM step costs at least "
-          f"{out['ratio_lower_bound_fastest_reference']:.2f}x an independent one", flush=True)
+    print(
+        "exact solvers on the same 256 x 256 costs (NumPy cost matrix included): "
+        + ", ".join(f"{k} {v:.2f} ms" for k, v in ref.items())
+        + f" -> an exact OT-CFM step costs at least "
+        f"{out['ratio_lower_bound_fastest_reference']:.2f}x an independent one",
+        flush=True,
+    )
     return out
 
 
@@ -180,7 +209,7 @@ def _reference_solvers(batch, draws=20):
         y = np.random.default_rng(i).standard_normal((batch, 2))
         for name in times:
             t = time.perf_counter()
-            c = ((x * x).sum(1)[:, None] + (y * y).sum(1)[None] - 2 * x @ y.T)
+            c = (x * x).sum(1)[:, None] + (y * y).sum(1)[None] - 2 * x @ y.T
             if name == "scipy_lsa":
                 linear_sum_assignment(c)
             else:

@@ -63,19 +63,25 @@ def main():
 
     featurize, raw, st = seeded_inception()
     for size in (32, 64):
-        x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (args.batch, size, size, 3)),
-                        jnp.uint8)
+        x = jnp.asarray(
+            np.random.default_rng(0).integers(0, 256, (args.batch, size, size, 3)), jnp.uint8
+        )
         flops = raw.lower(st, x).compile().cost_analysis()
         flops = (flops[0] if isinstance(flops, list) else flops)["flops"] / args.batch
         sec = time_fn(featurize, x, repeats=5, warmup=1)
         rate = args.batch / sec
-        out[f"inception_{size}"] = {"images_per_s": rate, "gflop_per_image": flops / 1e9,
-                                    "fraction_of_matmul_peak": rate * flops / peak}
-        print(f"Inception {size}² → 299²: {rate:.1f} img/s, {flops / 1e9:.2f} GFLOP/image, "
-              f"{100 * rate * flops / peak:.1f}% of the matmul peak", flush=True)
+        out[f"inception_{size}"] = {
+            "images_per_s": rate,
+            "gflop_per_image": flops / 1e9,
+            "fraction_of_matmul_peak": rate * flops / peak,
+        }
+        print(
+            f"Inception {size}² → 299²: {rate:.1f} img/s, {flops / 1e9:.2f} GFLOP/image, "
+            f"{100 * rate * flops / peak:.1f}% of the matmul peak",
+            flush=True,
+        )
 
-    ddpm = model_from_config(backbones.ddpmpp_cifar10(), data_shape=(32, 32, 3),
-                             rngs=nnx.Rngs(0))
+    ddpm = model_from_config(backbones.ddpmpp_cifar10(), data_shape=(32, 32, 3), rngs=nnx.Rngs(0))
     model_def, params = split_model(ddpm)
     fwd = jax.jit(lambda prm, x, t: model_def.merge(prm)(x, t))
     x = jax.random.normal(jax.random.key(0), (16, 32, 32, 3))
@@ -86,24 +92,43 @@ def main():
     print(f"CIFAR10 DDPM++ forward: {ddpm_rate:.2f} img/s (batch 16)", flush=True)
 
     small = backbones.ddpmpp_smoke()
-    model_def, params = split_model(model_from_config(small, data_shape=(32, 32, 3),
-                                                      rngs=nnx.Rngs(0)))
+    model_def, params = split_model(
+        model_from_config(small, data_shape=(32, 32, 3), rngs=nnx.Rngs(0))
+    )
     grid, nfe = sampler.grid_for_budget(9, "dpm2", lambda k: grids.sigmoid_grid(k))
     start = time.perf_counter()
     stats, _ = sampling.sample_features(
-        model_def.denoiser(params), grid, solver="dpm2", r=0.4, shape=(32, 32, 3),
-        num_classes=0, key=jax.random.key(0), featurize=featurize, dim=2048, num=args.num,
-        batch_size=args.batch, mesh=sharding.make_mesh())
+        model_def.denoiser(params),
+        grid,
+        solver="dpm2",
+        r=0.4,
+        shape=(32, 32, 3),
+        num_classes=0,
+        key=jax.random.key(0),
+        featurize=featurize,
+        dim=2048,
+        num=args.num,
+        batch_size=args.batch,
+        mesh=sharding.make_mesh(),
+    )
     stats.mean_cov()
     total = time.perf_counter() - start
     assert isinstance(stats, FeatureStats) and stats.count == args.num
-    out["end_to_end"] = {"num": args.num, "nfe": nfe, "seconds": total,
-                         "model": "ddpmpp_smoke 32x32", "images_per_s": args.num / total}
+    out["end_to_end"] = {
+        "num": args.num,
+        "nfe": nfe,
+        "seconds": total,
+        "model": "ddpmpp_smoke 32x32",
+        "images_per_s": args.num / total,
+    }
     est = 50_000 * (nfe / ddpm_rate + 1 / out["inception_32"]["images_per_s"])
     out["extrapolated_50k_fid_cifar10_ddpmpp_hours"] = est / 3600  # at the same NFE
-    print(f"end-to-end FID of {args.num} samples (small DDPM++, {nfe} NFE): {total:.1f} s "
-          f"({args.num / total:.1f} img/s); a 50k FID of the CIFAR10 DDPM++ at {nfe} NFE: "
-          f"≈ {est / 3600:.1f} h here", flush=True)
+    print(
+        f"end-to-end FID of {args.num} samples (small DDPM++, {nfe} NFE): {total:.1f} s "
+        f"({args.num / total:.1f} img/s); a 50k FID of the CIFAR10 DDPM++ at {nfe} NFE: "
+        f"≈ {est / 3600:.1f} h here",
+        flush=True,
+    )
     write_json(args.out, out)
 
 

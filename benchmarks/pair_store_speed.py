@@ -54,20 +54,31 @@ def _synthetic(shape):
     return gen
 
 
-def _write_synthetic(path, num, shape, chunk=1024, provenance=None, arrays=None,
-                     storage_dtype="float32"):
+def _write_synthetic(
+    path, num, shape, chunk=1024, provenance=None, arrays=None, storage_dtype="float32"
+):
     arrays = arrays or {"x0": (shape, "float32"), "x1": (shape, "float32")}
     t = time.perf_counter()
-    pair_store.write_store(_synthetic(shape), path, num=num, chunk=chunk, arrays=arrays,
-                           provenance=provenance or {"kind": "synthetic"},
-                           storage_dtype=storage_dtype)
+    pair_store.write_store(
+        _synthetic(shape),
+        path,
+        num=num,
+        chunk=chunk,
+        arrays=arrays,
+        provenance=provenance or {"kind": "synthetic"},
+        storage_dtype=storage_dtype,
+    )
     pair_store.finalize_store(path)
     return time.perf_counter() - t
 
 
 def _files(path):
-    return sorted(os.path.join(root, f) for root, _, files in os.walk(path) for f in files
-                  if f.endswith(".npy"))
+    return sorted(
+        os.path.join(root, f)
+        for root, _, files in os.walk(path)
+        for f in files
+        if f.endswith(".npy")
+    )
 
 
 def _sequential_read(files, direct):
@@ -123,13 +134,17 @@ def throughput(args):
         cold = statistics.median(read_batches(10_000, 20))
         pair_bytes = 2 * int(np.prod(CIFAR)) * 4
         result = {
-            "pairs_per_store": args.pairs, "store_bytes": size, "bytes_per_pair": pair_bytes,
+            "pairs_per_store": args.pairs,
+            "store_bytes": size,
+            "bytes_per_pair": pair_bytes,
             "write_mb_per_s": size / write_s / 1e6,
             "sequential_read_cached_mb_per_s": statistics.median(seq_cached) / 1e6,
-            "sequential_read_direct_mb_per_s": (statistics.median(seq_direct) / 1e6
-                                                if seq_direct else None),
+            "sequential_read_direct_mb_per_s": (
+                statistics.median(seq_direct) / 1e6 if seq_direct else None
+            ),
             "direct_error": direct_error,
-            "reader_batch": args.batch, "reader_median_batch_s": med,
+            "reader_batch": args.batch,
+            "reader_median_batch_s": med,
             "reader_pairs_per_s": args.batch / med,
             "reader_mb_per_s": args.batch * pair_bytes / med / 1e6,
             "reader_cold_median_batch_s": cold,
@@ -165,9 +180,13 @@ sys.exit(code)
 def _train(argv, fixed=False):
     """Runs scripts/train.py in a child; returns (wall s, the child's peak RSS in MB)."""
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", _CHILD, "fixed" if fixed else "store",
-                          "scripts/train.py", *argv], cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": ROOT})
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, "fixed" if fixed else "store", "scripts/train.py", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
     if out.returncode or "PEAK_RSS_KB" not in out.stdout:
         raise RuntimeError(f"train.py {' '.join(argv)} failed:\n{out.stderr[-3000:]}")
     kb = int(out.stdout.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
@@ -180,12 +199,23 @@ def memory(args):
     from simple_reflow.train.images import _store_spec, _teacher_sha256
 
     tmp = tempfile.mkdtemp(dir=args.dir)
-    common = ["--config.data.image_size=32", "--config.pairs.num_forward=0",
-              "--config.pairs.rho=0.0"]
+    common = [
+        "--config.data.image_size=32",
+        "--config.pairs.num_forward=0",
+        "--config.pairs.rho=0.0",
+    ]
     try:
         teacher = os.path.join(tmp, "teacher")
-        _train(["--config", "configs/cifar10.py:teacher,smoke", "--workdir", teacher,
-                "--config.training.num_steps=1", *common])
+        _train(
+            [
+                "--config",
+                "configs/cifar10.py:teacher,smoke",
+                "--workdir",
+                teacher,
+                "--config.training.num_steps=1",
+                *common,
+            ]
+        )
         rows = []
         for n in args.sizes:
             cfg = cifar10.get_config("reflow,smoke")
@@ -193,23 +223,34 @@ def memory(args):
             cfg.pairs.num_forward, cfg.pairs.rho, cfg.teacher.workdir = 0, 0.0, teacher
             num, arrays, prov = _store_spec(cfg, "backward", _teacher_sha256(cfg))
             pairs_dir = os.path.join(tmp, f"pairs_{n}")
-            _write_synthetic(os.path.join(pairs_dir, "backward"), num, CIFAR, arrays=arrays,
-                             provenance=prov)
-            wall, rss = _train(["--config", "configs/cifar10.py:reflow,smoke", "--workdir",
-                                os.path.join(tmp, f"reflow_{n}"), *common,
-                                f"--config.pairs.num_backward={n}",
-                                f"--config.teacher.workdir={teacher}",
-                                f"--config.pairs.dir={pairs_dir}",
-                                "--config.training.batch_size=64",
-                                f"--config.training.num_steps={args.steps}",
-                                "--config.training.log_every=10",
-                                f"--config.training.ckpt_every={args.steps}"])
-            rows.append({"pairs": n, "store_gb": n * 2 * 3072 * 4 / 1e9, "peak_rss_mb": rss,
-                         "wall_s": wall})
+            _write_synthetic(
+                os.path.join(pairs_dir, "backward"), num, CIFAR, arrays=arrays, provenance=prov
+            )
+            wall, rss = _train(
+                [
+                    "--config",
+                    "configs/cifar10.py:reflow,smoke",
+                    "--workdir",
+                    os.path.join(tmp, f"reflow_{n}"),
+                    *common,
+                    f"--config.pairs.num_backward={n}",
+                    f"--config.teacher.workdir={teacher}",
+                    f"--config.pairs.dir={pairs_dir}",
+                    "--config.training.batch_size=64",
+                    f"--config.training.num_steps={args.steps}",
+                    "--config.training.log_every=10",
+                    f"--config.training.ckpt_every={args.steps}",
+                ]
+            )
+            rows.append(
+                {"pairs": n, "store_gb": n * 2 * 3072 * 4 / 1e9, "peak_rss_mb": rss, "wall_s": wall}
+            )
             print(rows[-1], flush=True)
             shutil.rmtree(pairs_dir)
-        result = {"rows": rows, "rss_increase": rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]
-                  - 1.0}
+        result = {
+            "rows": rows,
+            "rss_increase": rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"] - 1.0,
+        }
         print(json.dumps(result, indent=1))
         return result
     finally:
@@ -226,14 +267,35 @@ def digits(args):
     tmp = tempfile.mkdtemp(dir=args.dir)
     try:
         teacher, pairs_dir = os.path.join(tmp, "teacher"), os.path.join(tmp, "pairs")
-        _train(["--config", "configs/digits.py:teacher", "--workdir", teacher,
-                "--config.training.num_steps=1"])
-        _train(["--config", "configs/digits.py:pairs", "--workdir", pairs_dir,
-                f"--config.teacher.workdir={teacher}", "--config.pairs.steps=2"])
-        common = ["--config", "configs/digits.py:reflow", f"--config.teacher.workdir={teacher}",
-                  f"--config.pairs.dir={pairs_dir}", "--config.pairs.steps=2",
-                  f"--config.training.num_steps={args.steps}", "--config.training.log_every=10",
-                  f"--config.training.ckpt_every={args.steps}"]
+        _train(
+            [
+                "--config",
+                "configs/digits.py:teacher",
+                "--workdir",
+                teacher,
+                "--config.training.num_steps=1",
+            ]
+        )
+        _train(
+            [
+                "--config",
+                "configs/digits.py:pairs",
+                "--workdir",
+                pairs_dir,
+                f"--config.teacher.workdir={teacher}",
+                "--config.pairs.steps=2",
+            ]
+        )
+        common = [
+            "--config",
+            "configs/digits.py:reflow",
+            f"--config.teacher.workdir={teacher}",
+            f"--config.pairs.dir={pairs_dir}",
+            "--config.pairs.steps=2",
+            f"--config.training.num_steps={args.steps}",
+            "--config.training.log_every=10",
+            f"--config.training.ckpt_every={args.steps}",
+        ]
         out = {}
         for mode in ("fixed_batch", "store", "fixed_batch", "store"):  # interleaved twice
             wd = os.path.join(tmp, f"reflow_{mode}_{len(out)}")
@@ -261,8 +323,7 @@ def main():
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     result = {"throughput": throughput, "memory": memory, "digits": digits}[args.mode](args)
-    out = args.out or os.path.join(ROOT, "benchmarks", "results",
-                                   f"pair_store_{args.mode}.json")
+    out = args.out or os.path.join(ROOT, "benchmarks", "results", f"pair_store_{args.mode}.json")
     write_json(out, {"meta": run_metadata(vars(args)), "result": result})
     print(f"wrote {out}")
 

@@ -25,8 +25,12 @@ from simple_reflow import pair_store  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--dir", default="/tmp/pair_store_vs_grain")
-parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                  "results", "pair_store_vs_grain.json"))
+parser.add_argument(
+    "--out",
+    default=os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results", "pair_store_vs_grain.json"
+    ),
+)
 args = parser.parse_args()
 
 N, SHAPE, B = 20_000, (32, 32, 3), 256
@@ -41,8 +45,13 @@ def gen(idx):
 def write(root):
     store = os.path.join(root, "store")
     if not os.path.exists(os.path.join(store, "manifest.json")):
-        pair_store.write_store(gen, store, num=N, chunk=1024,
-                               arrays={"x0": (SHAPE, "float32"), "x1": (SHAPE, "float32")})
+        pair_store.write_store(
+            gen,
+            store,
+            num=N,
+            chunk=1024,
+            arrays={"x0": (SHAPE, "float32"), "x1": (SHAPE, "float32")},
+        )
         pair_store.finalize_store(store)
     files = []
     for s in range(0, N, 1024):  # one ArrayRecord file per shard; a record = x0 and x1 bytes

@@ -67,20 +67,22 @@ def matmul_peaks(n, repeats):
     for dtype in ("float32", "bfloat16"):
         a = jax.random.normal(jax.random.key(0), (n, n)).astype(dtype)
         f = jax.jit(jnp.dot).lower(a, a).compile()
-        peaks[dtype] = 2.0 * n**3 / _median_seconds(lambda f=f, a=a: f(a, a).block_until_ready(),
-                                                    repeats)
+        peaks[dtype] = (
+            2.0 * n**3 / _median_seconds(lambda f=f, a=a: f(a, a).block_until_ready(), repeats)
+        )
     return peaks
 
 
 def _random_params(cfg, shape):
     """The model with N(0, 0.05²) parameters, built abstractly (no eager per-shape init)."""
-    model = nnx.eval_shape(lambda: model_from_config(cfg, data_shape=shape,
-                                                     rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: model_from_config(cfg, data_shape=shape, rngs=nnx.Rngs(0)))
     model_def, like = split_model(model)
     leaves, treedef = jax.tree.flatten(like)
     keys = jax.random.split(jax.random.key(0), len(leaves))
-    params = jax.tree.unflatten(treedef, [
-        0.05 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)])
+    params = jax.tree.unflatten(
+        treedef,
+        [0.05 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)],
+    )
     return model_def, params
 
 
@@ -92,12 +94,12 @@ def bench(name, dtype, batch, repeats):
     model_def, params = _random_params(cfg, shape)
     optimizer = optax.adam(1e-4)
     state = init_state(params, optimizer, seed=0)
-    batch_data = {"x0": jax.random.uniform(jax.random.key(1), (batch, *shape), minval=-1,
-                                           maxval=1)}
+    batch_data = {"x0": jax.random.uniform(jax.random.key(1), (batch, *shape), minval=-1, maxval=1)}
     if cfg.get("num_classes", 0):
         batch_data["cond"] = jnp.arange(batch, dtype=jnp.int32) % cfg.num_classes
-    step = jax.jit(make_train_step(model_def, edm_loss, optimizer, ema_decay=0.999),
-                   donate_argnums=0)
+    step = jax.jit(
+        make_train_step(model_def, edm_loss, optimizer, ema_decay=0.999), donate_argnums=0
+    )
     t0 = time.perf_counter()
     train = step.lower(state, batch_data).compile()
     compile_train = time.perf_counter() - t0
@@ -121,11 +123,22 @@ def bench(name, dtype, batch, repeats):
     compile_fwd = time.perf_counter() - t0
     fwd_s = _median_seconds(lambda: forward(params, x_t, t, cond).block_until_ready(), repeats)
     fwd_flops = _flops(forward)
-    return {"batch": batch, "dtype": dtype,
-            "train": {"seconds": train_s, "images_per_s": batch / train_s,
-                      "gflop_per_step": train_flops / 1e9, "compile_seconds": compile_train},
-            "sample_step": {"seconds": fwd_s, "images_per_s": batch / fwd_s,
-                            "gflop_per_call": fwd_flops / 1e9, "compile_seconds": compile_fwd}}
+    return {
+        "batch": batch,
+        "dtype": dtype,
+        "train": {
+            "seconds": train_s,
+            "images_per_s": batch / train_s,
+            "gflop_per_step": train_flops / 1e9,
+            "compile_seconds": compile_train,
+        },
+        "sample_step": {
+            "seconds": fwd_s,
+            "images_per_s": batch / fwd_s,
+            "gflop_per_call": fwd_flops / 1e9,
+            "compile_seconds": compile_fwd,
+        },
+    }
 
 
 def main():
@@ -140,12 +153,19 @@ def main():
     cpu = backend == "cpu"
     repeats = args.repeats or (3 if cpu else 10)
     dtypes = ["float32"] + (["bfloat16"] if (not cpu or args.bf16) else [])
-    out = {"meta": run_metadata(vars(args)), "backend": backend,
-           "device": jax.devices()[0].device_kind, "results": {}}
+    out = {
+        "meta": run_metadata(vars(args)),
+        "backend": backend,
+        "device": jax.devices()[0].device_kind,
+        "results": {},
+    }
     peaks = matmul_peaks(2048 if cpu else 8192, repeats)
     out["matmul_peak_gflops_per_s"] = {k: v / 1e9 for k, v in peaks.items()}
-    print(f"{backend} ({out['device']}): matmul peak "
-          + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()), flush=True)
+    print(
+        f"{backend} ({out['device']}): matmul peak "
+        + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()),
+        flush=True,
+    )
     for name in args.workloads:
         for dtype in dtypes:
             if name == "toy_mlp" and dtype != "float32":
@@ -156,10 +176,13 @@ def main():
                 r[part]["mfu"] = r[part][flops_key] * 1e9 / r[part]["seconds"] / peaks[dtype]
             out["results"][f"{name}/{dtype}"] = r
             train = r["train"]
-            print(f"{name:>10} {dtype:>8} batch {batch:>4}: train {train['images_per_s']:9.2f} "
-                  f"img/s (MFU {100 * train['mfu']:5.1f}%), sample step "
-                  f"{r['sample_step']['images_per_s']:9.2f} img/s "
-                  f"(MFU {100 * r['sample_step']['mfu']:5.1f}%)", flush=True)
+            print(
+                f"{name:>10} {dtype:>8} batch {batch:>4}: train {train['images_per_s']:9.2f} "
+                f"img/s (MFU {100 * train['mfu']:5.1f}%), sample step "
+                f"{r['sample_step']['images_per_s']:9.2f} img/s "
+                f"(MFU {100 * r['sample_step']['mfu']:5.1f}%)",
+                flush=True,
+            )
     write_json(args.out, out)
 
 

@@ -62,26 +62,47 @@ WCFM_KAPPA = 8.0  # best mean W2 at 2 and 4 NFE of κ ∈ {2, 4, 8, 16, 64} (qui
 
 METHODS = {
     "teacher": {"kind": "teacher", "solvers": [EULER, HEUN, DPM2]},
-    "2rf": {"kind": "student", "solvers": [EULER], "rho": 0.0,
-            "loss": {"distance": "l2", "normalize": False, "space": "velocity"},
-            "time": {"dist": "uniform"}},
-    "2rf++": {"kind": "student", "solvers": [EULER], "rho": 0.0,
-              "loss": {"distance": "pseudo_huber", "normalize": False, "space": "velocity"},
-              "time": {"dist": "u_shape", "u_shape_a": 4.0}},
-    "simple_reflow": {"kind": "student", "solvers": [DPM2], "rho": 0.4,
-                      "loss": {"distance": "l2", "normalize": True, "space": "denoiser"},
-                      "time": {"dist": "exp10"}},
+    "2rf": {
+        "kind": "student",
+        "solvers": [EULER],
+        "rho": 0.0,
+        "loss": {"distance": "l2", "normalize": False, "space": "velocity"},
+        "time": {"dist": "uniform"},
+    },
+    "2rf++": {
+        "kind": "student",
+        "solvers": [EULER],
+        "rho": 0.0,
+        "loss": {"distance": "pseudo_huber", "normalize": False, "space": "velocity"},
+        "time": {"dist": "u_shape", "u_shape_a": 4.0},
+    },
+    "simple_reflow": {
+        "kind": "student",
+        "solvers": [DPM2],
+        "rho": 0.4,
+        "loss": {"distance": "l2", "normalize": True, "space": "denoiser"},
+        "time": {"dist": "exp10"},
+    },
     # Simple ReFlow with 20% of the batch from projected pairs (METHOD.md §3, balanced OT).
-    "simple_reflow+projection": {"kind": "student", "solvers": [DPM2], "rho": 0.4,
-                                 "projection": 0.2,
-                                 "loss": {"distance": "l2", "normalize": True,
-                                          "space": "denoiser"},
-                                 "time": {"dist": "exp10"}},
+    "simple_reflow+projection": {
+        "kind": "student",
+        "solvers": [DPM2],
+        "rho": 0.4,
+        "projection": 0.2,
+        "loss": {"distance": "l2", "normalize": True, "space": "denoiser"},
+        "time": {"dist": "exp10"},
+    },
     # 1-RF from scratch with other couplings (teachers in their own right), Euler like 1-RF.
     # (configs/toy2d.py:<name> trains the same 1-RF as the toy pipeline's teacher.)
-    **{name: {"kind": "coupling", "solvers": [EULER], "coupling": coupling,
-              **({"num_data": LOOM_NUM_EXAMPLES} if name == "loom-cfm" else {})}
-       for name, coupling in COUPLINGS.items()},
+    **{
+        name: {
+            "kind": "coupling",
+            "solvers": [EULER],
+            "coupling": coupling,
+            **({"num_data": LOOM_NUM_EXAMPLES} if name == "loom-cfm" else {}),
+        }
+        for name, coupling in COUPLINGS.items()
+    },
 }
 
 
@@ -99,8 +120,9 @@ def _solver_cfg(cfg, values):
 def _evaluate(name, fn, spec, cfg, task, seed, floor, key):
     records = []
     for i, solver in enumerate(spec["solvers"]):
-        for r in evaluate_model(fn, cfg, solver_cfg=_solver_cfg(cfg, solver), key=key,
-                                with_accurate=(i == 0)):
+        for r in evaluate_model(
+            fn, cfg, solver_cfg=_solver_cfg(cfg, solver), key=key, with_accurate=(i == 0)
+        ):
             records.append({"task": task, "method": name, "seed": seed, "w2_floor": floor, **r})
     return records
 
@@ -119,8 +141,9 @@ def run_task(task, seed, args, workroot):
     workdir = os.path.join(workroot, f"{task}_seed{seed}")
     sample_data = make_toy_sampler(task)
     n = cfg.eval.num_samples
-    floor = w2(sample_data(jax.random.key(10_000 + seed), n),
-               sample_data(jax.random.key(20_000 + seed), n))
+    floor = w2(
+        sample_data(jax.random.key(10_000 + seed), n), sample_data(jax.random.key(20_000 + seed), n)
+    )
     eval_key = jax.random.key(30_000 + seed)  # same noise and target for every method
     teacher, teacher_params, _ = teacher_fn(cfg, workdir)
     stores = generate_toy_pairs(teacher, cfg, seed)  # backward, and forward (rho = 0.4)
@@ -143,10 +166,16 @@ def run_task(task, seed, args, workroot):
                 data["projected"] = toy_projected_pairs(teacher, mcfg, seed, stores)
             batch_fn = pair_batch_fn(mcfg, seed)
             model_def, state = train_flow(
-                mcfg, os.path.join(workdir, name), batch_fn=batch_fn, data=data,
+                mcfg,
+                os.path.join(workdir, name),
+                batch_fn=batch_fn,
+                data=data,
                 loss_fn=configure.flow_loss_from_config(mcfg.loss, mcfg.time),
                 init_params=teacher_params,
-                num_steps=cfg.training.num_steps, seed=seed + 1, desc=f"{task}/{name}")
+                num_steps=cfg.training.num_steps,
+                seed=seed + 1,
+                desc=f"{task}/{name}",
+            )
             fn = model_def.denoiser(state.ema)
         else:  # a 1-RF trained from scratch with another coupling
             mcfg = copy.deepcopy(cfg)
@@ -154,23 +183,35 @@ def run_task(task, seed, args, workroot):
             if spec["coupling"]["name"] == "wcfm":
                 mcfg.coupling.kappa = args.wcfm_kappa
             num_data = spec.get("num_data")
-            coupling = configure.coupling_from_config(mcfg.coupling, data_shape=TOY_SHAPE,
-                                                      num_data=num_data)
+            coupling = configure.coupling_from_config(
+                mcfg.coupling, data_shape=TOY_SHAPE, num_data=num_data
+            )
             batch_fn, data = make_data_batch_fn(
-                task, cfg.training.batch_size * coupling.batch_factor, seed + 7, num_data)
+                task, cfg.training.batch_size * coupling.batch_factor, seed + 7, num_data
+            )
             run_name = name
             if spec["coupling"]["name"] == "wcfm":  # a resumed run must match its κ
                 run_name = f"{name}_kappa{args.wcfm_kappa:g}"
             model_def, state = train_flow(
-                mcfg, os.path.join(workdir, run_name), batch_fn=batch_fn, data=data,
-                loss_fn=ONE_RF_LOSS, coupling=coupling,
-                num_steps=cfg.teacher.num_steps, seed=seed, desc=f"{task}/{name}")
+                mcfg,
+                os.path.join(workdir, run_name),
+                batch_fn=batch_fn,
+                data=data,
+                loss_fn=ONE_RF_LOSS,
+                coupling=coupling,
+                num_steps=cfg.teacher.num_steps,
+                seed=seed,
+                desc=f"{task}/{name}",
+            )
             fn = model_def.denoiser(state.ema)
         recs = _evaluate(name, fn, spec, cfg, task, seed, floor, eval_key)
         records.extend(recs)
-        print(f"[{task} seed {seed}] {name}: " + ", ".join(
-            f"{r['solver']}@{r['nfe']}={r['w2']:.3f}" for r in recs)
-            + f" (floor {floor:.3f}, {time.perf_counter() - start:.0f}s)", flush=True)
+        print(
+            f"[{task} seed {seed}] {name}: "
+            + ", ".join(f"{r['solver']}@{r['nfe']}={r['w2']:.3f}" for r in recs)
+            + f" (floor {floor:.3f}, {time.perf_counter() - start:.0f}s)",
+            flush=True,
+        )
     return records
 
 
@@ -182,11 +223,14 @@ def format_table(records):
         groups[(r["task"], r["method"], r["solver"], str(r["budget"]), r["nfe"])].append(r["w2"])
         if r["straightness"] is not None:
             straight[(r["task"], r["method"])].append(r["straightness"])
-    lines = [f"{'task':<13}{'method':<16}{'solver':<7}{'budget':>9}{'nfe':>5}"
-             f"{'W2 mean':>10}{'± std':>8}"]
+    lines = [
+        f"{'task':<13}{'method':<16}{'solver':<7}{'budget':>9}{'nfe':>5}{'W2 mean':>10}{'± std':>8}"
+    ]
     for (task, method, solver, budget, nfe), v in groups.items():
-        lines.append(f"{task:<13}{method:<16}{solver:<7}{budget:>9}{nfe:>5}"
-                     f"{np.mean(v):>10.4f}{np.std(v):>8.4f}")
+        lines.append(
+            f"{task:<13}{method:<16}{solver:<7}{budget:>9}{nfe:>5}"
+            f"{np.mean(v):>10.4f}{np.std(v):>8.4f}"
+        )
     lines.append("straightness (accurate solve), mean ± std over seeds:")
     for (task, method), v in straight.items():
         lines.append(f"  {task:<13}{method:<16}{np.mean(v):.4f} ± {np.std(v):.4f}")
@@ -207,8 +251,9 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--workdir", default=None, help="Keep the runs here (default: temp).")
-    parser.add_argument("--wcfm-kappa", type=float, default=WCFM_KAPPA,
-                        help="W-CFM temperature ε = κ·√dim.")
+    parser.add_argument(
+        "--wcfm-kappa", type=float, default=WCFM_KAPPA, help="W-CFM temperature ε = κ·√dim."
+    )
     args = parser.parse_args(argv)
     if args.wcfm_kappa <= 0:
         parser.error(f"--wcfm-kappa={args.wcfm_kappa} must be > 0")

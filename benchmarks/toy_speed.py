@@ -62,14 +62,19 @@ def train_figures(peak):
     loss_fn = functools.partial(losses.flow_loss, **flow_loss_kwargs(cfg.loss, cfg.time))
     step = make_train_step(model_def, loss_fn, optimizer, ema_decay=0.999)
     n = 20_000
-    data = {"backward": {"x0": jax.random.normal(jax.random.key(1), (n, 2)),
-                         "x1": jax.random.normal(jax.random.key(2), (n, 2))}}
+    data = {
+        "backward": {
+            "x0": jax.random.normal(jax.random.key(1), (n, 2)),
+            "x1": jax.random.normal(jax.random.key(2), (n, 2)),
+        }
+    }
     data["forward"] = data["backward"]
     key = jax.random.key(3)
 
     def batch_fn(s, d):
-        return pair_mixing.mix_pairs(jax.random.fold_in(key, s), d,
-                                     pair_mixing.pair_fractions(0.4), BATCH)
+        return pair_mixing.mix_pairs(
+            jax.random.fold_in(key, s), d, pair_mixing.pair_fractions(0.4), BATCH
+        )
 
     state = init_state(params, optimizer, 0)
     batch = batch_fn(0, data)
@@ -96,8 +101,12 @@ def sample_figures():
     forward = jax.jit(lambda x: denoise(x, jnp.full((x.shape[0],), 0.5)))
     t_sample = time_fn(sample, x1, repeats=30)
     t_forward = time_fn(forward, x1, repeats=50)
-    return {"nfe": nfe, "sample_sec": t_sample, "forward_sec": t_forward,
-            "overhead_ratio": t_sample / (nfe * t_forward)}
+    return {
+        "nfe": nfe,
+        "sample_sec": t_sample,
+        "forward_sec": t_forward,
+        "overhead_ratio": t_sample / (nfe * t_forward),
+    }
 
 
 def main(argv=None):
@@ -116,24 +125,35 @@ def main(argv=None):
         result["xla_sweep"] = {}
         for name, flags in SWEEP.items():
             env = {**os.environ, "XLA_FLAGS": flags}
-            res = subprocess.run([sys.executable, __file__, "--out", "-", "--train-only"],
-                                 env=env, capture_output=True, text=True, check=True)
+            res = subprocess.run(
+                [sys.executable, __file__, "--out", "-", "--train-only"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             result["xla_sweep"][name] = json.loads(res.stdout.strip().splitlines()[-1])
     t = result["train"]
     print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s (2048² float32)")
     print(f"train step (MLP 3×256, batch {BATCH}): {t['flops_per_step'] / 1e6:.1f} MFLOP/step")
     for k in (1, 10, 100):
-        print(f"  fused {k:>3}: {t[f'steps_per_sec@fused={k}']:.0f} steps/s, "
-              f"{t[f'peak_fraction@fused={k}']:.2f} of the matmul peak")
+        print(
+            f"  fused {k:>3}: {t[f'steps_per_sec@fused={k}']:.0f} steps/s, "
+            f"{t[f'peak_fraction@fused={k}']:.2f} of the matmul peak"
+        )
     s = result["sample"]
-    print(f"sample 10^4 points at {s['nfe']} NFE: {s['sample_sec'] * 1e3:.2f} ms; one forward "
-          f"{s['forward_sec'] * 1e3:.2f} ms; ratio to {s['nfe']} forwards: "
-          f"{s['overhead_ratio']:.3f}")
+    print(
+        f"sample 10^4 points at {s['nfe']} NFE: {s['sample_sec'] * 1e3:.2f} ms; one forward "
+        f"{s['forward_sec'] * 1e3:.2f} ms; ratio to {s['nfe']} forwards: "
+        f"{s['overhead_ratio']:.3f}"
+    )
     for name, r in result.get("xla_sweep", {}).items():
         tr = r["train"]
-        print(f"  XLA_FLAGS {name!r}: fused 100 {tr['steps_per_sec@fused=100']:.0f} steps/s "
-              f"({tr['peak_fraction@fused=100']:.2f} of its peak "
-              f"{r['matmul_peak_flops'] / 1e9:.0f} GFLOP/s)")
+        print(
+            f"  XLA_FLAGS {name!r}: fused 100 {tr['steps_per_sec@fused=100']:.0f} steps/s "
+            f"({tr['peak_fraction@fused=100']:.2f} of its peak "
+            f"{r['matmul_peak_flops'] / 1e9:.0f} GFLOP/s)"
+        )
     write_json(args.out, {**run_metadata({"batch": BATCH}), **result})
 
 

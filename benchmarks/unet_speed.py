@@ -103,8 +103,9 @@ def bench_jax(args) -> dict:
     out["num_params"] = int(num_params)
     optimizer = optax.adam(2e-4)
     loss_fn = functools.partial(losses_edm.edm_loss)
-    step = jax.jit(make_train_step(model_def, loss_fn, optimizer, ema_decay=0.9999),
-                   donate_argnums=0)
+    step = jax.jit(
+        make_train_step(model_def, loss_fn, optimizer, ema_decay=0.9999), donate_argnums=0
+    )
     state = init_state(params, optimizer, seed=0)
     x0 = jax.random.uniform(jax.random.key(1), (args.batch, *shape), minval=-1.0, maxval=1.0)
     batch = {"x0": x0}
@@ -123,14 +124,20 @@ def bench_jax(args) -> dict:
     times = _median_time(run_step, **rep)
     med = statistics.median(times)
     out["train"] = {
-        "batch": args.batch, "seconds": times, "images_per_s": args.batch / med,
-        "flops_per_step": train_flops, "gflops_per_s": train_flops / med / 1e9,
+        "batch": args.batch,
+        "seconds": times,
+        "images_per_s": args.batch / med,
+        "flops_per_step": train_flops,
+        "gflops_per_s": train_flops / med / 1e9,
         "fraction_of_matmul_peak": train_flops / med / peak,
         "step": "simple_reflow.train.step.make_train_step + losses_edm.edm_loss + optax.adam",
     }
-    print(f"train step batch {args.batch}: {args.batch / med:.2f} img/s, "
-          f"{train_flops / 1e9:.1f} GFLOP/step, {train_flops / med / 1e9:.1f} GFLOP/s "
-          f"({100 * train_flops / med / peak:.1f}% of matmul peak)", flush=True)
+    print(
+        f"train step batch {args.batch}: {args.batch / med:.2f} img/s, "
+        f"{train_flops / 1e9:.1f} GFLOP/step, {train_flops / med / 1e9:.1f} GFLOP/s "
+        f"({100 * train_flops / med / peak:.1f}% of matmul peak)",
+        flush=True,
+    )
     params = holder[0].params
     state = None  # free the optimizer state before the forward benchmark
 
@@ -177,12 +184,18 @@ def bench_jax(args) -> dict:
     times = _median_time(lambda: fwd(params, x_t, t).block_until_ready(), **rep)
     med = statistics.median(times)
     out["forward"] = {
-        "batch": fb, "seconds": times, "images_per_s": fb / med, "flops_per_call": fwd_flops,
-        "gflops_per_s": fwd_flops / med / 1e9, "fraction_of_matmul_peak": fwd_flops / med / peak,
+        "batch": fb,
+        "seconds": times,
+        "images_per_s": fb / med,
+        "flops_per_call": fwd_flops,
+        "gflops_per_s": fwd_flops / med / 1e9,
+        "fraction_of_matmul_peak": fwd_flops / med / peak,
     }
-    print(f"forward batch {fb}: {fb / med:.2f} img/s, {fwd_flops / 1e9:.1f} GFLOP/call, "
-          f"{fwd_flops / med / 1e9:.1f} GFLOP/s ({100 * fwd_flops / med / peak:.1f}% of peak)",
-          flush=True)
+    print(
+        f"forward batch {fb}: {fb / med:.2f} img/s, {fwd_flops / 1e9:.1f} GFLOP/call, "
+        f"{fwd_flops / med / 1e9:.1f} GFLOP/s ({100 * fwd_flops / med / peak:.1f}% of peak)",
+        flush=True,
+    )
     return out
 
 
@@ -197,11 +210,21 @@ def torch_worker(args) -> None:
     from training.networks import EDMPrecond
 
     torch.manual_seed(0)
-    net = EDMPrecond(img_resolution=32, img_channels=3, label_dim=0, model_type="SongUNet",
-                     embedding_type="positional", encoder_type="standard",
-                     decoder_type="standard", channel_mult_noise=1, resample_filter=[1, 1],
-                     model_channels=128, channel_mult=[2, 2, 2], augment_dim=9,
-                     dropout=args.dropout).train()
+    net = EDMPrecond(
+        img_resolution=32,
+        img_channels=3,
+        label_dim=0,
+        model_type="SongUNet",
+        embedding_type="positional",
+        encoder_type="standard",
+        decoder_type="standard",
+        channel_mult_noise=1,
+        resample_filter=[1, 1],
+        model_channels=128,
+        channel_mult=[2, 2, 2],
+        augment_dim=9,
+        dropout=args.dropout,
+    ).train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     loss_fn = EDMLoss()
     opt = torch.optim.Adam(net.parameters(), lr=2e-4, betas=(0.9, 0.999), eps=1e-8)
@@ -218,31 +241,54 @@ def torch_worker(args) -> None:
 
     times = _median_time(run_step, repeats=args.repeats, warmup=args.warmup)
     med = statistics.median(times)
-    print(json.dumps({
-        "torch_version": torch.__version__, "threads": torch.get_num_threads(),
-        "num_params": sum(p.numel() for p in net.parameters()), "batch": args.batch,
-        "seconds": times, "images_per_s": args.batch / med,
-    }))
+    print(
+        json.dumps(
+            {
+                "torch_version": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "num_params": sum(p.numel() for p in net.parameters()),
+                "batch": args.batch,
+                "seconds": times,
+                "images_per_s": args.batch / med,
+            }
+        )
+    )
 
 
 def bench_torch(args) -> dict:
     """EDM's PyTorch step in a subprocess (its own thread pool, no JAX in the process)."""
-    if not args.edm_repo or not os.path.isfile(os.path.join(args.edm_repo, "training",
-                                                            "networks.py")):
+    if not args.edm_repo or not os.path.isfile(
+        os.path.join(args.edm_repo, "training", "networks.py")
+    ):
         msg = f"skipped: no EDM checkout at --edm-repo={args.edm_repo!r}"
         print(msg)
         return {"skipped": msg}
-    cmd = [args.torch_python, os.path.abspath(__file__), "--torch-worker",
-           "--edm-repo", args.edm_repo, "--batch", str(args.batch), "--dropout",
-           str(args.dropout), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+    cmd = [
+        args.torch_python,
+        os.path.abspath(__file__),
+        "--torch-worker",
+        "--edm-repo",
+        args.edm_repo,
+        "--batch",
+        str(args.batch),
+        "--dropout",
+        str(args.dropout),
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         msg = f"skipped: the PyTorch run failed: {proc.stderr.strip().splitlines()[-1:]}"
         print(msg)
         return {"skipped": msg}
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"EDM PyTorch train step batch {args.batch}: {res['images_per_s']:.2f} img/s "
-          f"(torch {res['torch_version']}, {res['threads']} threads)", flush=True)
+    print(
+        f"EDM PyTorch train step batch {args.batch}: {res['images_per_s']:.2f} img/s "
+        f"(torch {res['torch_version']}, {res['threads']} threads)",
+        flush=True,
+    )
     return res
 
 
@@ -256,25 +302,32 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--matmul-n", type=int, default=2048)
     p.add_argument("--edm-repo", default=None, help="a checkout of NVlabs/edm")
-    p.add_argument("--torch-python", default=sys.executable,
-                   help="a Python interpreter with torch installed")
+    p.add_argument(
+        "--torch-python", default=sys.executable, help="a Python interpreter with torch installed"
+    )
     p.add_argument("--skip-jax", action="store_true")
-    p.add_argument("--breakdown", action="store_true",
-                   help="also time the loss alone, value_and_grad, and Adam + EMA alone")
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time the loss alone, value_and_grad, and Adam + EMA alone",
+    )
     p.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.torch_worker:
         torch_worker(args)
         return
     result = {
-        "benchmark": "unet_speed", "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""), "args": vars(args),
+        "benchmark": "unet_speed",
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "args": vars(args),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     try:
         result["git_commit"] = subprocess.run(
-            ["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True,
-            check=True).stdout.strip()
+            ["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (subprocess.CalledProcessError, OSError):
         result["git_commit"] = None
     if not args.skip_jax:

@@ -76,8 +76,13 @@ def _image_model(**fields) -> ml_collections.ConfigDict:
     return c
 
 
-_NCSNPP = dict(name="ncsnpp", embedding_type="fourier", channel_mult_noise=2,
-               encoder_type="residual", resample_filter=(1, 3, 3, 1))
+_NCSNPP = dict(
+    name="ncsnpp",
+    embedding_type="fourier",
+    channel_mult_noise=2,
+    encoder_type="residual",
+    resample_filter=(1, 3, 3, 1),
+)
 
 
 def ddpmpp_cifar10(dropout: float = 0.13) -> ml_collections.ConfigDict:
@@ -85,14 +90,16 @@ def ddpmpp_cifar10(dropout: float = 0.13) -> ml_collections.ConfigDict:
 
     Simple ReFlow's best CIFAR10 dropout is 0.09 (METHOD.md §3); the stage configs set it.
     """
-    return _image_model(name="ddpmpp", resolution=32, channel_mult=(2, 2, 2), dropout=dropout,
-                        augment_dim=9)
+    return _image_model(
+        name="ddpmpp", resolution=32, channel_mult=(2, 2, 2), dropout=dropout, augment_dim=9
+    )
 
 
 def ncsnpp_cifar10(dropout: float = 0.13) -> ml_collections.ConfigDict:
     """EDM's CIFAR10 32² NCSN++ (``--arch=ncsnpp``, the ``*-ve.pkl`` checkpoints)."""
-    return _image_model(resolution=32, channel_mult=(2, 2, 2), dropout=dropout, augment_dim=9,
-                        **_NCSNPP)
+    return _image_model(
+        resolution=32, channel_mult=(2, 2, 2), dropout=dropout, augment_dim=9, **_NCSNPP
+    )
 
 
 def ddpmpp_64(dropout: float = 0.05) -> ml_collections.ConfigDict:
@@ -100,32 +107,58 @@ def ddpmpp_64(dropout: float = 0.05) -> ml_collections.ConfigDict:
 
     EDM's dropout: 0.05 for FFHQ (the default here), 0.25 for AFHQv2.
     """
-    return _image_model(name="ddpmpp", resolution=64, channel_mult=(1, 2, 2, 2),
-                        dropout=dropout, augment_dim=9)
+    return _image_model(
+        name="ddpmpp", resolution=64, channel_mult=(1, 2, 2, 2), dropout=dropout, augment_dim=9
+    )
 
 
 def ncsnpp_64(dropout: float = 0.05) -> ml_collections.ConfigDict:
     """EDM's 64² NCSN++ for AFHQv2 and FFHQ (``--arch=ncsnpp --cres=1,2,2,2``)."""
-    return _image_model(resolution=64, channel_mult=(1, 2, 2, 2), dropout=dropout,
-                        augment_dim=9, **_NCSNPP)
+    return _image_model(
+        resolution=64, channel_mult=(1, 2, 2, 2), dropout=dropout, augment_dim=9, **_NCSNPP
+    )
 
 
 def adm_imagenet64(dropout: float = 0.10, label_dropout: float = 0.1) -> ml_collections.ConfigDict:
     """EDM's class-conditional ImageNet-64 ADM (``--arch=adm --cond=1``), label dropout 0.1."""
-    return _image_model(name="adm", resolution=64, model_channels=192, channel_mult=(1, 2, 3, 4),
-                        num_blocks=3, attn_resolutions=(32, 16, 8), channels_per_head=64,
-                        dropout=dropout, num_classes=1000, label_dropout=label_dropout)
+    return _image_model(
+        name="adm",
+        resolution=64,
+        model_channels=192,
+        channel_mult=(1, 2, 3, 4),
+        num_blocks=3,
+        attn_resolutions=(32, 16, 8),
+        channels_per_head=64,
+        dropout=dropout,
+        num_classes=1000,
+        label_dropout=label_dropout,
+    )
 
 
 def ddpmpp_smoke(dropout: float = 0.0) -> ml_collections.ConfigDict:
     """A tiny DDPM++ (16 channels, 3 levels, 1 block) for CPU smoke runs; sizes divisible by 4."""
-    return _image_model(name="ddpmpp", model_channels=16, channel_mult=(1, 2, 2), num_blocks=1,
-                        attn_resolutions=(8,), dropout=dropout)
+    return _image_model(
+        name="ddpmpp",
+        model_channels=16,
+        channel_mult=(1, 2, 2),
+        num_blocks=1,
+        attn_resolutions=(8,),
+        dropout=dropout,
+    )
 
 
-def adm_smoke(num_classes: int = 10, label_dropout: float = 0.1,
-              dropout: float = 0.0) -> ml_collections.ConfigDict:
+def adm_smoke(
+    num_classes: int = 10, label_dropout: float = 0.1, dropout: float = 0.0
+) -> ml_collections.ConfigDict:
     """A tiny class-conditional ADM (16 channels, 3 levels, 1 block, 16-wide heads) for CPU runs."""
-    return _image_model(name="adm", model_channels=16, channel_mult=(1, 2, 2), num_blocks=1,
-                        attn_resolutions=(8,), channels_per_head=16, dropout=dropout,
-                        num_classes=num_classes, label_dropout=label_dropout)
+    return _image_model(
+        name="adm",
+        model_channels=16,
+        channel_mult=(1, 2, 2),
+        num_blocks=1,
+        attn_resolutions=(8,),
+        channels_per_head=16,
+        dropout=dropout,
+        num_classes=num_classes,
+        label_dropout=label_dropout,
+    )

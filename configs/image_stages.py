@@ -43,8 +43,14 @@ from configs.common import COUPLINGS, base_config
 __all__ = ["STAGES", "ImageRecipe", "parse_arg", "edm_ema_decay", "image_config"]
 
 STAGES = ("teacher", "pairs", "reflow", "eval")
-_SONG_ARCH = ("name", "embedding_type", "channel_mult_noise", "encoder_type", "decoder_type",
-              "resample_filter")
+_SONG_ARCH = (
+    "name",
+    "embedding_type",
+    "channel_mult_noise",
+    "encoder_type",
+    "decoder_type",
+    "resample_filter",
+)
 EDM_T_MAX = 80.0 / 81.0  # t = σ/(1 + σ) at σ_max = 80 (simple_reflow.paths.EDM_T_MAX)
 EDM_T_MIN = 0.002 / 1.002  # t at σ_min = 0.002
 
@@ -86,8 +92,9 @@ class ImageRecipe:
     cond_classes: int = 0  # > 0: the "cond" token makes the stages class-conditional
 
 
-def parse_arg(arg: str, stages=STAGES, default: str = "reflow",
-              options=()) -> tuple[str, bool, frozenset]:
+def parse_arg(
+    arg: str, stages=STAGES, default: str = "reflow", options=()
+) -> tuple[str, bool, frozenset]:
     """``"reflow,smoke,ve"`` → ``("reflow", True, {"ve"})``; no stage named gives ``default``.
 
     ``options`` are the extra tokens the dataset accepts (architecture variants, ``cond``).
@@ -110,8 +117,11 @@ def parse_arg(arg: str, stages=STAGES, default: str = "reflow",
 def recipe_options(recipe: ImageRecipe) -> tuple[str, ...]:
     """The option tokens a dataset accepts: its architecture variants, ``cond``, and the
     couplings (:data:`configs.common.COUPLINGS`)."""
-    return (tuple(t for t, _ in recipe.variants) + (("cond",) if recipe.cond_classes else ())
-            + tuple(COUPLINGS))
+    return (
+        tuple(t for t, _ in recipe.variants)
+        + (("cond",) if recipe.cond_classes else ())
+        + tuple(COUPLINGS)
+    )
 
 
 def edm_ema_decay(halflife_mimg: float, batch: int) -> float:
@@ -119,8 +129,9 @@ def edm_ema_decay(halflife_mimg: float, batch: int) -> float:
     return 0.5 ** (batch / (halflife_mimg * 1e6))
 
 
-def image_config(recipe: ImageRecipe, arg: str = "", *,
-                 default_stage: str = "reflow") -> ml_collections.ConfigDict:
+def image_config(
+    recipe: ImageRecipe, arg: str = "", *, default_stage: str = "reflow"
+) -> ml_collections.ConfigDict:
     """The full config of one stage of an image dataset (module docstring).
 
     Args:

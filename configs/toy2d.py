@@ -27,8 +27,10 @@ def get_config(arg: str = ""):
     tokens = [t for t in arg.split(",") if t]
     unknown = [t for t in tokens if t != "smoke" and t not in COUPLINGS]
     if unknown:
-        raise ValueError(f"config argument {unknown[0]!r} is not one of "
-                         f"{['smoke', *COUPLINGS]} (comma-separated).")
+        raise ValueError(
+            f"config argument {unknown[0]!r} is not one of "
+            f"{['smoke', *COUPLINGS]} (comma-separated)."
+        )
     c = base_config()
     c.stage = "pipeline"
     c.data.name = "8gaussians"

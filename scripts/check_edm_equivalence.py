@@ -51,16 +51,17 @@ def check(path):
     size = int(net.kwargs["img_resolution"])
     shape = (size, size, int(net.kwargs["img_channels"]))
     params = model_params(net.state, cfg, data_shape=shape, source=path)
-    model = nnx.eval_shape(lambda: model_from_config(cfg, data_shape=shape,
-                                                     rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: model_from_config(cfg, data_shape=shape, rngs=nnx.Rngs(0)))
     nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, params)))
     labels = jnp.asarray(fx["labels"]) if "labels" in fx.files else None
     aug = jnp.asarray(fx["aug"]) if "aug" in fx.files else None
     nhwc = lambda a: jnp.asarray(np.transpose(fx[a], (0, 2, 3, 1)))  # noqa: E731
-    d = nnx.jit(lambda m, x, s, c: m.edm(x, s, c))(model, nhwc("x"), jnp.asarray(fx["sigma"]),
-                                                 labels)
+    d = nnx.jit(lambda m, x, s, c: m.edm(x, s, c))(
+        model, nhwc("x"), jnp.asarray(fx["sigma"]), labels
+    )
     f = nnx.jit(lambda m, x, n, c, a: m.backbone(x, n, c, augment_labels=a))(
-        model, nhwc("F_in"), jnp.asarray(fx["F_noise"]), labels, aug)
+        model, nhwc("F_in"), jnp.asarray(fx["F_noise"]), labels, aug
+    )
     name = os.path.basename(path)[: -len(".npz")]
     return name, cfg.name, count_parameters(model), _rel(d, fx["D"]), _rel(f, fx["F"])
 
@@ -71,8 +72,11 @@ def main(argv):
     for path in sorted(glob.glob(os.path.join(argv[1], "*.npz"))):
         t0 = time.time()
         name, arch, n, rel_d, rel_f = check(path)
-        print(f"{name:>24} {arch:>8} {n:>12,d} params  rel. error D {rel_d:.2e}  "
-              f"F {rel_f:.2e}  ({time.time() - t0:.0f} s)", flush=True)
+        print(
+            f"{name:>24} {arch:>8} {n:>12,d} params  rel. error D {rel_d:.2e}  "
+            f"F {rel_f:.2e}  ({time.time() - t0:.0f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A dataset's stage config.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A dataset's stage config.", lock_config=True
+)
 _OUT = flags.DEFINE_string("out", None, "Output .npz.")
 _INCEPTION = flags.DEFINE_string("inception", "", "pytorch-fid Inception weights file.")
 _SPLIT = flags.DEFINE_string("split", "train", "Dataset split (EDM: the training images).")
@@ -45,15 +46,28 @@ def main(argv):
     source = make_image_source(cfg.data, split=_SPLIT.value)
     num = min(_NUM.value or len(source), len(source))
     stats = sampling.dataset_features(
-        source, featurize, dim=inception.FEATURE_DIM, num=num,
-        batch_size=_BATCH.value, mesh=sharding.make_mesh(cfg.get("mesh")))
+        source,
+        featurize,
+        dim=inception.FEATURE_DIM,
+        num=num,
+        batch_size=_BATCH.value,
+        mesh=sharding.make_mesh(cfg.get("mesh")),
+    )
     mu, sigma = stats.mean_cov()
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-        save_reference(_OUT.value, mu, sigma, num_images=stats.count,
-                       resolution=source.shape[0], dataset=cfg.data.name)
-        print(f"reference statistics of {stats.count} {cfg.data.name} images "
-              f"({source.shape[0]}x{source.shape[1]}) -> {_OUT.value}")
+        save_reference(
+            _OUT.value,
+            mu,
+            sigma,
+            num_images=stats.count,
+            resolution=source.shape[0],
+            dataset=cfg.data.name,
+        )
+        print(
+            f"reference statistics of {stats.count} {cfg.data.name} images "
+            f"({source.shape[0]}x{source.shape[1]}) -> {_OUT.value}"
+        )
     return 0
 
 

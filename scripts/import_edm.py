@@ -28,8 +28,12 @@ from ml_collections import config_flags
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "EDM network pickle or state_dict file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the teacher snapshot is written.")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Optional stage config whose model and data the checkpoint must match "
-    "(required for a state_dict).", lock_config=True)
+    "config",
+    None,
+    "Optional stage config whose model and data the checkpoint must match "
+    "(required for a state_dict).",
+    lock_config=True,
+)
 flags.mark_flags_as_required(["checkpoint", "workdir"])
 
 
@@ -61,22 +65,27 @@ def main(argv):
     except ValueError:
         edm_kwargs = None  # a state_dict
     shape = data_shape or (model_cfg.resolution, model_cfg.resolution, 3)
-    model = nnx.eval_shape(lambda: model_from_config(model_cfg, data_shape=shape,
-                                                     rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: model_from_config(model_cfg, data_shape=shape, rngs=nnx.Rngs(0)))
 
     os.makedirs(workdir, exist_ok=True)
     checkpoint.save_params(os.path.join(workdir, "ema.npz"), params)
     checkpoint.save_model_config(workdir, model_cfg)
-    record = {"source": os.path.abspath(path), "sha256": file_sha256(path),
-              "edm_kwargs": edm_kwargs, "parameters": count_parameters(model)}
+    record = {
+        "source": os.path.abspath(path),
+        "sha256": file_sha256(path),
+        "edm_kwargs": edm_kwargs,
+        "parameters": count_parameters(model),
+    }
     with open(os.path.join(workdir, "import.json"), "w") as f:
         json.dump(record, f, indent=1, default=str)
     cond = f", {model_cfg.num_classes} classes" if model_cfg.num_classes else ""
-    print(f"imported {path}: model.name={model_cfg.name!r} {shape[0]}x{shape[1]}{cond}, "
-          f"{record['parameters']:,} parameters, σ_data {model_cfg.sigma_data}\n"
-          f"teacher snapshot: {os.path.join(workdir, 'ema.npz')} (+ model.json, import.json)\n"
-          f"next: python scripts/train.py --config configs/<dataset>.py:pairs "
-          f"--workdir <pairs dir> --config.teacher.workdir={workdir}")
+    print(
+        f"imported {path}: model.name={model_cfg.name!r} {shape[0]}x{shape[1]}{cond}, "
+        f"{record['parameters']:,} parameters, σ_data {model_cfg.sigma_data}\n"
+        f"teacher snapshot: {os.path.join(workdir, 'ema.npz')} (+ model.json, import.json)\n"
+        f"next: python scripts/train.py --config configs/<dataset>.py:pairs "
+        f"--workdir <pairs dir> --config.teacher.workdir={workdir}"
+    )
     return 0
 
 

@@ -45,18 +45,38 @@ import sys
 import numpy as np
 
 DDPMPP = dict(
-    model_type="SongUNet", embedding_type="positional", encoder_type="standard",
-    decoder_type="standard", channel_mult_noise=1, resample_filter=[1, 1])
+    model_type="SongUNet",
+    embedding_type="positional",
+    encoder_type="standard",
+    decoder_type="standard",
+    channel_mult_noise=1,
+    resample_filter=[1, 1],
+)
 NCSNPP = dict(
-    model_type="SongUNet", embedding_type="fourier", encoder_type="residual",
-    decoder_type="standard", channel_mult_noise=2, resample_filter=[1, 3, 3, 1])
+    model_type="SongUNet",
+    embedding_type="fourier",
+    encoder_type="residual",
+    decoder_type="standard",
+    channel_mult_noise=2,
+    resample_filter=[1, 3, 3, 1],
+)
 ADM = dict(model_type="DhariwalUNet")
 SMALL = dict(
-    model_channels=8, channel_mult=[1, 2, 2], num_blocks=1, attn_resolutions=[16],
-    dropout=0.13, augment_dim=9)
+    model_channels=8,
+    channel_mult=[1, 2, 2],
+    num_blocks=1,
+    attn_resolutions=[16],
+    dropout=0.13,
+    augment_dim=9,
+)
 SMALL_ADM = dict(
-    model_channels=16, channel_mult=[1, 2, 4], num_blocks=1, attn_resolutions=[16, 8],
-    dropout=0.1, augment_dim=0)
+    model_channels=16,
+    channel_mult=[1, 2, 4],
+    num_blocks=1,
+    attn_resolutions=[16, 8],
+    dropout=0.1,
+    augment_dim=0,
+)
 SKIP = dict(encoder_type="skip", decoder_type="skip", augment_dim=0)
 
 # name: (resolution, label_dim, kwargs, where the weights go: "npz" | "pkl" | "pt")
@@ -69,27 +89,66 @@ FIXTURES = {
     "adm_cond": (32, 10, {**ADM, **SMALL_ADM}, "npz"),
 }
 FULL = {
-    "ddpmpp_cifar10_uncond": (32, 0, {
-        **DDPMPP, "model_channels": 128, "channel_mult": [2, 2, 2], "augment_dim": 9,
-        "dropout": 0.13}),
-    "ncsnpp_cifar10_uncond": (32, 0, {
-        **NCSNPP, "model_channels": 128, "channel_mult": [2, 2, 2], "augment_dim": 9,
-        "dropout": 0.13}),
-    "adm_imagenet64_cond": (64, 1000, {
-        **ADM, "model_channels": 192, "channel_mult": [1, 2, 3, 4], "augment_dim": 0,
-        "dropout": 0.1}),
+    "ddpmpp_cifar10_uncond": (
+        32,
+        0,
+        {
+            **DDPMPP,
+            "model_channels": 128,
+            "channel_mult": [2, 2, 2],
+            "augment_dim": 9,
+            "dropout": 0.13,
+        },
+    ),
+    "ncsnpp_cifar10_uncond": (
+        32,
+        0,
+        {
+            **NCSNPP,
+            "model_channels": 128,
+            "channel_mult": [2, 2, 2],
+            "augment_dim": 9,
+            "dropout": 0.13,
+        },
+    ),
+    "adm_imagenet64_cond": (
+        64,
+        1000,
+        {
+            **ADM,
+            "model_channels": 192,
+            "channel_mult": [1, 2, 3, 4],
+            "augment_dim": 0,
+            "dropout": 0.1,
+        },
+    ),
 }
 PARAM_COUNTS = {
-    "DDPM++ 32x32": (32, 0, {**DDPMPP, "model_channels": 128, "channel_mult": [2, 2, 2],
-                             "augment_dim": 9}),
-    "DDPM++ 64x64": (64, 0, {**DDPMPP, "model_channels": 128, "channel_mult": [1, 2, 2, 2],
-                             "augment_dim": 9}),
-    "NCSN++ 32x32": (32, 0, {**NCSNPP, "model_channels": 128, "channel_mult": [2, 2, 2],
-                             "augment_dim": 9}),
-    "NCSN++ 64x64": (64, 0, {**NCSNPP, "model_channels": 128, "channel_mult": [1, 2, 2, 2],
-                             "augment_dim": 9}),
-    "ADM 64x64 cond": (64, 1000, {**ADM, "model_channels": 192, "channel_mult": [1, 2, 3, 4],
-                                  "augment_dim": 0}),
+    "DDPM++ 32x32": (
+        32,
+        0,
+        {**DDPMPP, "model_channels": 128, "channel_mult": [2, 2, 2], "augment_dim": 9},
+    ),
+    "DDPM++ 64x64": (
+        64,
+        0,
+        {**DDPMPP, "model_channels": 128, "channel_mult": [1, 2, 2, 2], "augment_dim": 9},
+    ),
+    "NCSN++ 32x32": (
+        32,
+        0,
+        {**NCSNPP, "model_channels": 128, "channel_mult": [2, 2, 2], "augment_dim": 9},
+    ),
+    "NCSN++ 64x64": (
+        64,
+        0,
+        {**NCSNPP, "model_channels": 128, "channel_mult": [1, 2, 2, 2], "augment_dim": 9},
+    ),
+    "ADM 64x64 cond": (
+        64,
+        1000,
+        {**ADM, "model_channels": 192, "channel_mult": [1, 2, 3, 4], "augment_dim": 0},
+    ),
 }
 SIGMAS = [0.002, 0.5, 2.0, 80.0]
 FULL_SIGMAS = [0.5, 2.0]
@@ -233,10 +292,17 @@ def write_snapshot(path, net, loss_name):
         ema=net,
         loss_fn=getattr(loss, loss_name)(),
         augment_pipe=augment.AugmentPipe(
-            p=0.12, xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1),
+            p=0.12, xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1
+        ),
         dataset_kwargs=dict(
-            class_name="training.dataset.ImageFolderDataset", path="cifar10-32x32.zip",
-            use_labels=False, xflip=False, cache=True, resolution=32, max_size=50000),
+            class_name="training.dataset.ImageFolderDataset",
+            path="cifar10-32x32.zip",
+            use_labels=False,
+            xflip=False,
+            cache=True,
+            resolution=32,
+            max_size=50000,
+        ),
     )
     for key, value in data.items():
         if isinstance(value, torch.nn.Module):
@@ -269,8 +335,9 @@ def _meta_state_dict(obj, prefix=""):
     state = obj["state"] if isinstance(obj, dict) else obj.__dict__
     out = {prefix + k: v for k, v in state["_parameters"].items() if v is not None}
     skip = state.get("_non_persistent_buffers_set", set())
-    out.update({prefix + k: v for k, v in state["_buffers"].items()
-                if v is not None and k not in skip})
+    out.update(
+        {prefix + k: v for k, v in state["_buffers"].items() if v is not None and k not in skip}
+    )
     for name, child in state["_modules"].items():
         if child is not None:
             out.update(_meta_state_dict(child, f"{prefix}{name}."))
@@ -367,8 +434,7 @@ def make_full(out):
         inputs = make_inputs(net, FULL_SIGMAS, seed=20 + i)
         tensors = {**inputs, **run_net(net, inputs)}
         paths.append(os.path.join(out, f"{name}.npz"))
-        write_npz(paths[-1], init_kwargs, tensors, weight_arrays(net, fp16=False),
-                  compress=False)
+        write_npz(paths[-1], init_kwargs, tensors, weight_arrays(net, fp16=False), compress=False)
         print(f"wrote {paths[-1]}", flush=True)
         del net
     print_sizes(paths)

@@ -62,7 +62,7 @@ def image_like(rng: np.random.Generator, size: int) -> np.ndarray:
     for _ in range(int(rng.integers(2, 5))):
         y0, x0 = rng.integers(0, size - 4, 2)
         h, w = rng.integers(4, size // 2 + 1, 2)
-        img[:, y0:y0 + h, x0:x0 + w] = rng.uniform(0, 255, (3, 1, 1))
+        img[:, y0 : y0 + h, x0 : x0 + w] = rng.uniform(0, 255, (3, 1, 1))
     img = img + rng.normal(0, 8, img.shape)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
@@ -109,8 +109,11 @@ def build_model(seed: int):
     fid_inception.load_state_dict_from_url = seeded_load
     try:
         model = fid_inception.InceptionV3(
-            output_blocks=list(OUTPUT_BLOCKS), resize_input=True, normalize_input=True,
-            use_fid_inception=True)
+            output_blocks=list(OUTPUT_BLOCKS),
+            resize_input=True,
+            normalize_input=True,
+            use_fid_inception=True,
+        )
     finally:
         fid_inception._inception_v3 = original_build
         fid_inception.load_state_dict_from_url = original_load
@@ -151,8 +154,10 @@ def summarize(name: str, values: np.ndarray) -> None:
     """Prints mean, std, fraction of zeros, min and max of ``values``; flags degenerate ones."""
     mean, std = float(values.mean()), float(values.std())
     zeros = float(np.mean(values == 0))
-    print(f"{name:16s} shape={values.shape} mean={mean:.6g} std={std:.6g} "
-          f"zeros={zeros:.4f} min={float(values.min()):.6g} max={float(values.max()):.6g}")
+    print(
+        f"{name:16s} shape={values.shape} mean={mean:.6g} std={std:.6g} "
+        f"zeros={zeros:.4f} min={float(values.min()):.6g} max={float(values.max()):.6g}"
+    )
     if std < 1e-3 * max(abs(mean), 1e-30) or std > 1e6 or zeros > 0.9:
         print(f"  WARNING: {name} looks degenerate")
 

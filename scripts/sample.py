@@ -22,8 +22,9 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "The dataset's stage config.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "The dataset's stage config.", lock_config=True
+)
 _SNAPSHOT = flags.DEFINE_string("snapshot", None, "Workdir holding ema.npz (and model.json).")
 _NFE = flags.DEFINE_integer("nfe", 9, "Network-evaluation budget.")
 _NUM = flags.DEFINE_integer("num", 64, "Number of samples.")
@@ -55,26 +56,42 @@ def main(argv):
     checkpoint.check_model_config(snap, cfg.model, data_shape=shape, field="--snapshot")
     s = cfg.sampler
     grid, nfe = sampler.grid_for_budget(
-        _NFE.value, s.solver, lambda k: grids.make_grid(s.grid, k, kappa=s.kappa, rho=s.rho,
-                                                        t_max=s.t_max))
-    model_def, like = split_model(configure.model_from_config(cfg.model, data_shape=shape,
-                                                              rngs=nnx.Rngs(0)))
+        _NFE.value,
+        s.solver,
+        lambda k: grids.make_grid(s.grid, k, kappa=s.kappa, rho=s.rho, t_max=s.t_max),
+    )
+    model_def, like = split_model(
+        configure.model_from_config(cfg.model, data_shape=shape, rngs=nnx.Rngs(0))
+    )
     params = checkpoint.load_params(os.path.join(snap, "ema.npz"), like)
     num_classes = data_spec(cfg.data).num_classes
     key = jax.random.key(_SEED.value)
-    fn = jax.jit(sampling.make_index_sampler(model_def.denoiser(params), grid, solver=s.solver,
-                                             r=s.r, shape=shape, num_classes=num_classes,
-                                             key=key))
+    fn = jax.jit(
+        sampling.make_index_sampler(
+            model_def.denoiser(params),
+            grid,
+            solver=s.solver,
+            r=s.r,
+            shape=shape,
+            num_classes=num_classes,
+            key=key,
+        )
+    )
     rows = {"indices": [], "images": []}
 
     def on_batch(idx, out):
         rows["indices"].append(idx)
         rows["images"].append(out["images"])
 
-    sampling.stream(lambda idx: {"index": idx.astype(np.int32)},
-                    lambda b: {"images": fn(b["index"])}, _NUM.value, _BATCH.value,
-                    sharding.make_mesh(cfg.get("mesh")), on_batch=on_batch,
-                    desc=f"{s.solver} NFE {nfe}")
+    sampling.stream(
+        lambda idx: {"index": idx.astype(np.int32)},
+        lambda b: {"images": fn(b["index"])},
+        _NUM.value,
+        _BATCH.value,
+        sharding.make_mesh(cfg.get("mesh")),
+        on_batch=on_batch,
+        desc=f"{s.solver} NFE {nfe}",
+    )
     indices, images = np.concatenate(rows["indices"]), np.concatenate(rows["images"])
     out = {"images": images, "indices": indices}
     if num_classes:
@@ -84,9 +101,13 @@ def main(argv):
     name = "samples.npz" if n_proc == 1 else f"samples_{pid}.npz"
     np.savez(os.path.join(_OUT.value, name), **out)
     if pid == 0:
-        save_image_grid(os.path.join(_OUT.value, "grid.png"),
-                        images[:64].astype(np.float32) / 127.5 - 1.0, ncols=8,
-                        scale=4 if shape[0] <= 16 else 1, pad=1)
+        save_image_grid(
+            os.path.join(_OUT.value, "grid.png"),
+            images[:64].astype(np.float32) / 127.5 - 1.0,
+            ncols=8,
+            scale=4 if shape[0] <= 16 else 1,
+            pad=1,
+        )
         print(f"{len(images)} samples ({s.solver}, {s.grid} grid, {nfe} NFE) -> {_OUT.value}")
     return 0
 

@@ -23,7 +23,8 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.")
 _MULTIHOST = flags.DEFINE_bool(
-    "multihost", False, "Call jax.distributed.initialize() (one process per host).")
+    "multihost", False, "Call jax.distributed.initialize() (one process per host)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -24,11 +24,16 @@ from simple_reflow.pair_store import read_manifest, verify_store  # noqa: E402
 def _stores(path):
     if os.path.exists(os.path.join(path, "manifest.json")):
         return [path]
-    found = [os.path.join(path, name) for name in sorted(os.listdir(path))
-             if os.path.exists(os.path.join(path, name, "manifest.json"))]
+    found = [
+        os.path.join(path, name)
+        for name in sorted(os.listdir(path))
+        if os.path.exists(os.path.join(path, name, "manifest.json"))
+    ]
     if not found:
-        raise SystemExit(f"verify_pairs: {path} holds no pair store (no manifest.json in it or "
-                         "in its sub-folders).")
+        raise SystemExit(
+            f"verify_pairs: {path} holds no pair store (no manifest.json in it or "
+            "in its sub-folders)."
+        )
     return found
 
 
@@ -45,15 +50,16 @@ def main(argv=None):
         m = read_manifest(store)
         report = verify_store(store, checksums=not args.fast, repair=args.repair)
         state = "complete" if report.complete else "INCOMPLETE"
-        print(f"{store}: {m['num']} pairs in shards of {m['chunk']}, {state}: "
-              f"{report.summary()}")
+        print(f"{store}: {m['num']} pairs in shards of {m['chunk']}, {state}: {report.summary()}")
         for name in report.missing[:20]:
             print(f"  missing   {name}")
         for file, why in report.corrupt:
             print(f"  corrupt   {file}: {why}" + ("  (deleted)" if args.repair else ""))
         for name in report.unexpected:
-            print(f"  unexpected {name} (not a shard of this manifest; a killed writer's "
-                  "temporary folder is removed by the next run)")
+            print(
+                f"  unexpected {name} (not a shard of this manifest; a killed writer's "
+                "temporary folder is removed by the next run)"
+            )
         sound &= report.complete
     return 0 if sound else 1
 

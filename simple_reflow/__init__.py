@@ -7,6 +7,15 @@ The conventions (data at t = 0, noise at t = 1, denoiser outputs) are those of M
 from simple_reflow import grids, guidance, losses, pairs, paths, sampler, teachers, time_dist
 from simple_reflow.sampler import sample
 
-__all__ = ["grids", "guidance", "losses", "pairs", "paths", "sampler", "teachers", "time_dist",
-           "sample"]
+__all__ = [
+    "grids",
+    "guidance",
+    "losses",
+    "pairs",
+    "paths",
+    "sampler",
+    "teachers",
+    "time_dist",
+    "sample",
+]
 __version__ = "0.1.0"

@@ -11,8 +11,15 @@ import numpy as np
 
 from simple_reflow import paths
 
-__all__ = ["GRIDS", "uniform_grid", "edm_grid", "sigmoid_grid", "scale_grid", "make_grid",
-           "forward_grid"]
+__all__ = [
+    "GRIDS",
+    "uniform_grid",
+    "edm_grid",
+    "sigmoid_grid",
+    "scale_grid",
+    "make_grid",
+    "forward_grid",
+]
 
 GRIDS = ("uniform", "edm", "sigmoid")
 
@@ -32,7 +39,7 @@ def edm_grid(n, rho=7.0, sigma_min=paths.EDM_SIGMA_MIN, sigma_max=paths.EDM_SIGM
     if n < 2:
         raise ValueError(f"edm_grid needs n >= 2 intervals, got {n}.")
     i = np.arange(n)
-    sig = (sigma_max ** (1 / rho) + i / (n - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho)))
+    sig = sigma_max ** (1 / rho) + i / (n - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
     sig = np.append(sig**rho, 0.0)
     t = sig / (1.0 + sig)
     return t / t[0]

@@ -130,8 +130,17 @@ def normalized_mean(d, weight=None, delta=1e-8):
     return jnp.mean(per if weight is None else weight * per)
 
 
-def flow_loss(model, batch, key, *, distance_fn=sq_l2, time_fn=sample_time, normalize=False,
-              space="denoiser", t_max=1.0):
+def flow_loss(
+    model,
+    batch,
+    key,
+    *,
+    distance_fn=sq_l2,
+    time_fn=sample_time,
+    normalize=False,
+    space="denoiser",
+    t_max=1.0,
+):
     """The flow-matching loss on a batch of pairs.
 
     Args:

@@ -35,13 +35,19 @@ __all__ = [
 # Pair sources of a ReFlow batch, in the order ``source`` arrays label them.
 SOURCES = ("backward", "forward", "projected")
 
+
 def pair_fractions(rho, projected=0.0):
     """Batch fractions per pair source: forward ρ [paper, §3], projected q, backward the rest."""
     if not (0 <= rho <= 1 and 0 <= projected <= 1 and rho + projected <= 1 + 1e-9):
-        raise ValueError(f"pair fractions rho={rho!r}, projected={projected!r} must be >= 0 "
-                         "with rho + projected <= 1.")
-    return {"backward": max(0.0, 1.0 - rho - projected), "forward": float(rho),
-            "projected": float(projected)}
+        raise ValueError(
+            f"pair fractions rho={rho!r}, projected={projected!r} must be >= 0 "
+            "with rho + projected <= 1."
+        )
+    return {
+        "backward": max(0.0, 1.0 - rho - projected),
+        "forward": float(rho),
+        "projected": float(projected),
+    }
 
 
 def mix_indices(key, sizes, fractions, batch_size):
@@ -111,10 +117,7 @@ def mix_pairs(key, stores, fractions, batch_size):
     return gather_pairs(stores, source, index)
 
 
-
-
-def stream_indices(seed, step, batch_size, sizes, fractions, *, process_index=0,
-                   process_count=1):
+def stream_indices(seed, step, batch_size, sizes, fractions, *, process_index=0, process_count=1):
     """This host's slots of global batch ``step`` of the host-side stream (module doc).
 
     Args:

@@ -99,11 +99,18 @@ def _describe(num, chunk, arrays, storage_dtype, provenance):
     spec = {}
     for name, (shape, dtype) in arrays.items():
         floating = np.issubdtype(np.dtype(dtype), np.floating)
-        spec[name] = {"shape": [int(s) for s in shape],
-                      "dtype": storage_dtype if floating else np.dtype(dtype).name}
+        spec[name] = {
+            "shape": [int(s) for s in shape],
+            "dtype": storage_dtype if floating else np.dtype(dtype).name,
+        }
     spec["index"] = {"shape": [], "dtype": "int64"}
-    return {"format": FORMAT, "num": num, "chunk": chunk, "arrays": spec,
-            "provenance": dict(provenance or {})}
+    return {
+        "format": FORMAT,
+        "num": num,
+        "chunk": chunk,
+        "arrays": spec,
+        "provenance": dict(provenance or {}),
+    }
 
 
 def _differences(have: dict, want: dict, prefix="") -> list[str]:
@@ -136,8 +143,19 @@ def _starts(num: int, chunk: int) -> range:
     return range(0, num, chunk)
 
 
-def write_store(generate_fn, path, *, num, chunk, arrays, provenance=None,
-                storage_dtype="float32", process_index=0, process_count=1, progress=None):
+def write_store(
+    generate_fn,
+    path,
+    *,
+    num,
+    chunk,
+    arrays,
+    provenance=None,
+    storage_dtype="float32",
+    process_index=0,
+    process_count=1,
+    progress=None,
+):
     """Generates this host's chunks of a store of ``num`` pairs, resumably.
 
     Args:
@@ -164,8 +182,10 @@ def write_store(generate_fn, path, *, num, chunk, arrays, provenance=None,
     if have is not None:
         diff = _differences({k: have.get(k) for k in desc}, desc)
         if diff:
-            raise StoreMismatch(f"the pair store {path} holds other pairs ({'; '.join(diff)}): "
-                                "point pairs.dir at a new folder, or delete this one.")
+            raise StoreMismatch(
+                f"the pair store {path} holds other pairs ({'; '.join(diff)}): "
+                "point pairs.dir at a new folder, or delete this one."
+            )
     else:
         _write_json(os.path.join(path, _MANIFEST), desc)  # every host writes the same bytes
     mine = [s for c, s in enumerate(_starts(num, chunk)) if c % process_count == process_index]
@@ -186,8 +206,9 @@ def write_store(generate_fn, path, *, num, chunk, arrays, provenance=None,
         out = {k: np.asarray(v)[:n] for k, v in generate_fn(idx).items()}
         out["index"] = idx[:n].astype(np.int64)
         if set(out) != set(desc["arrays"]):
-            raise ValueError(f"generate_fn returned {sorted(out)}, the store holds "
-                             f"{sorted(desc['arrays'])}.")
+            raise ValueError(
+                f"generate_fn returned {sorted(out)}, the store holds {sorted(desc['arrays'])}."
+            )
         _write_shard(final, out, desc["arrays"], n)
         made += n
         if progress:
@@ -203,8 +224,9 @@ def _write_shard(final, out, spec, n):
     for name, s in spec.items():
         x = _to_disk(out[name], s["dtype"])
         if x.shape != (n, *s["shape"]):
-            raise ValueError(f"array {name!r} has shape {x.shape[1:]}, the store holds "
-                             f"{tuple(s['shape'])}.")
+            raise ValueError(
+                f"array {name!r} has shape {x.shape[1:]}, the store holds {tuple(s['shape'])}."
+            )
         file = os.path.join(tmp, f"{name}.npy")
         with open(file, "wb") as f:
             np.lib.format.write_array(f, x, allow_pickle=False)
@@ -267,12 +289,16 @@ class PairStore:
         except FileNotFoundError:
             raise FileNotFoundError(f"{path} is not a pair store (no {_MANIFEST}).") from None
         if manifest.get("format") != FORMAT:
-            raise ValueError(f"{path}/{_MANIFEST} has format {manifest.get('format')!r}, "
-                             f"this library reads {FORMAT!r}.")
+            raise ValueError(
+                f"{path}/{_MANIFEST} has format {manifest.get('format')!r}, "
+                f"this library reads {FORMAT!r}."
+            )
         if "shards" not in manifest:
             report = verify_store(path, checksums=False)
-            raise ValueError(f"the pair store {path} is incomplete ({report.summary()}): rerun "
-                             "the pairs stage to finish it.")
+            raise ValueError(
+                f"the pair store {path} is incomplete ({report.summary()}): rerun "
+                "the pairs stage to finish it."
+            )
         self.manifest = manifest
         self.num, self.chunk = manifest["num"], manifest["chunk"]
         self.arrays = manifest["arrays"]
@@ -289,14 +315,17 @@ class PairStore:
                 want = offsets[k] + n * self._item[k]
                 if size != want:
                     what = "missing" if size is None else f"{size} bytes, expected {want}"
-                    raise ValueError(f"pair store shard file {file} is {what}: run `python "
-                                     f"scripts/verify_pairs.py {path} --repair` and rerun the "
-                                     "pairs stage.")
+                    raise ValueError(
+                        f"pair store shard file {file} is {what}: run `python "
+                        f"scripts/verify_pairs.py {path} --repair` and rerun the "
+                        "pairs stage."
+                    )
         self._fds = collections.OrderedDict()
         self._max_open = max_open
         self._threads = threads
-        self._pool = (concurrent.futures.ThreadPoolExecutor(threads, "pair_store")
-                      if threads > 1 else None)
+        self._pool = (
+            concurrent.futures.ThreadPoolExecutor(threads, "pair_store") if threads > 1 else None
+        )
 
     def __len__(self):
         return self.num
@@ -306,11 +335,17 @@ class PairStore:
         dtype)}``; ``provenance`` as given to :func:`write_store`, minus the keys in
         ``ignore``); empty when it serves them. The storage dtype and shard size are free; a
         larger store serves its first ``num``."""
-        want = _describe(num, self.chunk, arrays, self.arrays["x0"]["dtype"]
-                         if "x0" in self.arrays else "float32",
-                         {k: v for k, v in provenance.items() if k not in ignore})
-        have = {"arrays": self.arrays,
-                "provenance": {k: v for k, v in self.provenance.items() if k not in ignore}}
+        want = _describe(
+            num,
+            self.chunk,
+            arrays,
+            self.arrays["x0"]["dtype"] if "x0" in self.arrays else "float32",
+            {k: v for k, v in provenance.items() if k not in ignore},
+        )
+        have = {
+            "arrays": self.arrays,
+            "provenance": {k: v for k, v in self.provenance.items() if k not in ignore},
+        }
         out = _differences(have, {k: want[k] for k in have})
         if self.num < num:
             out.append(f"pairs: store has {self.num}, asked for {num}")
@@ -352,14 +387,15 @@ class PairStore:
             item = self._item[k]
             for a, b in zip(bounds[:-1], bounds[1:], strict=True):
                 where = (int(start[a]), k)
-                reads.append((self._fd(*where), raw[a:b],
-                              self._offset[where] + int(row[a]) * item, where))
+                reads.append(
+                    (self._fd(*where), raw[a:b], self._offset[where] + int(row[a]) * item, where)
+                )
             out[k] = buf
         if self._pool is None or len(reads) < 2 * self._threads:
             for r in reads:
                 self._pread(*r)
         else:  # concurrent reads: the disk serves several requests at once (GIL released)
-            groups = [reads[i::self._threads] for i in range(self._threads)]
+            groups = [reads[i :: self._threads] for i in range(self._threads)]
             list(self._pool.map(lambda g: [self._pread(*r) for r in g], groups))
         for k, buf in out.items():
             x = np.empty_like(buf)
@@ -370,8 +406,10 @@ class PairStore:
     def _pread(self, fd, dest, offset, where):
         got = os.preadv(fd, [dest], offset)
         if got != dest.nbytes:
-            raise OSError(f"short read from {self._file(*where)} ({got} of {dest.nbytes} "
-                          "bytes): the file changed on disk.")
+            raise OSError(
+                f"short read from {self._file(*where)} ({got} of {dest.nbytes} "
+                "bytes): the file changed on disk."
+            )
 
     def close(self):
         if getattr(self, "_pool", None) is not None:
@@ -413,9 +451,11 @@ class VerifyReport:
 
     def summary(self) -> str:
         n = sum(c for _, c in self.regenerate)
-        return (f"{self.ok}/{self.expected} shards ok, {len(self.missing)} missing, "
-                f"{len(self.corrupt)} corrupt, {len(self.unexpected)} unexpected; a resume "
-                f"would regenerate {len(self.regenerate)} shards ({n} pairs)")
+        return (
+            f"{self.ok}/{self.expected} shards ok, {len(self.missing)} missing, "
+            f"{len(self.corrupt)} corrupt, {len(self.unexpected)} unexpected; a resume "
+            f"would regenerate {len(self.regenerate)} shards ({n} pairs)"
+        )
 
 
 def verify_store(path, *, checksums=True, repair=False) -> VerifyReport:
@@ -478,8 +518,10 @@ def _check_shard(folder, n, start, spec, recorded, checksums):
         except ValueError as e:
             return (file, f"bad .npy header ({e})")
         if done.get("offset", {}).get(k) != header:
-            return (file, f"header of {header} bytes, done.json records "
-                          f"{done.get('offset', {}).get(k)}")
+            return (
+                file,
+                f"header of {header} bytes, done.json records {done.get('offset', {}).get(k)}",
+            )
         size_ok = os.path.getsize(file) == header + n * item
         if not size_ok:
             return (file, f"truncated or padded ({os.path.getsize(file)} bytes)")

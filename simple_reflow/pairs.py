@@ -71,8 +71,9 @@ def forward_pairs(denoise_fn, x0, grid, *, solver="heun", cond=None):
         raise ValueError("forward_pairs needs an increasing grid (from data to noise).")
     if g[-1] >= 1.0:
         raise ValueError("forward_pairs needs t_max < 1 (ε̂ divides by t, the data part by 1 − t).")
-    x_end, nfe = sampler.integrate(denoise_fn, x0 * (1.0 - float(g[0])), g, solver=solver,
-                                   cond=cond)
+    x_end, nfe = sampler.integrate(
+        denoise_fn, x0 * (1.0 - float(g[0])), g, solver=solver, cond=cond
+    )
     t_end = jnp.full((x0.shape[0],), float(g[-1]), x0.dtype)
     return x0, paths.noise_from_denoised(x_end, t_end, denoise_fn(x_end, t_end, cond)), nfe + 1
 
@@ -90,8 +91,19 @@ def reconstruction_error(denoise_fn, forward, grid, *, solver="heun", cond=None)
 BUDGET_PAIRS = 256  # forward pairs re-integrated for Algorithm 2's default budget
 
 
-def projected_pairs(key, backward, real, *, epsilon=0.05, lam="balanced", draw="sample",
-                    denoise_fn=None, forward=None, grid=None, solver="heun"):
+def projected_pairs(
+    key,
+    backward,
+    real,
+    *,
+    epsilon=0.05,
+    lam="balanced",
+    draw="sample",
+    denoise_fn=None,
+    forward=None,
+    grid=None,
+    solver="heun",
+):
     """Projected pairs ``(y_{j(i)}, x1_i)`` of backward pairs onto real data (METHOD.md §3).
 
     Args:
@@ -115,12 +127,21 @@ def projected_pairs(key, backward, real, *, epsilon=0.05, lam="balanced", draw="
     budget, metrics = None, {}
     if lam == "search":
         if forward is None or denoise_fn is None or grid is None:
-            raise ValueError("lam='search' needs forward pairs, the teacher (denoise_fn) and the "
-                             "backward grid for its budget.")
+            raise ValueError(
+                "lam='search' needs forward pairs, the teacher (denoise_fn) and the "
+                "backward grid for its budget."
+            )
         first = {k: jnp.asarray(forward[k][:BUDGET_PAIRS]) for k in ("x0", "x1")}
         budget = reconstruction_error(denoise_fn, first, grid, solver=solver)
         metrics["projection/budget"] = budget
     project = jax.jit(project_pairs, static_argnames=("epsilon", "mode"))
-    out, m = project(key, jnp.asarray(backward["x0"]), jnp.asarray(backward["x1"]),
-                     jnp.asarray(real), budget=budget, epsilon=float(epsilon), mode=draw)
+    out, m = project(
+        key,
+        jnp.asarray(backward["x0"]),
+        jnp.asarray(backward["x1"]),
+        jnp.asarray(real),
+        budget=budget,
+        epsilon=float(epsilon),
+        mode=draw,
+    )
     return {"x0": out["x0"], "x1": out["x1"]}, {**metrics, **m}

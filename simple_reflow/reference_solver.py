@@ -24,9 +24,18 @@ __all__ = ["METHODS", "solve_adaptive"]
 METHODS = {"dopri5": (diffrax.Dopri5, 6), "tsit5": (diffrax.Tsit5, 6)}
 
 
-def solve_adaptive(denoise_fn, x1, *, t_start: float = 1.0, t_end: float = 1e-3,
-                   rtol: float = 1e-5, atol: float = 1e-5, method: str = "dopri5", cond=None,
-                   max_steps: int = 16384):
+def solve_adaptive(
+    denoise_fn,
+    x1,
+    *,
+    t_start: float = 1.0,
+    t_end: float = 1e-3,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = "dopri5",
+    cond=None,
+    max_steps: int = 16384,
+):
     """Solves the flow ODE from noise to data with step-size control.
 
     Args:
@@ -54,9 +63,16 @@ def solve_adaptive(denoise_fn, x1, *, t_start: float = 1.0, t_end: float = 1e-3,
 
     x_start = jnp.asarray(x1, jnp.float32) * t_start
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field), solver_cls(), t0=t_start, t1=t_end, dt0=-(t_start - t_end) / 64,
-        y0=x_start, stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        max_steps=max_steps, saveat=diffrax.SaveAt(t1=True))
+        diffrax.ODETerm(field),
+        solver_cls(),
+        t0=t_start,
+        t1=t_end,
+        dt0=-(t_start - t_end) / 64,
+        y0=x_start,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps,
+        saveat=diffrax.SaveAt(t1=True),
+    )
     x_end = sol.ys[-1]
     x0 = denoise_fn(x_end, jnp.full((x_end.shape[0],), t_end, x_end.dtype), cond)
     nfe = 1 + per_step * jnp.asarray(sol.stats["num_steps"], jnp.int32) + 1

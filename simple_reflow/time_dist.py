@@ -69,4 +69,3 @@ def time_density(t, dist="uniform", *, a=4.0, mean=0.0, std=1.0):
     logit = np.log(t) - np.log1p(-t)  # logit_normal
     gauss = np.exp(-0.5 * ((logit - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi))
     return gauss / (t * (1.0 - t))
-

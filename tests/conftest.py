@@ -24,9 +24,11 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "loose_promotion(reason): run with JAX's standard dtype promotion and rank "
+        "markers",
+        "loose_promotion(reason): run with JAX's standard dtype promotion and rank "
         "broadcasting, because code the test drives and we do not own is not clean under the "
-        "strict setting (the reason says what)")
+        "strict setting (the reason says what)",
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -37,8 +39,10 @@ def _promotion_opt_out(request):
         yield
         return
     if not marker.kwargs.get("reason"):
-        raise ValueError(f"{request.node.nodeid}: loose_promotion needs reason=... naming the "
-                         "code that is not clean under strict promotion.")
+        raise ValueError(
+            f"{request.node.nodeid}: loose_promotion needs reason=... naming the "
+            "code that is not clean under strict promotion."
+        )
     with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
         yield
 

@@ -30,8 +30,10 @@ def test_exact_solution_floor_is_near_zero_and_an_untrained_network_is_far():
     # Dopri5 at rtol = atol = 1e-5: per-coordinate error ~1e-5..1e-4, squared ≲ 1e-7
     assert floor < 1e-6
     # The reference reaches the data: its samples lie near the component means (std 0.3)
-    nearest = np.min(np.sum((x_star[:, None] - np.asarray(gm.means)[None]) ** 2,
-                            axis=(2, 3, 4)), axis=1) / x_star[0].size
+    nearest = (
+        np.min(np.sum((x_star[:, None] - np.asarray(gm.means)[None]) ** 2, axis=(2, 3, 4)), axis=1)
+        / x_star[0].size
+    )
     assert np.all(nearest < 0.15)  # ≈ 0.09 = 0.3² for a sample of its component
     model_def, params = b2.build_student(gm.shape, 0)
     grid = grids.make_grid("uniform", 1, t_max=b2.T_MAX)

@@ -64,8 +64,15 @@ def _denoise(model, x_t, t, cond=None, key=None):
 def _tiny(preset, **fields):
     """A preset shrunk to 2 levels of 8/16 channels (eager init compiles once per shape)."""
     cfg = preset()
-    cfg.update(dict(model_channels=8, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,),
-                    channels_per_head=8))
+    cfg.update(
+        dict(
+            model_channels=8,
+            channel_mult=(1, 2),
+            num_blocks=1,
+            attn_resolutions=(4,),
+            channels_per_head=8,
+        )
+    )
     cfg.update(fields)
     return cfg
 
@@ -91,10 +98,18 @@ def test_param_counts_equal_edm(name):
 
 @pytest.mark.parametrize("preset", [backbones.ddpmpp_smoke, backbones.adm_smoke])
 def test_smoke_presets_build_with_expected_shapes(preset):
-    model = nnx.eval_shape(lambda: model_from_config(preset(), data_shape=(32, 32, 3),
-                                                     rngs=nnx.Rngs(0)))
-    out = nnx.eval_shape(lambda m: m(jnp.zeros((2, 32, 32, 3)), jnp.full((2,), 0.5),
-                                     jnp.zeros((2,), jnp.int32), key=jax.random.key(0)), model)
+    model = nnx.eval_shape(
+        lambda: model_from_config(preset(), data_shape=(32, 32, 3), rngs=nnx.Rngs(0))
+    )
+    out = nnx.eval_shape(
+        lambda m: m(
+            jnp.zeros((2, 32, 32, 3)),
+            jnp.full((2,), 0.5),
+            jnp.zeros((2,), jnp.int32),
+            key=jax.random.key(0),
+        ),
+        model,
+    )
     assert out.shape == (2, 32, 32, 3) and out.dtype == jnp.float32
     assert 10_000 < _num_params(model) < 1_000_000  # "tiny": CPU smoke runs in seconds
 
@@ -137,8 +152,9 @@ def test_edm_wrapper_equals_direct_formula(random_ddpmpp, inputs):
     np.testing.assert_allclose(_denoise(model, x_t, t), expected, rtol=1e-5, atol=1e-5)
     # EDM-space entry point, fed through the library's conversions.
     edm = nnx.jit(lambda m, x, s: m.edm(x, s))
-    np.testing.assert_allclose(edm(model, paths.to_ve(x_t, t), paths.sigma_from_t(t)),
-                               expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        edm(model, paths.to_ve(x_t, t), paths.sigma_from_t(t)), expected, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_block_dropout_active_iff_key(random_ddpmpp, inputs):
@@ -154,8 +170,9 @@ def test_class_labels_null_class():
     onehot = class_labels(jnp.array([0, 2, 3]), 3, 3)
     np.testing.assert_array_equal(onehot, [[1, 0, 0], [0, 0, 1], [0, 0, 0]])
     np.testing.assert_array_equal(class_labels(None, 3, 2), np.zeros((2, 3)))
-    dropped = class_labels(jnp.zeros(1000, jnp.int32), 3, 1000, label_dropout=0.25,
-                           key=jax.random.key(0))
+    dropped = class_labels(
+        jnp.zeros(1000, jnp.int32), 3, 1000, label_dropout=0.25, key=jax.random.key(0)
+    )
     frac = 1.0 - float(dropped[:, 0].mean())
     assert abs(frac - 0.25) < 4 * np.sqrt(0.25 * 0.75 / 1000)  # 4σ binomial band
 
@@ -181,8 +198,9 @@ def test_label_dropout_gives_null_class_output(inputs):
 def test_build_model_mlp():
     # 2 + 32 Fourier time features in, two hidden layers of 32, 2 out (weights and biases).
     expected = (2 + 32) * 32 + 32 + 32 * 32 + 32 + 32 * 2 + 2
-    model = nnx.eval_shape(lambda: build_model("mlp", hidden=32, depth=2, data_shape=(2,),
-                                               rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(
+        lambda: build_model("mlp", hidden=32, depth=2, data_shape=(2,), rngs=nnx.Rngs(0))
+    )
     assert type(model).__name__ == "MLPDenoiser" and _num_params(model) == expected
     cfg = backbones.ddpmpp_smoke()  # image fields are ignored for the MLP
     cfg.name = "mlp"
@@ -192,18 +210,29 @@ def test_build_model_mlp():
 
 
 def test_build_model_takes_the_backbone_options_and_names_bad_ones():
-    kw = dict(model_channels=16, channel_mult=(1, 2), channel_mult_emb=2, num_blocks=1,
-              attn_resolutions=(8,), augment_dim=0, dropout=0.0)
-    build = lambda name, **extra: nnx.eval_shape(lambda: build_model(  # noqa: E731
-        name, data_shape=(16, 16, 3), rngs=nnx.Rngs(0), **kw, **extra))
+    kw = dict(
+        model_channels=16,
+        channel_mult=(1, 2),
+        channel_mult_emb=2,
+        num_blocks=1,
+        attn_resolutions=(8,),
+        augment_dim=0,
+        dropout=0.0,
+    )
+    build = lambda name, **extra: nnx.eval_shape(
+        lambda: build_model(  # noqa: E731
+            name, data_shape=(16, 16, 3), rngs=nnx.Rngs(0), **kw, **extra
+        )
+    )
     ncsnpp, songunet = build("ncsnpp"), build("songunet")  # ncsnpp's SongUNet options by default
     assert _num_params(ncsnpp) > _num_params(songunet)
     assert _num_params(ncsnpp) == _num_params(build("songunet", **SONGUNET_VARIANTS["ncsnpp"]))
     for name, extra, message in [
-            ("ddpmpp", {"embedding_type": "fourier"}, "^embedding_type='fourier' is not ddpmpp's"),
-            ("adm", {"resample_filter": (1, 1)}, "^resample_filter is not an option of"),
-            ("adm", {"channels_per_head": 0}, "^channels_per_head=0"),
-            ("unet", {}, "^name must be one of")]:
+        ("ddpmpp", {"embedding_type": "fourier"}, "^embedding_type='fourier' is not ddpmpp's"),
+        ("adm", {"resample_filter": (1, 1)}, "^resample_filter is not an option of"),
+        ("adm", {"channels_per_head": 0}, "^channels_per_head=0"),
+        ("unet", {}, "^name must be one of"),
+    ]:
         with pytest.raises(ValueError, match=message):
             build(name, **extra)
     with pytest.raises(ValueError, match="^channel_mult has 2 levels"):
@@ -217,8 +246,9 @@ def test_chunked_conv_gradient_equals_xla(batch, size):
     x = jax.random.normal(jax.random.key(0), (batch, size, size, 8))
     w = jax.random.normal(jax.random.key(1), (3, 3, 8, 16))
     g = jax.random.normal(jax.random.key(2), (batch, size, size, 16))
-    ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ref = lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     y, vjp = jax.vjp(conv3x3, x, w)
     y_ref, vjp_ref = jax.vjp(ref, x, w)
     np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
@@ -265,9 +295,14 @@ def test_validation_names_the_field(preset, edit, data_shape, field):
 
 @pytest.mark.parametrize(
     "preset, data_shape",
-    [(backbones.ddpmpp_cifar10, (32, 32, 3)), (backbones.ddpmpp_64, (64, 64, 3)),
-     (backbones.adm_imagenet64, (64, 64, 3)), (backbones.ddpmpp_smoke, (32, 32, 3)),
-     (backbones.ddpmpp_smoke, (8, 8, 1)), (backbones.adm_smoke, (64, 64, 3))],
+    [
+        (backbones.ddpmpp_cifar10, (32, 32, 3)),
+        (backbones.ddpmpp_64, (64, 64, 3)),
+        (backbones.adm_imagenet64, (64, 64, 3)),
+        (backbones.ddpmpp_smoke, (32, 32, 3)),
+        (backbones.ddpmpp_smoke, (8, 8, 1)),
+        (backbones.adm_smoke, (64, 64, 3)),
+    ],
 )
 def test_presets_validate(preset, data_shape):
     validate_model_config(preset(), data_shape=data_shape)

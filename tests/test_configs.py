@@ -89,8 +89,11 @@ def test_edm_ema_half_life():
 def test_bad_arg_is_rejected():
     assert parse_arg("") == ("reflow", False, frozenset())
     assert parse_arg("teacher,smoke") == ("teacher", True, frozenset())
-    assert parse_arg("pairs,ve,cond", options=("ve", "cond")) == ("pairs", False,
-                                                                  frozenset({"ve", "cond"}))
+    assert parse_arg("pairs,ve,cond", options=("ve", "cond")) == (
+        "pairs",
+        False,
+        frozenset({"ve", "cond"}),
+    )
     with pytest.raises(ValueError, match="'distill'"):
         parse_arg("distill")
     with pytest.raises(ValueError, match="'ve'"):
@@ -148,14 +151,23 @@ def test_imagenet64_pair_stores_at_the_papers_scale():
     back, arrays, prov = _store_spec(cfg, "backward", "sha")
     fwd = _store_spec(cfg, "forward", "sha")[0]
     assert (back, fwd) == (8_000_000, 4_000_000)
-    assert arrays == {"x0": ((64, 64, 3), "float32"), "x1": ((64, 64, 3), "float32"),
-                      "cond": ((), "int32")}
+    assert arrays == {
+        "x0": ((64, 64, 3), "float32"),
+        "x1": ((64, 64, 3), "float32"),
+        "cond": ((), "int32"),
+    }
     assert prov["nfe"] == 79 and -(-back // cfg.pairs.chunk) == 7813
     r = _get("imagenet64", "reflow")
     sizes = {"backward": back, "forward": fwd}
     fractions = pair_mixing.pair_fractions(r.pairs.rho)
-    src, idx = pair_mixing.stream_indices(r.seed, r.training.num_steps - 1,
-                                          r.training.batch_size, sizes, fractions,
-                                          process_index=7, process_count=8)
+    src, idx = pair_mixing.stream_indices(
+        r.seed,
+        r.training.num_steps - 1,
+        r.training.batch_size,
+        sizes,
+        fractions,
+        process_index=7,
+        process_count=8,
+    )
     assert len(src) == 128 and 0.2 < np.mean(src == 1) < 0.6
     assert np.all(idx < np.where(src == 1, fwd, back))

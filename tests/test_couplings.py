@@ -100,8 +100,9 @@ def test_ot_pairs_permute_the_independent_noise():
     # Same multiset of noise vectors (a permutation, no resampling), lower total cost.
     np.testing.assert_array_equal(got[np.lexsort(got.T)], x1[np.lexsort(x1.T)])
     assert float(m["coupling/cost_after"]) < float(m["coupling/cost_before"])
-    np.testing.assert_allclose(float(m["coupling/cost_after"]),
-                               float(jnp.mean(pair_cost(out["x0"], out["x1"]))), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(m["coupling/cost_after"]), float(jnp.mean(pair_cost(out["x0"], out["x1"]))), rtol=1e-5
+    )
 
 
 def test_ot_batch_factor_and_groups_shapes():
@@ -150,13 +151,15 @@ def test_loom_never_increases_dataset_cost_and_touches_only_the_batch():
         # The returned noise is the noise of the written-back seeds (cache drawn as loom.py).
         cache = jax.random.randint(jax.random.key(step), (b,), 0, k)
         np.testing.assert_array_equal(
-            np.asarray(out["x1"]), np.asarray(loom_noise(new, new["seeds"][idx, cache], shape)))
+            np.asarray(out["x1"]), np.asarray(loom_noise(new, new["seeds"][idx, cache], shape))
+        )
         state, total = new, new_total
     assert total < _dataset_cost(loom.init(jax.random.key(1)), data, shape)
 
 
-@pytest.mark.parametrize("idx", [[0, 5, 5, 9], [0, 5, 24, 9], [-1, 2, 3, 4]],
-                         ids=["duplicate", "past_end", "negative"])
+@pytest.mark.parametrize(
+    "idx", [[0, 5, 5, 9], [0, 5, 24, 9], [-1, 2, 3, 4]], ids=["duplicate", "past_end", "negative"]
+)
 def test_loom_invalid_batch_leaves_the_pool_unchanged(idx):
     n, k, shape = 24, 2, (3,)
     data = 2.0 * jax.random.normal(jax.random.key(0), (n,) + shape)
@@ -164,8 +167,7 @@ def test_loom_invalid_batch_leaves_the_pool_unchanged(idx):
     state = loom.init(jax.random.key(1))
     apply = jax.jit(loom.apply)
     idx = jnp.asarray(idx, jnp.int32)
-    _, new, m = apply(jax.random.key(0), {"x0": data[jnp.clip(idx, 0, n - 1)], "index": idx},
-                      state)
+    _, new, m = apply(jax.random.key(0), {"x0": data[jnp.clip(idx, 0, n - 1)], "index": idx}, state)
     np.testing.assert_array_equal(np.asarray(new["seeds"]), np.asarray(state["seeds"]))
     assert float(m["coupling/invalid_batch"]) == 1.0
     good = jnp.asarray([0, 5, 7, 9], jnp.int32)
@@ -186,8 +188,9 @@ def test_wcfm_weights_mean_one_and_proportional_to_gibbs():
     np.testing.assert_allclose(float(m["coupling/ess"]), w.sum() ** 2 / (w**2).sum(), rtol=1e-4)
     # Log-space normalisation survives costs that would underflow exp(−c/ε).
     w2, ess = gibbs_weights(jnp.asarray([1e4, 1e4 + 1.0]), 1.0)
-    np.testing.assert_allclose(np.asarray(w2), 2 * np.array([1, np.exp(-1)]) / (1 + np.exp(-1)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(w2), 2 * np.array([1, np.exp(-1)]) / (1 + np.exp(-1)), rtol=1e-5
+    )
 
 
 def test_projection_with_permutation_plan_uses_each_image_and_noise_once():
@@ -198,10 +201,12 @@ def test_projection_with_permutation_plan_uses_each_image_and_noise_once():
     x1 = jax.random.normal(jax.random.key(3), (n,) + shape)
     plan = jax.nn.one_hot(sigma, n) / n
     for mode in ("sample", "argmax"):
-        np.testing.assert_array_equal(np.asarray(pairs_from_plan(jax.random.key(4), plan,
-                                                                 mode=mode)), sigma)
-        out, m = jax.jit(lambda k, a, b, c, mode=mode: project_pairs(
-            k, a, b, c, epsilon=1e-3, mode=mode))(jax.random.key(5), x_hat0, x1, y)
+        np.testing.assert_array_equal(
+            np.asarray(pairs_from_plan(jax.random.key(4), plan, mode=mode)), sigma
+        )
+        out, m = jax.jit(
+            lambda k, a, b, c, mode=mode: project_pairs(k, a, b, c, epsilon=1e-3, mode=mode)
+        )(jax.random.key(5), x_hat0, x1, y)
         assert sorted(np.asarray(out["j"]).tolist()) == list(range(n))  # each image once
         np.testing.assert_array_equal(np.asarray(out["j"]), sigma)
         np.testing.assert_array_equal(np.asarray(out["x1"]), np.asarray(x1))  # each noise once
@@ -213,8 +218,9 @@ def test_lambda_search_picks_largest_lambda_within_budget():
     x_hat0 = jax.random.normal(jax.random.key(0), (24, 2)) + jnp.array([[1.0, 0.0]])
     y = jax.random.normal(jax.random.key(1), (24, 2))
     lambdas = (0.01, 1.0, 100.0, None)
-    search = jax.jit(lambda b: search_lambda(x_hat0, y, budget=b, lambdas=lambdas,
-                                             epsilon=0.05)[:2])
+    search = jax.jit(
+        lambda b: search_lambda(x_hat0, y, budget=b, lambdas=lambdas, epsilon=0.05)[:2]
+    )
     idx, disps = search(jnp.inf)
     d = np.asarray(disps)
     assert int(idx) == len(lambdas) - 1
@@ -224,10 +230,19 @@ def test_lambda_search_picks_largest_lambda_within_budget():
     assert int(search(-1.0)[0]) == 0  # nothing fits: the loosest λ
 
 
-@pytest.mark.parametrize("field,value", [("name", "foo"), ("cost", "l1"), ("method", "emd"),
-                                         ("epsilon", 0.0), ("ot_batch_factor", 0),
-                                         ("num_caches", 0), ("kappa", -1.0),
-                                         ("resolution_bits", 30)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("name", "foo"),
+        ("cost", "l1"),
+        ("method", "emd"),
+        ("epsilon", 0.0),
+        ("ot_batch_factor", 0),
+        ("num_caches", 0),
+        ("kappa", -1.0),
+        ("resolution_bits", 30),
+    ],
+)
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"^{field}="):  # the argument of make_coupling
         make_coupling(**{"name": "independent", field: value}, data_shape=(2,))

@@ -54,11 +54,15 @@ _SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_identical_pairs_on_1_and_8_virtual_devices():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
-    res = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=600)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    }
+    res = subprocess.run(
+        [sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "ALL-OK" in res.stdout
 
@@ -78,8 +82,9 @@ def test_loom_state_identical_after_orbax_round_trip(tmp_path):
         ckpt.wait_until_finished()
         restored = ckpt.restore(path, jax.tree.map(ocp.utils.to_shape_dtype_struct, state))
     assert jax.tree.structure(restored) == jax.tree.structure(state)
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-                 state, restored)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), state, restored
+    )
     assert restored["seeds"].dtype == jnp.int32
     # The restored state continues exactly like the original.
     idx = jnp.arange(5, dtype=jnp.int32)

@@ -30,8 +30,14 @@ from simple_reflow.train.configure import model_from_config
 from simple_reflow.train.edm import edm_model_config, import_edm, model_params
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "edm")
-NETWORKS = ("ddpmpp_uncond", "ddpmpp_cond", "ncsnpp_uncond", "ncsnpp_cond", "songunet_skip",
-            "adm_cond")
+NETWORKS = (
+    "ddpmpp_uncond",
+    "ddpmpp_cond",
+    "ncsnpp_uncond",
+    "ncsnpp_cond",
+    "songunet_skip",
+    "adm_cond",
+)
 RTOL = 1e-5
 
 
@@ -72,8 +78,9 @@ def imported(request):
     cfg = edm_model_config(net)
     size = int(net.kwargs["img_resolution"])
     params = model_params(net.state, cfg, data_shape=(size, size, 3), source=name)
-    model = nnx.eval_shape(lambda: model_from_config(cfg, data_shape=(size, size, 3),
-                                                     rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(
+        lambda: model_from_config(cfg, data_shape=(size, size, 3), rngs=nnx.Rngs(0))
+    )
     nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, params)))
     return name, cfg, model, fx
 
@@ -88,8 +95,9 @@ def test_architecture_read_from_the_network(imported):
 def test_denoiser_equals_edm(imported):
     name, _, model, fx = imported
     labels = jnp.asarray(fx["labels"]) if "labels" in fx else None
-    d = nnx.jit(lambda m, x, s, c: m.edm(x, s, c))(model, _nhwc(fx["x"]),
-                                                 jnp.asarray(fx["sigma"]), labels)
+    d = nnx.jit(lambda m, x, s, c: m.edm(x, s, c))(
+        model, _nhwc(fx["x"]), jnp.asarray(fx["sigma"]), labels
+    )
     rel = _rel(_nchw(d), fx["D"])
     assert rel <= RTOL, f"{name}: relative error {rel:.2e} of D"
 
@@ -99,7 +107,8 @@ def test_backbone_equals_edm(imported):
     labels = jnp.asarray(fx["labels"]) if "labels" in fx else None
     aug = jnp.asarray(fx["aug"]) if "aug" in fx else None
     f = nnx.jit(lambda m, x, n, c, a: m.backbone(x, n, c, augment_labels=a))(
-        model, _nhwc(fx["F_in"]), jnp.asarray(fx["F_noise"]), labels, aug)
+        model, _nhwc(fx["F_in"]), jnp.asarray(fx["F_noise"]), labels, aug
+    )
     rel = _rel(_nchw(f), fx["F"])
     assert rel <= RTOL, f"{name}: relative error {rel:.2e} of F"
     # The perturbed weights make F a real function of its input, not the skip path.
@@ -181,16 +190,31 @@ def test_imported_teacher_feeds_pairs_and_reflow(tmp_path):
 
     teacher = str(tmp_path / "teacher")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    subprocess.run([sys.executable, os.path.join(root, "scripts", "import_edm.py"),
-                    "--checkpoint", os.path.join(FIXTURES, "ddpmpp_uncond.pkl"),
-                    "--workdir", teacher], check=True, cwd=root, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(root, "scripts", "import_edm.py"),
+            "--checkpoint",
+            os.path.join(FIXTURES, "ddpmpp_uncond.pkl"),
+            "--workdir",
+            teacher,
+        ],
+        check=True,
+        cwd=root,
+        capture_output=True,
+    )
     imported = checkpoint.load_model_config(teacher)
 
     def stage(name):
         c = cifar10.get_config(f"{name},smoke")
         c.data.image_size = 32  # the fixture network is 32×32
-        c.model.update({k: tuple(v) if isinstance(v, list) else v for k, v in imported.items()
-                        if k not in ("dropout", "label_dropout")})
+        c.model.update(
+            {
+                k: tuple(v) if isinstance(v, list) else v
+                for k, v in imported.items()
+                if k not in ("dropout", "label_dropout")
+            }
+        )
         c.teacher.workdir = teacher
         c.pairs.dir = str(tmp_path / "pairs")
         return c
@@ -214,8 +238,10 @@ def test_imported_teacher_feeds_pairs_and_reflow(tmp_path):
     reflow_cfg.optim.lr = 1e-12  # Adam moves each weight by ~lr: the student stays the teacher
     validate_config(reflow_cfg)
     run_stage(reflow_cfg, str(tmp_path / "reflow"))
-    with np.load(os.path.join(teacher, "ema.npz")) as t, \
-            np.load(str(tmp_path / "reflow" / "ema.npz")) as s:
+    with (
+        np.load(os.path.join(teacher, "ema.npz")) as t,
+        np.load(str(tmp_path / "reflow" / "ema.npz")) as s,
+    ):
         assert sorted(t.files) == sorted(s.files)
         assert max(float(np.max(np.abs(t[k] - s[k]))) for k in t.files) < 1e-9
         assert float(np.max(np.abs(t["backbone/enc/32x32_conv/weight"]))) > 0.1

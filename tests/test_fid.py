@@ -34,8 +34,11 @@ FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "fid", "inception_
 
 def seeded_state(names_shapes):
     """pytorch-fid's state dict with the seeded weights (integer counters left out)."""
-    return {n: seeded_value(n, s) for n, s in names_shapes.items()
-            if not n.endswith("num_batches_tracked")}
+    return {
+        n: seeded_value(n, s)
+        for n, s in names_shapes.items()
+        if not n.endswith("num_batches_tracked")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +110,7 @@ def test_frechet_distance_equals_scipy_sqrtm_in_2048_dims():
     c1, c2 = _random_cov(rng, d), _random_cov(rng, d, 100)
     ours = frechet_distance_from_stats(mu1, c1, mu2, c2)
     root = scipy.linalg.sqrtm(c1 @ c2)
-    ref = float(np.sum((mu1 - mu2) ** 2) + np.trace(c1) + np.trace(c2)
-                - 2 * np.trace(root.real))
+    ref = float(np.sum((mu1 - mu2) ** 2) + np.trace(c1) + np.trace(c2) - 2 * np.trace(root.real))
     assert ours == pytest.approx(ref, rel=1e-6, abs=1e-6)
 
 
@@ -160,9 +162,17 @@ def test_same_seeds_give_the_same_samples_whatever_the_batch():
     from simple_reflow.train import sampling, sharding
 
     teacher = _mixture()
-    fn = jax.jit(sampling.make_index_sampler(
-        teacher.denoise, grids.uniform_grid(4), solver="heun", r=0.4, shape=(8, 8, 3),
-        num_classes=0, key=jax.random.key(0)))
+    fn = jax.jit(
+        sampling.make_index_sampler(
+            teacher.denoise,
+            grids.uniform_grid(4),
+            solver="heun",
+            r=0.4,
+            shape=(8, 8, 3),
+            num_classes=0,
+            key=jax.random.key(0),
+        )
+    )
     mesh = sharding.make_mesh()
     runs = {}
     for batch in (3, 8, 16):
@@ -172,9 +182,14 @@ def test_same_seeds_give_the_same_samples_whatever_the_batch():
             idx.append(i)
             images.append(out["images"])
 
-        sampling.stream(lambda i: {"index": i.astype(np.int32)},
-                        lambda b: {"images": fn(b["index"])}, 13, batch, mesh,
-                        on_batch=on_batch)
+        sampling.stream(
+            lambda i: {"index": i.astype(np.int32)},
+            lambda b: {"images": fn(b["index"])},
+            13,
+            batch,
+            mesh,
+            on_batch=on_batch,
+        )
         idx = np.concatenate(idx)
         np.testing.assert_array_equal(idx, np.arange(13))  # each index once, none past the end
         runs[batch] = np.concatenate(images).astype(np.int16)
@@ -234,11 +249,22 @@ def _scaled_fid(processes=1, devices=1):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    procs = [subprocess.Popen([sys.executable, "-c", SCALING_SCRIPT, str(i), str(processes),
-                               port, FIXTURE], cwd=root, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(processes)]
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SCALING_SCRIPT, str(i), str(processes), port, FIXTURE],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(processes)
+    ]
     outs = []
     for p in procs:
         out, err = p.communicate(timeout=600)
@@ -285,8 +311,7 @@ def test_eval_stage_scores_fid_against_reference_statistics(fixture, tmp_path):
     cfg.eval.batch_size = 8
     cfg.teacher.workdir = ""
     model_dir = str(tmp_path / "student")
-    _, params = split_model(model_from_config(cfg.model, data_shape=(8, 8, 3),
-                                              rngs=nnx.Rngs(0)))
+    _, params = split_model(model_from_config(cfg.model, data_shape=(8, 8, 3), rngs=nnx.Rngs(0)))
     os.makedirs(model_dir)
     checkpoint.save_params(os.path.join(model_dir, "ema.npz"), params)
     cfg.eval.model_dir = model_dir
@@ -295,9 +320,23 @@ def test_eval_stage_scores_fid_against_reference_statistics(fixture, tmp_path):
         validate_config(cfg)  # no reference yet: refused before anything is sampled
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     res = subprocess.run(
-        [sys.executable, "scripts/fid_stats.py", "--config", "configs/cifar10.py:eval,smoke",
-         "--out", cfg.eval.fid_ref, "--inception", weights, "--batch", "16"],
-        cwd=root, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "scripts/fid_stats.py",
+            "--config",
+            "configs/cifar10.py:eval,smoke",
+            "--out",
+            cfg.eval.fid_ref,
+            "--inception",
+            weights,
+            "--batch",
+            "16",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     with np.load(cfg.eval.fid_ref) as ref:
         assert ref["mu"].shape == (2048,) and int(ref["resolution"]) == 8

@@ -17,7 +17,7 @@ def test_sigmoid_grid_properties(n, kappa):
     np.testing.assert_allclose(g + g[::-1], 1.0, rtol=0, atol=1e-15)
     steps = -np.diff(g)  # [N], positive
     half = (n + 1) // 2  # steps[:half] rise towards the middle, steps[n - half:] mirror them
-    assert np.all(np.diff(steps[:half]) > 0) and np.all(np.diff(steps[n - half:]) < 0)
+    assert np.all(np.diff(steps[:half]) > 0) and np.all(np.diff(steps[n - half :]) < 0)
     if n >= 3:
         assert max(steps[0], steps[-1]) < steps[n // 2] / 2
 
@@ -52,10 +52,10 @@ def test_sigmoid_grid_tends_to_uniform_as_kappa_vanishes(kappa):
     n = 1000
     u = 0.5 - np.arange(n + 1) / n
     dev = grids.sigmoid_grid(n, kappa) - grids.uniform_grid(n)
-    np.testing.assert_allclose(dev, kappa**2 * u * (1 - 4 * u**2) / 48, rtol=0,
-                               atol=1e-4 * kappa**4)  # the O(κ⁴) term (measured 6.2e-5·κ⁴)
-    assert np.max(np.abs(dev)) == pytest.approx(kappa**2 / (144 * np.sqrt(3)),
-                                                   abs=1e-4 * kappa**4)
+    np.testing.assert_allclose(
+        dev, kappa**2 * u * (1 - 4 * u**2) / 48, rtol=0, atol=1e-4 * kappa**4
+    )  # the O(κ⁴) term (measured 6.2e-5·κ⁴)
+    assert np.max(np.abs(dev)) == pytest.approx(kappa**2 / (144 * np.sqrt(3)), abs=1e-4 * kappa**4)
 
 
 def test_edm_grid_is_edm_sigmas_in_flow_time():

@@ -50,14 +50,24 @@ def cache_dir(tmp_path_factory):
 
 
 def _stage(dataset, stage, root, cache_dir, extra=()):
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"),
-           "--config", os.path.join(ROOT, "configs", f"{dataset}.py") + f":{stage},smoke",
-           "--workdir", str(root / stage),
-           f"--config.teacher.workdir={root / 'teacher'}",
-           f"--config.pairs.dir={root / 'pairs'}",
-           f"--config.eval.model_dir={root / 'reflow'}", *extra]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": cache_dir,
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "scripts", "train.py"),
+        "--config",
+        os.path.join(ROOT, "configs", f"{dataset}.py") + f":{stage},smoke",
+        "--workdir",
+        str(root / stage),
+        f"--config.teacher.workdir={root / 'teacher'}",
+        f"--config.pairs.dir={root / 'pairs'}",
+        f"--config.eval.model_dir={root / 'reflow'}",
+        *extra,
+    ]
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COMPILATION_CACHE_DIR": cache_dir,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert res.returncode == 0, f"{dataset}:{stage}\n{res.stderr[-3000:]}"
     return res
@@ -71,8 +81,9 @@ def _noise_fd(dataset):
     held_out = make_image_source(cfg.data, split=cfg.data.eval_split)
     n = min(cfg.eval.num_samples, len(held_out))
     ref = held_out.get(np.arange(n))["x0"].reshape(n, -1)
-    x1 = pairs.noise_for_indices(jax.random.key(cfg.eval.seed), jnp.arange(n),
-                                 tuple(data_spec(cfg.data).shape))
+    x1 = pairs.noise_for_indices(
+        jax.random.key(cfg.eval.seed), jnp.arange(n), tuple(data_spec(cfg.data).shape)
+    )
     noise = np.asarray(pixel_features(to_uint8(x1)))
     return frechet_distance_from_stats(*gaussian_stats(noise), *gaussian_stats(ref))
 
@@ -98,9 +109,16 @@ def _chain(dataset, tmp_path, cache_dir, extra=()):
 def test_cifar10_smoke_stages_with_projected_pairs(tmp_path, cache_dir):
     # The pairs stage also writes projected pairs (λ by Algorithm 2, budget from the forward
     # pairs) and the reflow stage mixes backward, forward and projected pairs.
-    _chain("cifar10", tmp_path, cache_dir, ("--config.pairs.projection.fraction=0.25",
-                                            "--config.pairs.projection.num=8",
-                                            "--config.pairs.projection.lam=search"))
+    _chain(
+        "cifar10",
+        tmp_path,
+        cache_dir,
+        (
+            "--config.pairs.projection.fraction=0.25",
+            "--config.pairs.projection.num=8",
+            "--config.pairs.projection.lam=search",
+        ),
+    )
     report = pair_store.verify_store(str(tmp_path / "pairs" / "projected"))
     assert report.complete and report.ok == 2  # 8 pairs in shards of pairs.chunk = 4
 
@@ -115,11 +133,20 @@ def test_other_smoke_stages(dataset, tmp_path, cache_dir):
 def test_loom_cfm_trains_an_image_1rf_through_the_cli(tmp_path, cache_dir):
     """``configs/cifar10.py:loom-cfm,smoke``: a 1-RF with LOOM-CFM's per-image assignment over
     the whole (mock) training set, paired inside the jitted step."""
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--config",
-           os.path.join(ROOT, "configs", "cifar10.py") + ":loom-cfm,smoke",
-           "--workdir", str(tmp_path / "loom")]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": cache_dir,
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "scripts", "train.py"),
+        "--config",
+        os.path.join(ROOT, "configs", "cifar10.py") + ":loom-cfm,smoke",
+        "--workdir",
+        str(tmp_path / "loom"),
+    ]
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COMPILATION_CACHE_DIR": cache_dir,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "loom" / "metrics.jsonl").open()]

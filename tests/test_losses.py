@@ -32,7 +32,7 @@ def test_gaussian_blur_matches_direct_convolution():
     direct = np.zeros_like(x)
     for i in range(2 * r + 1):
         for j in range(2 * r + 1):
-            direct += k[i] * k[j] * xp[:, i:i + 9, j:j + 7, :]
+            direct += k[i] * k[j] * xp[:, i : i + 9, j : j + 7, :]
     np.testing.assert_allclose(losses.gaussian_blur(jnp.asarray(x), sigma), direct, atol=1e-5)
 
 
@@ -58,8 +58,9 @@ def test_normalized_loss_gradient_is_grad_log_d():
         return jnp.sum((th[None] - a) ** 2, axis=1)
 
     g = jax.grad(lambda th: losses.normalized_mean(d_of(th), delta=0.0))(theta)
-    expected = np.mean([2 * (np.asarray(theta) - np.asarray(ai)) / np.sum((theta - ai) ** 2)
-                        for ai in a], axis=0)
+    expected = np.mean(
+        [2 * (np.asarray(theta) - np.asarray(ai)) / np.sum((theta - ai) ** 2) for ai in a], axis=0
+    )
     np.testing.assert_allclose(g, expected, rtol=1e-5)
     g_log = jax.grad(lambda th: jnp.mean(jnp.log(d_of(th))))(theta)
     np.testing.assert_allclose(g, g_log, rtol=1e-5)
@@ -98,15 +99,17 @@ def test_flow_loss_uses_the_given_time_and_distance():
     sums = lambda d: jnp.sum(jnp.abs(d.reshape(d.shape[0], -1)), axis=1)  # noqa: E731
     loss, _ = losses.flow_loss(zero, batch, jax.random.key(0), distance_fn=sums, time_fn=half)
     assert float(loss) == pytest.approx(float(np.abs(np.asarray(x0)).sum(1).mean()), rel=1e-6)
-    loss_v, _ = losses.flow_loss(zero, batch, jax.random.key(0), distance_fn=sums, time_fn=half,
-                                 space="velocity", t_max=0.25)
+    loss_v, _ = losses.flow_loss(
+        zero, batch, jax.random.key(0), distance_fn=sums, time_fn=half, space="velocity", t_max=0.25
+    )
     assert float(loss_v) == pytest.approx(4 * float(loss), rel=1e-6)
 
 
 def test_make_distance_and_flow_loss_name_bad_arguments():
     delta = jax.random.normal(jax.random.key(8), (3, 8, 8, 3))
-    np.testing.assert_allclose(losses.make_distance("hpf", hpf_weight=2.0)(delta),
-                               losses.hpf_distance(delta, weight=2.0))
+    np.testing.assert_allclose(
+        losses.make_distance("hpf", hpf_weight=2.0)(delta), losses.hpf_distance(delta, weight=2.0)
+    )
     assert losses.make_distance("pseudo_huber") is losses.pseudo_huber
     with pytest.raises(ValueError, match="^distance='l1'"):
         losses.make_distance("l1")
@@ -142,20 +145,25 @@ def test_config_adapter_passes_every_field():
     batch = {"x0": x0, "x1": jax.random.normal(jax.random.key(10), x0.shape)}
     model = lambda x_t, t, cond=None, key=None: 0.3 * x_t * t[:, None, None, None]  # noqa: E731
     loss_cfg = _cfg(distance="hpf", hpf_weight=3.0, hpf_sigma=0.7, space="velocity")
-    time_cfg = ml_collections.ConfigDict(dict(dist="logit_normal", u_shape_a=4.0,
-                                              logit_mean=-0.5, logit_std=1.3, t_max=0.9))
+    time_cfg = ml_collections.ConfigDict(
+        dict(dist="logit_normal", u_shape_a=4.0, logit_mean=-0.5, logit_std=1.3, t_max=0.9)
+    )
     by_hand = functools.partial(
-        losses.flow_loss, distance_fn=functools.partial(losses.hpf_distance, weight=3.0,
-                                                        sigma=0.7),
-        time_fn=functools.partial(time_dist.sample_time, dist="logit_normal", mean=-0.5,
-                                  std=1.3), space="velocity", t_max=0.9)
+        losses.flow_loss,
+        distance_fn=functools.partial(losses.hpf_distance, weight=3.0, sigma=0.7),
+        time_fn=functools.partial(time_dist.sample_time, dist="logit_normal", mean=-0.5, std=1.3),
+        space="velocity",
+        t_max=0.9,
+    )
     want = float(by_hand(model, batch, jax.random.key(11))[0])
-    got = float(configure.flow_loss_from_config(loss_cfg, time_cfg)(model, batch,
-                                                                    jax.random.key(11))[0])
+    got = float(
+        configure.flow_loss_from_config(loss_cfg, time_cfg)(model, batch, jax.random.key(11))[0]
+    )
     assert got == want
     for field, value in [("hpf_sigma", 1.0), ("hpf_weight", 10.0), ("space", "denoiser")]:
-        changed = configure.flow_loss_from_config(_cfg(**{**loss_cfg.to_dict(), field: value}),
-                                                  time_cfg)
+        changed = configure.flow_loss_from_config(
+            _cfg(**{**loss_cfg.to_dict(), field: value}), time_cfg
+        )
         assert float(changed(model, batch, jax.random.key(11))[0]) != want, field
     for field, value in [("logit_mean", 0.0), ("logit_std", 1.0), ("t_max", 1.0)]:
         other = ml_collections.ConfigDict({**time_cfg.to_dict(), field: value})

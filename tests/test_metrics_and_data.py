@@ -17,8 +17,9 @@ def test_w2_equals_brute_force_over_permutations():
     rng = np.random.default_rng(0)
     for n in (3, 5, 6):
         x, y = rng.normal(size=(n, 2)), rng.normal(size=(n, 2))
-        best = min(np.mean(np.sum((x - y[list(p)]) ** 2, 1))
-                   for p in itertools.permutations(range(n)))
+        best = min(
+            np.mean(np.sum((x - y[list(p)]) ** 2, 1)) for p in itertools.permutations(range(n))
+        )
         assert w2(x, y) == pytest.approx(np.sqrt(best), rel=1e-9)
 
 
@@ -62,21 +63,24 @@ def test_8gaussians_definition():
 
 def test_straightness_zero_for_straight_flow_and_positive_otherwise():
     # A point mass at μ (s = 0): x_t = (1 − t)μ + t·z is straight with constant speed, S = 0.
-    straight = GaussianMixture(means=jnp.array([[2.0, -1.0]]), stds=jnp.array([0.0]),
-                               weights=jnp.array([1.0]))
+    straight = GaussianMixture(
+        means=jnp.array([[2.0, -1.0]]), stds=jnp.array([0.0]), weights=jnp.array([1.0])
+    )
     z = jax.random.normal(jax.random.key(3), (512, 2))
     s = straightness(straight, z, grids.uniform_grid(50), solver="euler")
     assert abs(float(s)) < 1e-6
     # s = 0.3: x_t = (1 − t)μ + √((1 − t)²s² + t²) z curves; S = E∫‖ẋ_t − (x1 − x0)‖² dt
     # = E‖z‖²·∫(g'(t) − (1 − s))² dt with g(t) = √((1 − t)²s² + t²), computed by quadrature.
     sd = 0.3
-    curved = GaussianMixture(means=jnp.array([[2.0, -1.0]]), stds=jnp.array([sd]),
-                             weights=jnp.array([1.0]))
+    curved = GaussianMixture(
+        means=jnp.array([[2.0, -1.0]]), stds=jnp.array([sd]), weights=jnp.array([1.0])
+    )
     tt = np.linspace(0, 1, 200_001)
     g = np.sqrt((1 - tt) ** 2 * sd**2 + tt**2)
     dg = np.gradient(g, tt)
-    expected = float(np.mean(np.sum(np.asarray(z) ** 2, 1))) * np.trapezoid((dg - (1 - sd)) ** 2,
-                                                                            tt)
+    expected = float(np.mean(np.sum(np.asarray(z) ** 2, 1))) * np.trapezoid(
+        (dg - (1 - sd)) ** 2, tt
+    )
     s = straightness(curved, z, grids.uniform_grid(400), solver="heun")
     assert float(s) == pytest.approx(expected, rel=0.02)
 

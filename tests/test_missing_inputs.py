@@ -21,10 +21,21 @@ def test_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path):
     empty = tmp_path / "tfds"
     empty.mkdir()
     res = subprocess.run(
-        [sys.executable, "scripts/train.py", "--config", "configs/cifar10.py:teacher",
-         "--workdir", str(tmp_path / "w"), f"--config.data.data_dir={empty}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        [
+            sys.executable,
+            "scripts/train.py",
+            "--config",
+            "configs/cifar10.py:teacher",
+            "--workdir",
+            str(tmp_path / "w"),
+            f"--config.data.data_dir={empty}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [line for line in res.stderr.splitlines() if line.startswith("missing input:")]
     assert len(lines) == 1 and "Traceback" not in res.stderr
@@ -48,15 +59,24 @@ def _fails_fast(cfg, workdir, pattern):
 
 
 def test_missing_teacher_snapshot_and_pairs_name_the_command(tmp_path):
-    _fails_fast(_cfg("pairs", tmp_path), tmp_path / "p",
-                r"teacher\.workdir=.*teacher' holds no snapshot \(ema\.npz\): create it with "
-                r"`python scripts/train\.py --config configs/cifar10\.py:teacher.*"
-                r"scripts/import_edm\.py")
+    _fails_fast(
+        _cfg("pairs", tmp_path),
+        tmp_path / "p",
+        r"teacher\.workdir=.*teacher' holds no snapshot \(ema\.npz\): create it with "
+        r"`python scripts/train\.py --config configs/cifar10\.py:teacher.*"
+        r"scripts/import_edm\.py",
+    )
     (tmp_path / "teacher").mkdir()
     (tmp_path / "teacher" / "ema.npz").write_bytes(b"")  # exists; its content is read later
-    _fails_fast(_cfg("reflow", tmp_path), tmp_path / "r",
-                r"pairs\.dir=.*pairs' has no backward pairs .*: create them with `python "
-                r"scripts/train\.py --config configs/cifar10\.py:pairs --workdir .*pairs "
-                r"--config\.teacher\.workdir=")
-    _fails_fast(_cfg("eval", tmp_path), tmp_path / "e",
-                r"eval\.model_dir=.*holds no snapshot .*configs/cifar10\.py:reflow")
+    _fails_fast(
+        _cfg("reflow", tmp_path),
+        tmp_path / "r",
+        r"pairs\.dir=.*pairs' has no backward pairs .*: create them with `python "
+        r"scripts/train\.py --config configs/cifar10\.py:pairs --workdir .*pairs "
+        r"--config\.teacher\.workdir=",
+    )
+    _fails_fast(
+        _cfg("eval", tmp_path),
+        tmp_path / "e",
+        r"eval\.model_dir=.*holds no snapshot .*configs/cifar10\.py:reflow",
+    )

@@ -44,12 +44,18 @@ def test_bfloat16_forward_agrees_with_float32(name):
     out = {}
     for dtype in ("float32", "bfloat16"):
         cfg = edm_model_config(net, dtype=dtype)
-        model = nnx.eval_shape(lambda c=cfg: model_from_config(c, data_shape=(32, 32, 3),
-                                                               rngs=nnx.Rngs(0)))
-        nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, model_params(
-            net.state, cfg, data_shape=(32, 32, 3)))))
+        model = nnx.eval_shape(
+            lambda c=cfg: model_from_config(c, data_shape=(32, 32, 3), rngs=nnx.Rngs(0))
+        )
+        nnx.update(
+            model,
+            nnx.State(
+                jax.tree.map(jnp.asarray, model_params(net.state, cfg, data_shape=(32, 32, 3)))
+            ),
+        )
         f = nnx.jit(lambda m, x, n, c: m.backbone(x, n, c))(
-            model, x.astype(dtype), jnp.asarray(fx["F_noise"]), labels)
+            model, x.astype(dtype), jnp.asarray(fx["F_noise"]), labels
+        )
         d = nnx.jit(lambda m, x, s, c: m.edm(x, s, c))(model, x, jnp.asarray(fx["sigma"]), labels)
         assert f.dtype == jnp.dtype(dtype) and d.dtype == jnp.float32
         out[dtype] = np.asarray(f, np.float32), np.asarray(d)

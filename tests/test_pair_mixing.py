@@ -10,11 +10,13 @@ from simple_reflow import pair_mixing
 
 def _stores(sizes):
     """Store v holds pairs whose x0 = (v, i) and x1 = (−v, i): source and index are readable."""
-    return {name: {"x0": jnp.stack([jnp.full((n,), float(v)), jnp.arange(n, dtype=jnp.float32)],
-                                   1),
-                   "x1": jnp.stack([jnp.full((n,), -float(v)), jnp.arange(n, dtype=jnp.float32)],
-                                   1)}
-            for v, (name, n) in enumerate(sizes.items(), start=1)}
+    return {
+        name: {
+            "x0": jnp.stack([jnp.full((n,), float(v)), jnp.arange(n, dtype=jnp.float32)], 1),
+            "x1": jnp.stack([jnp.full((n,), -float(v)), jnp.arange(n, dtype=jnp.float32)], 1),
+        }
+        for v, (name, n) in enumerate(sizes.items(), start=1)
+    }
 
 
 @pytest.mark.parametrize("rho,q", [(0.4, 0.0), (0.3, 0.2), (0.0, 0.5)])
@@ -50,8 +52,10 @@ def test_stream_is_a_function_of_seed_and_step_and_hosts_split_it():
     b = pair_mixing.stream_indices(5, 11, 64, sizes, fr)
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
-    parts = [pair_mixing.stream_indices(5, 11, 64, sizes, fr, process_index=i, process_count=4)
-             for i in range(4)]
+    parts = [
+        pair_mixing.stream_indices(5, 11, 64, sizes, fr, process_index=i, process_count=4)
+        for i in range(4)
+    ]
     np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), a[0])
     np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), a[1])
     other = pair_mixing.stream_indices(6, 11, 64, sizes, fr)
@@ -91,8 +95,9 @@ def test_read_mixed_takes_each_slot_from_its_store():
             return {k: self.x[indices] * (1 if k == "x0" else -1) for k in keys}
 
     stores = {"backward": Store(1, 40), "forward": Store(2, 9)}
-    source, index = pair_mixing.stream_indices(1, 3, 64, {"backward": 40, "forward": 9},
-                                               pair_mixing.pair_fractions(0.5))
+    source, index = pair_mixing.stream_indices(
+        1, 3, 64, {"backward": 40, "forward": 9}, pair_mixing.pair_fractions(0.5)
+    )
     batch = pair_mixing.read_mixed(stores, source, index)
     np.testing.assert_array_equal(batch["x0"][:, 0], source + 1)
     np.testing.assert_array_equal(batch["x0"][:, 1], index)

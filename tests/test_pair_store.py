@@ -24,19 +24,22 @@ def _gen(idx):
     """Pair i: x0 = i + k/10 over its 6 entries, x1 = −x0 + 0.001, cond = i mod 7."""
     idx = np.asarray(idx)
     x0 = idx[:, None, None] + np.arange(6, dtype=np.float32).reshape(SHAPE) / 10
-    return {"x0": x0.astype(np.float32), "x1": (-x0 + 1e-3).astype(np.float32),
-            "cond": (idx % 7).astype(np.int32)}
+    return {
+        "x0": x0.astype(np.float32),
+        "x1": (-x0 + 1e-3).astype(np.float32),
+        "cond": (idx % 7).astype(np.int32),
+    }
 
 
 def _write(path, num=50, chunk=8, **kw):
-    made = pair_store.write_store(_gen, str(path), num=num, chunk=chunk, arrays=ARRAYS,
-                                  provenance=PROV, **kw)
+    made = pair_store.write_store(
+        _gen, str(path), num=num, chunk=chunk, arrays=ARRAYS, provenance=PROV, **kw
+    )
     pair_store.finalize_store(str(path))
     return made
 
 
-@pytest.mark.parametrize("dtype,rtol", [("float32", 0), ("float16", 2**-11),
-                                        ("bfloat16", 2**-8)])
+@pytest.mark.parametrize("dtype,rtol", [("float32", 0), ("float16", 2**-11), ("bfloat16", 2**-8)])
 def test_round_trip_in_any_order_with_storage_dtypes(tmp_path, dtype, rtol):
     _write(tmp_path / "s", storage_dtype=dtype)
     idx = np.array([49, 3, 3, 17, 0, 48, 8, 9, 10, 11, 47])  # repeats, runs, shard edges
@@ -57,9 +60,10 @@ def test_round_trip_in_any_order_with_storage_dtypes(tmp_path, dtype, rtol):
     expect = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}[dtype]
     assert raw.dtype == expect and raw.shape == (8, *SHAPE)
     if dtype == "bfloat16":  # the bits are bfloat16's
-        np.testing.assert_array_equal(raw.view(ml_dtypes.bfloat16).astype(np.float32),
-                                      _gen(np.arange(8, 16))["x0"].astype(ml_dtypes.bfloat16)
-                                      .astype(np.float32))
+        np.testing.assert_array_equal(
+            raw.view(ml_dtypes.bfloat16).astype(np.float32),
+            _gen(np.arange(8, 16))["x0"].astype(ml_dtypes.bfloat16).astype(np.float32),
+        )
 
 
 def test_interrupted_write_resumes_without_loss_or_duplicates(tmp_path):
@@ -81,8 +85,7 @@ def test_interrupted_write_resumes_without_loss_or_duplicates(tmp_path):
     report = pair_store.verify_store(path)
     assert report.complete and report.ok == 7
     with pair_store.PairStore(path) as store:
-        np.testing.assert_array_equal(store.read(np.arange(50), ["index"])["index"],
-                                      np.arange(50))
+        np.testing.assert_array_equal(store.read(np.arange(50), ["index"])["index"], np.arange(50))
 
 
 def test_hosts_split_shards_and_together_make_the_same_store(tmp_path):
@@ -100,13 +103,22 @@ def test_hosts_split_shards_and_together_make_the_same_store(tmp_path):
 def test_a_store_of_other_pairs_is_refused_naming_the_field(tmp_path):
     _write(tmp_path / "s")
     with pytest.raises(pair_store.StoreMismatch, match="provenance.pairs.steps"):
-        pair_store.write_store(_gen, str(tmp_path / "s"), num=50, chunk=8, arrays=ARRAYS,
-                               provenance={**PROV, "pairs.steps": 5})
+        pair_store.write_store(
+            _gen,
+            str(tmp_path / "s"),
+            num=50,
+            chunk=8,
+            arrays=ARRAYS,
+            provenance={**PROV, "pairs.steps": 5},
+        )
     with pair_store.PairStore(str(tmp_path / "s")) as store:
         assert store.mismatches(num=50, arrays=ARRAYS, provenance=PROV) == []
         assert store.mismatches(num=20, arrays=ARRAYS, provenance=PROV) == []  # first 20
-        bad = store.mismatches(num=60, arrays={**ARRAYS, "x0": ((2, 3), "float32")},
-                               provenance={**PROV, "teacher": "other"})
+        bad = store.mismatches(
+            num=60,
+            arrays={**ARRAYS, "x0": ((2, 3), "float32")},
+            provenance={**PROV, "teacher": "other"},
+        )
     assert any("arrays.x0.shape" in d for d in bad)
     assert any("provenance.teacher" in d for d in bad)
     assert any("store has 50, asked for 60" in d for d in bad)
@@ -133,10 +145,14 @@ def test_truncated_and_bit_flipped_shards_are_named_and_repaired(tmp_path):
     # named when a reader opens the store, before any training
     with pytest.raises(ValueError, match="shard_0000000032/x0.npy is 296 bytes, expected 320"):
         pair_store.PairStore(path).close()
-    out = subprocess.run([sys.executable, "scripts/verify_pairs.py", path],
-                         capture_output=True, text=True)
-    assert out.returncode == 1 and flipped in out.stdout and "regenerate 3 shards (24 pairs)" \
-        in out.stdout, out.stdout
+    out = subprocess.run(
+        [sys.executable, "scripts/verify_pairs.py", path], capture_output=True, text=True
+    )
+    assert (
+        out.returncode == 1
+        and flipped in out.stdout
+        and "regenerate 3 shards (24 pairs)" in out.stdout
+    ), out.stdout
     pair_store.verify_store(path, repair=True)
     os.rename(os.path.join(path, "shard_0000000041"), os.path.join(tmp_path, "moved"))
     assert _write(tmp_path / "s") == 24

@@ -40,8 +40,9 @@ def test_ve_coordinates_and_sigma():
     x_t = paths.interpolate(x0, x1, t)
     sigma = paths.sigma_from_t(t)
     # x_VE = x0 + sigma * x1: EDM's variance-exploding parametrisation of the same point
-    np.testing.assert_allclose(paths.to_ve(x_t, t), x0 + paths.expand_t(sigma, x0) * x1,
-                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        paths.to_ve(x_t, t), x0 + paths.expand_t(sigma, x0) * x1, rtol=1e-5, atol=1e-4
+    )
     np.testing.assert_allclose(paths.t_from_sigma(sigma), t, rtol=1e-6)
     np.testing.assert_allclose(paths.from_ve(paths.to_ve(x_t, t), t), x_t, rtol=1e-5, atol=1e-6)
     assert abs(paths.EDM_T_MAX - 80.0 / 81.0) < 1e-15

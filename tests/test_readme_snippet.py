@@ -51,8 +51,14 @@ def test_readme_notebook_snippet_trains_a_student_without_ml_collections():
     code = _snippet()
     assert "ml_collections" not in code and "range(500)" in code
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
-    res = subprocess.run([sys.executable, "-c", code + _CHECK], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", code + _CHECK],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["ml_collections"] is False  # nothing the snippet imports needs it

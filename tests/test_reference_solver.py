@@ -46,8 +46,9 @@ def test_agrees_with_a_fine_heun_solve_on_8gaussians():
     teacher = toy_mixture()
     x1 = jax.random.normal(jax.random.key(1), (512, 2))
     x0, nfe = _solve(teacher.denoise, x1, 1e-6)
-    fine, _ = jax.jit(lambda x: sampler.sample(teacher.denoise, x, grids.uniform_grid(4000),
-                                               solver="heun"))(x1)
+    fine, _ = jax.jit(
+        lambda x: sampler.sample(teacher.denoise, x, grids.uniform_grid(4000), solver="heun")
+    )(x1)
     gap = float(jnp.mean(jnp.sum((x0 - fine) ** 2, axis=1)))
     spread = float(jnp.mean(jnp.sum((x0 - x0.mean(0, keepdims=True)) ** 2, axis=1)))
     assert gap < 1e-6 * spread, (gap, spread, int(nfe))

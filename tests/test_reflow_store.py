@@ -40,12 +40,29 @@ def get_config(stage):
 
 
 def _start(root, stage, workdir, *flags, teacher="teacher"):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "RUN_ROOT": str(root),
-           "TEACHER": teacher}
-    return subprocess.Popen([sys.executable, "scripts/train.py", "--config",
-                             f"{root / 'config.py'}:{stage}", "--workdir", str(workdir), *flags],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": ROOT,
+        "RUN_ROOT": str(root),
+        "TEACHER": teacher,
+    }
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "scripts/train.py",
+            "--config",
+            f"{root / 'config.py'}:{stage}",
+            "--workdir",
+            str(workdir),
+            *flags,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(proc, code=0):
@@ -90,8 +107,10 @@ def test_sigkilled_reflow_resumes_bit_identical(root):
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (tmp_path / "cut" / "ema.npz").exists()
     _finish(_start(tmp_path, "reflow", tmp_path / "cut"))  # the same command resumes
-    with np.load(tmp_path / "straight" / "ema.npz") as a, \
-            np.load(tmp_path / "cut" / "ema.npz") as b:
+    with (
+        np.load(tmp_path / "straight" / "ema.npz") as a,
+        np.load(tmp_path / "cut" / "ema.npz") as b,
+    ):
         assert sorted(a.files) == sorted(b.files)
         for k in a.files:
             np.testing.assert_array_equal(a[k], b[k])

@@ -16,8 +16,9 @@ from simple_reflow import grids, guidance, sampler
 from simple_reflow.teachers import GaussianMixture
 
 T_MAX = 0.9
-GAUSS = GaussianMixture(means=jnp.array([[1.0, -2.0]]), stds=jnp.array([0.5]),
-                        weights=jnp.array([1.0]))
+GAUSS = GaussianMixture(
+    means=jnp.array([[1.0, -2.0]]), stds=jnp.array([0.5]), weights=jnp.array([1.0])
+)
 
 
 def _error(solver, n):
@@ -25,12 +26,16 @@ def _error(solver, n):
     grid = grids.uniform_grid(n) * T_MAX
     with jax.enable_x64(True):
         z64 = jnp.asarray(np.asarray(z), jnp.float64)
-        gm = GaussianMixture(GAUSS.means.astype(jnp.float64), GAUSS.stds.astype(jnp.float64),
-                             GAUSS.weights.astype(jnp.float64))
+        gm = GaussianMixture(
+            GAUSS.means.astype(jnp.float64),
+            GAUSS.stds.astype(jnp.float64),
+            GAUSS.weights.astype(jnp.float64),
+        )
         # float64 so that the float32 rounding floor does not bend the measured slopes
         x_start = gm.exact_flow(z64, jnp.full((256,), T_MAX, jnp.float64))
-        x0, nfe = sampler.integrate(lambda x, t, c: gm.denoise(x, t), x_start, grid,
-                                    solver=solver, r=0.5)
+        x0, nfe = sampler.integrate(
+            lambda x, t, c: gm.denoise(x, t), x_start, grid, solver=solver, r=0.5
+        )
         exact = gm.exact_flow(z64, jnp.zeros((256,), jnp.float64))
         return float(jnp.max(jnp.abs(x0 - exact))), nfe
 
@@ -59,12 +64,17 @@ def test_sample_counts_every_network_call():
     included), not a recount by the sampler's own rule."""
     from conftest import count_calls
 
-    for solver, grid in [("euler", grids.uniform_grid(7)), ("heun", grids.uniform_grid(7)),
-                         ("dpm2", grids.sigmoid_grid(7)), ("dpm2", grids.uniform_grid(7) * .9),
-                         ("heun", grids.uniform_grid(1))]:
+    for solver, grid in [
+        ("euler", grids.uniform_grid(7)),
+        ("heun", grids.uniform_grid(7)),
+        ("dpm2", grids.sigmoid_grid(7)),
+        ("dpm2", grids.uniform_grid(7) * 0.9),
+        ("heun", grids.uniform_grid(1)),
+    ]:
         fn, counter = count_calls(lambda x, t, c: GAUSS.denoise(x, t))
         x, nfe = jax.jit(lambda x1, fn=fn, g=grid, s=solver: sampler.sample(fn, x1, g, solver=s))(
-            jnp.ones((2, 2)))
+            jnp.ones((2, 2))
+        )
         jax.block_until_ready(x)
         jax.effects_barrier()
         assert int(nfe) == counter["calls"] > 0, (solver, int(nfe), counter["calls"])

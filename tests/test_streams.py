@@ -8,8 +8,9 @@ from simple_reflow.train.streams import STREAMS, stream_key, stream_seed
 
 
 def test_streams_are_deterministic_and_never_coincide():
-    keys = {(s, n): jax.random.key_data(stream_key(s, n)).tolist()
-            for s in range(12) for n in STREAMS}
+    keys = {
+        (s, n): jax.random.key_data(stream_key(s, n)).tolist() for s in range(12) for n in STREAMS
+    }
     assert keys[(3, "pairs")] == jax.random.key_data(stream_key(3, "pairs")).tolist()
     assert len({tuple(v) for v in keys.values()}) == len(keys)
     seeds = {(s, n): stream_seed(s, n) for s in range(12) for n in STREAMS}

@@ -11,9 +11,11 @@ from simple_reflow.teachers import GaussianMixture, edm_to_flow
 
 def _image_mixture(seed=0, k=3, shape=(4, 4, 3)):
     key_m, key_s = jax.random.split(jax.random.key(seed))
-    return GaussianMixture(means=jax.random.normal(key_m, (k, *shape)),
-                           stds=jax.random.uniform(key_s, (k,), minval=0.2, maxval=0.8),
-                           weights=jnp.arange(1.0, k + 1.0))
+    return GaussianMixture(
+        means=jax.random.normal(key_m, (k, *shape)),
+        stds=jax.random.uniform(key_s, (k,), minval=0.2, maxval=0.8),
+        weights=jnp.arange(1.0, k + 1.0),
+    )
 
 
 def test_flow_denoiser_equals_edm_denoiser_through_wrapper():
@@ -34,8 +36,9 @@ def test_single_gaussian_posterior_mean_closed_form():
     t = np.linspace(0.05, 0.95, 10)
     v = (1 - t) ** 2 * s**2 + t**2
     expected = mu + ((1 - t) * s**2 / v)[:, None] * (x - (1 - t)[:, None] * mu)
-    np.testing.assert_allclose(gm.denoise(jnp.asarray(x, jnp.float32), jnp.asarray(t)),
-                               expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        gm.denoise(jnp.asarray(x, jnp.float32), jnp.asarray(t)), expected, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_posterior_mean_is_a_monte_carlo_conditional_mean():
@@ -70,8 +73,9 @@ def test_backward_then_forward_returns_the_noise():
     gm = toy_mixture()
     t_max, t_min = 1 - 1e-4, 1e-4
     grid_b = grids.make_grid("edm", 400, t_max=t_max)
-    x0, x1, _ = jax.jit(lambda i: pairs.backward_pairs(gm, jax.random.key(5), i, (2,), grid_b,
-                                                       solver="heun"))(jnp.arange(512))
+    x0, x1, _ = jax.jit(
+        lambda i: pairs.backward_pairs(gm, jax.random.key(5), i, (2,), grid_b, solver="heun")
+    )(jnp.arange(512))
     grid_f = np.concatenate([[t_min], np.sort(grid_b)[1:]])
     _, x1_back, _ = jax.jit(lambda x: pairs.forward_pairs(gm, x, grid_f, solver="heun"))(x0)
     err = np.abs(np.asarray(x1_back) - np.asarray(x1))
@@ -84,8 +88,9 @@ def test_closed_form_moments_equal_those_of_exact_samples():
     ≈ 0.0045 (Var ≤ 2 here), so 0.03 is > 6 std; a covariance entry's std is
     √((Var_i Var_j + C_ij²)/n) ≤ √(8/10^5) ≈ 0.009, so 0.06 is > 6 std."""
     key_m, key_s = jax.random.split(jax.random.key(0))
-    gm = GaussianMixture(jax.random.normal(key_m, (10, 4, 4, 3)), jnp.full((10,), 0.3),
-                         jnp.arange(1.0, 11.0))
+    gm = GaussianMixture(
+        jax.random.normal(key_m, (10, 4, 4, 3)), jnp.full((10,), 0.3), jnp.arange(1.0, 11.0)
+    )
     x = np.asarray(gm.sample(key_s, 100_000), np.float64).reshape(100_000, -1)
     assert np.abs(x.mean(0) - gm.mean()).max() < 0.03
     assert np.abs(np.cov(x.T) - gm.covariance()).max() < 0.06

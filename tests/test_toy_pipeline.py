@@ -15,11 +15,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(workdir, *overrides, arg="smoke"):
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", "train.py"),
-           "--config", os.path.join(ROOT, "configs", "toy2d.py") + ":" + arg,
-           "--workdir", str(workdir), *overrides]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "scripts", "train.py"),
+        "--config",
+        os.path.join(ROOT, "configs", "toy2d.py") + ":" + arg,
+        "--workdir",
+        str(workdir),
+        *overrides,
+    ]
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
 
 
 @pytest.mark.slow
@@ -41,8 +53,11 @@ def test_smoke_pipeline_writes_config_metrics_and_png(tmp_path):
     assert metrics["eval/student/w2@accurate"] < 0.8
 
 
-PROJECTION = ("--config.pairs.projection.fraction=0.2", "--config.pairs.projection.num=500",
-              "--config.pairs.projection.lam=search")
+PROJECTION = (
+    "--config.pairs.projection.fraction=0.2",
+    "--config.pairs.projection.num=500",
+    "--config.pairs.projection.lam=search",
+)
 
 
 @pytest.mark.parametrize("overrides", [(), PROJECTION], ids=["plain", "projection"])
@@ -59,15 +74,18 @@ def test_student_beats_the_analytic_teacher_at_2_nfe(tmp_path, overrides):
     assert metrics["eval/student/w2@nfe=2"] < 0.8 * metrics["eval/teacher/w2@nfe=2"]
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("data.name", "spirals", "data.name"),
-    ("sampler.solver", "rk4", "sampler.solver"),
-    ("pairs.rho", 1.5, "pairs.rho"),
-    ("time.dist", "beta", "time.dist"),
-    ("loss.distance", "l1", "loss.distance"),
-    ("model.dropout", -0.1, "model.dropout"),
-    ("training.num_steps", 0, "training.num_steps"),
-])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("data.name", "spirals", "data.name"),
+        ("sampler.solver", "rk4", "sampler.solver"),
+        ("pairs.rho", 1.5, "pairs.rho"),
+        ("time.dist", "beta", "time.dist"),
+        ("loss.distance", "l1", "loss.distance"),
+        ("model.dropout", -0.1, "model.dropout"),
+        ("training.num_steps", 0, "training.num_steps"),
+    ],
+)
 def test_bad_config_fails_fast_naming_the_field(field, value, match):
     cfg = get_config()
     section, name = field.split(".")
@@ -91,15 +109,19 @@ def test_loom_cfm_pipeline_trains_its_1rf_with_the_coupling(tmp_path):
     # (W2(N(0, I), 8 Gaussians) ≈ 3.7).
     res = _run(tmp_path, arg="smoke,loom-cfm")
     assert res.returncode == 0, res.stderr[-3000:]
-    logged = [json.loads(line) for line in
-              (tmp_path / "teacher" / "metrics.jsonl").read_text().splitlines()]
+    logged = [
+        json.loads(line)
+        for line in (tmp_path / "teacher" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert any("coupling/swaps" in r for r in logged)
     metrics = json.loads((tmp_path / "eval_metrics.json").read_text())
     assert metrics["eval/teacher/w2@accurate"] < 1.5
 
 
-@pytest.mark.parametrize("field,value", [("fraction", 0.7), ("num", 0), ("epsilon", 0.0),
-                                         ("lam", "auto"), ("draw", "max")])
+@pytest.mark.parametrize(
+    "field,value",
+    [("fraction", 0.7), ("num", 0), ("epsilon", 0.0), ("lam", "auto"), ("draw", "max")],
+)
 def test_bad_projection_config_names_the_field(field, value):
     cfg = get_config()
     cfg.pairs.projection.fraction = 0.2

@@ -27,8 +27,11 @@ def _batch(step):
 def _setup(decay=0.9):
     model_def, params = split_model(MLPDenoiser(2, hidden=32, depth=2, rngs=nnx.Rngs(0)))
     opt = optax.adam(1e-3)
-    return model_def, init_state(params, opt, 0), make_train_step(model_def, ONE_RF_LOSS, opt,
-                                                                   ema_decay=decay)
+    return (
+        model_def,
+        init_state(params, opt, 0),
+        make_train_step(model_def, ONE_RF_LOSS, opt, ema_decay=decay),
+    )
 
 
 def test_train_step_traces_once_and_learns():
@@ -63,8 +66,15 @@ def _toy_cfg(steps):
 
 
 def _train(cfg, workdir, steps):
-    return train_flow(cfg, workdir, batch_fn=lambda s, d: _batch(s), loss_fn=ONE_RF_LOSS,
-                      num_steps=steps, seed=0, desc="t")[1]
+    return train_flow(
+        cfg,
+        workdir,
+        batch_fn=lambda s, d: _batch(s),
+        loss_fn=ONE_RF_LOSS,
+        num_steps=steps,
+        seed=0,
+        desc="t",
+    )[1]
 
 
 def test_interrupted_run_resumes_exactly(tmp_path):
@@ -81,8 +91,9 @@ def test_interrupted_run_resumes_exactly(tmp_path):
     # The same scalars as TensorBoard events (one file per run segment).
     events = _tensorboard_scalars(tmp_path / "b" / "tensorboard")
     rows = [json.loads(line) for line in lines]
-    assert sorted(events["train/loss"]) == [(r["step"], pytest.approx(r["train/loss"], rel=1e-6))
-                                             for r in rows]
+    assert sorted(events["train/loss"]) == [
+        (r["step"], pytest.approx(r["train/loss"], rel=1e-6)) for r in rows
+    ]
 
 
 def _tensorboard_scalars(folder):
@@ -96,8 +107,8 @@ def _tensorboard_scalars(folder):
         data = (folder / name).read_bytes()
         pos = 0
         while pos < len(data):
-            (length,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
             pos += 12 + length + 4
             for v in event.summary.value:
                 out.setdefault(v.tag, []).append((event.step, v.simple_value))
@@ -119,15 +130,23 @@ def test_param_snapshot_round_trip_and_mismatch(tmp_path):
 def test_steps_per_call_must_divide():
     cfg = _toy_cfg(45)
     with pytest.raises(ValueError, match="steps_per_call"):
-        train_flow(cfg, "/nonexistent", batch_fn=lambda s, d: _batch(s), loss_fn=ONE_RF_LOSS,
-                   num_steps=45, seed=0, desc="t")
+        train_flow(
+            cfg,
+            "/nonexistent",
+            batch_fn=lambda s, d: _batch(s),
+            loss_fn=ONE_RF_LOSS,
+            num_steps=45,
+            seed=0,
+            desc="t",
+        )
 
 
 def test_optimizer_config_errors():
     from simple_reflow.train.step import make_optimizer
 
-    bad = ml_collections.ConfigDict(dict(lr=-1.0, b1=0.9, b2=0.999, eps=1e-8, warmup_steps=0,
-                                         grad_clip=0.0))
+    bad = ml_collections.ConfigDict(
+        dict(lr=-1.0, b1=0.9, b2=0.999, eps=1e-8, warmup_steps=0, grad_clip=0.0)
+    )
     with pytest.raises(ValueError, match="optim.lr"):
         make_optimizer(bad)
 
@@ -142,10 +161,20 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         return {**b, "x0": b["x0"] * (float("nan") if s >= 25 else 1.0)}
 
     workdir = str(tmp_path / "run")
-    with pytest.raises(NonFiniteLoss, match=r"train/loss is nan at step 30; the newest "
-                                            r"checkpoint \(step 20\)"):
-        train_loop(state, jax.jit(step), num_steps=60, workdir=workdir, batch_at=batch_at,
-                   log_every=10, ckpt_every=10)
+    with pytest.raises(
+        NonFiniteLoss,
+        match=r"train/loss is nan at step 30; the newest "
+        r"checkpoint \(step 20\)",
+    ):
+        train_loop(
+            state,
+            jax.jit(step),
+            num_steps=60,
+            workdir=workdir,
+            batch_at=batch_at,
+            log_every=10,
+            ckpt_every=10,
+        )
     manager = checkpoint.make_manager(workdir)
     assert manager.latest_step() == 20
     restored = checkpoint.restore_latest(manager, state)
@@ -182,9 +211,14 @@ def _run(workdir, *, sigterm_after_rows=None):
     config = workdir.parent / "sigterm_config.py"
     config.write_text(SIGTERM_CONFIG)
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": root}
-    proc = subprocess.Popen([sys.executable, "scripts/train.py", "--config", str(config),
-                             "--workdir", str(workdir)], cwd=root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "scripts/train.py", "--config", str(config), "--workdir", str(workdir)],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     if sigterm_after_rows:
         metrics = workdir / "metrics.jsonl"
         deadline = time.time() + 240
@@ -210,8 +244,10 @@ def test_sigterm_saves_a_checkpoint_and_the_restart_resumes_exactly(tmp_path):
     assert 150 <= saved < 1500  # stopped where it was, not at a checkpoint period
     code, out, err = _run(tmp_path / "cut")  # the same command resumes
     assert code == 0, err[-2000:]
-    with np.load(tmp_path / "straight" / "ema.npz") as a, \
-            np.load(tmp_path / "cut" / "ema.npz") as b:
+    with (
+        np.load(tmp_path / "straight" / "ema.npz") as a,
+        np.load(tmp_path / "cut" / "ema.npz") as b,
+    ):
         assert sorted(a.files) == sorted(b.files)
         for k in a.files:
             np.testing.assert_array_equal(a[k], b[k])

@@ -62,27 +62,48 @@ def _check_args(name, cost, method, epsilon, kappa, resolution_bits, num_data, *
     for field, v in counts.items():
         _require(isinstance(v, int) and v >= 1, field, v, "must be an integer ≥ 1")
     bits = resolution_bits
-    _require(isinstance(bits, int) and 0 <= bits <= 24, "resolution_bits", bits,
-             "must be an integer in [0, 24] (0 = automatic)")
+    _require(
+        isinstance(bits, int) and 0 <= bits <= 24,
+        "resolution_bits",
+        bits,
+        "must be an integer in [0, 24] (0 = automatic)",
+    )
     _require(kappa > 0 and math.isfinite(kappa), "kappa", kappa, "must be a finite value > 0")
     if name == "loom" and (num_data is None or num_data < 1):
-        raise ValueError(f"name='loom' needs num_data ≥ 1 (the dataset size), got "
-                         f"num_data={num_data!r}.")
+        raise ValueError(
+            f"name='loom' needs num_data ≥ 1 (the dataset size), got num_data={num_data!r}."
+        )
 
 
 def _check_batch(batch, data_shape, multiple, name):
     shape = tuple(batch["x0"].shape[1:])
     if shape != tuple(data_shape):
-        raise ValueError(f"batch['x0'] has per-sample shape {shape}, the coupling was built for "
-                         f"data_shape={tuple(data_shape)}.")
+        raise ValueError(
+            f"batch['x0'] has per-sample shape {shape}, the coupling was built for "
+            f"data_shape={tuple(data_shape)}."
+        )
     if batch["x0"].shape[0] % multiple:
-        raise ValueError(f"batch size {batch['x0'].shape[0]} is not a multiple of "
-                         f"ot_groups × ot_batch_factor = {multiple} ({name!r} coupling).")
+        raise ValueError(
+            f"batch size {batch['x0'].shape[0]} is not a multiple of "
+            f"ot_groups × ot_batch_factor = {multiple} ({name!r} coupling)."
+        )
 
 
-def make_coupling(name="independent", *, data_shape, num_data=None, cost="sqeuclidean",
-                  method="exact", epsilon=0.05, max_iterations=1000, ot_batch_factor=1,
-                  ot_groups=1, resolution_bits=0, num_caches=4, kappa=1.0) -> Coupling:
+def make_coupling(
+    name="independent",
+    *,
+    data_shape,
+    num_data=None,
+    cost="sqeuclidean",
+    method="exact",
+    epsilon=0.05,
+    max_iterations=1000,
+    ot_batch_factor=1,
+    ot_groups=1,
+    resolution_bits=0,
+    num_caches=4,
+    kappa=1.0,
+) -> Coupling:
     """Builds a coupling; bad arguments raise a ValueError naming them before anything compiles.
 
     Args:
@@ -99,44 +120,68 @@ def make_coupling(name="independent", *, data_shape, num_data=None, cost="sqeucl
       num_caches: ``loom``: K noise caches per image (CIFAR10 4–6, ImageNet-64 1).
       kappa: ``wcfm``: ε = κ·√dim.
     """
-    _check_args(name, cost, method, epsilon, kappa, resolution_bits, num_data,
-                max_iterations=max_iterations, ot_batch_factor=ot_batch_factor,
-                ot_groups=ot_groups, num_caches=num_caches)
+    _check_args(
+        name,
+        cost,
+        method,
+        epsilon,
+        kappa,
+        resolution_bits,
+        num_data,
+        max_iterations=max_iterations,
+        ot_batch_factor=ot_batch_factor,
+        ot_groups=ot_groups,
+        num_caches=num_caches,
+    )
     data_shape = tuple(int(d) for d in data_shape)
     bits = resolution_bits or None
     groups = ot_groups
     stateless = lambda key: {}
 
     if name == "independent":
+
         def apply(key, batch, state):
             _check_batch(batch, data_shape, 1, name)
             batch, metrics = independent_pairs(key, batch, data_shape, cost)
             return batch, state, metrics
+
         return Coupling(name, stateless, apply)
 
     if name == "ot":
         factor = ot_batch_factor
-        kw = dict(cost=cost, method=method, epsilon=float(epsilon),
-                  max_iterations=max_iterations, batch_factor=factor, groups=groups)
+        kw = dict(
+            cost=cost,
+            method=method,
+            epsilon=float(epsilon),
+            max_iterations=max_iterations,
+            batch_factor=factor,
+            groups=groups,
+        )
 
         def apply(key, batch, state):
             _check_batch(batch, data_shape, groups * factor, name)
             m = batch["x0"].shape[0] // groups
             if bits is not None and bits > default_resolution_bits(m):
-                raise ValueError(f"resolution_bits={bits} exceeds "
-                                 f"{default_resolution_bits(m)}, the int32-safe limit at n={m}.")
+                raise ValueError(
+                    f"resolution_bits={bits} exceeds "
+                    f"{default_resolution_bits(m)}, the int32-safe limit at n={m}."
+                )
             batch, metrics = ot_pairs(key, batch, data_shape, resolution_bits=bits, **kw)
             return batch, state, metrics
+
         return Coupling(name, stateless, apply, factor)
 
     if name == "loom":
+
         def init(key):
             return loom_init(key, num_data, num_caches)
 
         def apply(key, batch, state):
             _check_batch(batch, data_shape, groups, name)
-            return loom_pairs(key, batch, state, data_shape, cost=cost, groups=groups,
-                              resolution_bits=bits)
+            return loom_pairs(
+                key, batch, state, data_shape, cost=cost, groups=groups, resolution_bits=bits
+            )
+
         return Coupling(name, init, apply)
 
     kappa = float(kappa)
@@ -145,4 +190,5 @@ def make_coupling(name="independent", *, data_shape, num_data=None, cost="sqeucl
         _check_batch(batch, data_shape, 1, name)
         batch, metrics = wcfm_pairs(key, batch, data_shape, kappa=kappa, cost=cost)
         return batch, state, metrics
+
     return Coupling(name, stateless, apply)

@@ -96,8 +96,10 @@ def _auction_phase(benefit, state, eps):
     held = jnp.take_along_axis(vals, jnp.maximum(assign, 0)[:, None], axis=1)[:, 0]
     keep = (assign >= 0) & (held >= best - eps)
     assign = jnp.where(keep, assign, -1)
-    owner = jnp.full((n,), -1, jnp.int32).at[jnp.where(keep, assign, n)].set(
-        jnp.arange(n, dtype=jnp.int32), mode="drop"
+    owner = (
+        jnp.full((n,), -1, jnp.int32)
+        .at[jnp.where(keep, assign, n)]
+        .set(jnp.arange(n, dtype=jnp.int32), mode="drop")
     )
     queue = jnp.nonzero(~keep, size=n, fill_value=0)[0].astype(jnp.int32)
     count = n - jnp.sum(keep.astype(jnp.int32))

@@ -45,8 +45,9 @@ def loom_noise(state, seeds, data_shape):
     return noise_for_indices(jax.random.wrap_key_data(state["noise_key"]), seeds, data_shape)
 
 
-def loom_pairs(key, batch, state, data_shape, *, cost="sqeuclidean", groups=1,
-               resolution_bits=None):
+def loom_pairs(
+    key, batch, state, data_shape, *, cost="sqeuclidean", groups=1, resolution_bits=None
+):
     """One LOOM-CFM update.
 
     Args:
@@ -67,16 +68,23 @@ def loom_pairs(key, batch, state, data_shape, *, cost="sqeuclidean", groups=1,
     seeds = seeds_table[idx, cache]
     x1 = loom_noise(state, seeds, data_shape)
     perm, before, after = grouped_assignment(
-        batch["x0"], x1, cost=cost, groups=groups, resolution_bits=resolution_bits)
+        batch["x0"], x1, cost=cost, groups=groups, resolution_bits=resolution_bits
+    )
     improve = jnp.sum(after) <= jnp.sum(before)
     perm = jnp.where(improve, perm, jnp.arange(b, dtype=perm.dtype))
     after = jnp.where(improve, after, before)
     sorted_idx = jnp.sort(idx)
-    valid = ((sorted_idx[0] >= 0) & (sorted_idx[-1] < seeds_table.shape[0])
-             & jnp.all(sorted_idx[1:] != sorted_idx[:-1]))
+    valid = (
+        (sorted_idx[0] >= 0)
+        & (sorted_idx[-1] < seeds_table.shape[0])
+        & jnp.all(sorted_idx[1:] != sorted_idx[:-1])
+    )
     new_seeds = jnp.where(valid, seeds[perm], seeds)
     state = {**state, "seeds": seeds_table.at[idx, cache].set(new_seeds, mode="drop")}
-    metrics = {"coupling/cost_before": jnp.mean(before), "coupling/cost_after": jnp.mean(after),
-               "coupling/swaps": jnp.sum(perm != jnp.arange(b)).astype(jnp.float32),
-               "coupling/invalid_batch": 1.0 - valid.astype(jnp.float32)}
+    metrics = {
+        "coupling/cost_before": jnp.mean(before),
+        "coupling/cost_after": jnp.mean(after),
+        "coupling/swaps": jnp.sum(perm != jnp.arange(b)).astype(jnp.float32),
+        "coupling/invalid_batch": 1.0 - valid.astype(jnp.float32),
+    }
     return {**batch, "x1": x1[perm]}, state, metrics

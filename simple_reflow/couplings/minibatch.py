@@ -89,8 +89,19 @@ def sinkhorn_plan(x0, x1, *, cost="sqeuclidean", epsilon=0.05, max_iterations=10
     return plan, c, converged
 
 
-def ot_pairs(key, batch, data_shape, *, cost="sqeuclidean", method="exact", epsilon=0.05,
-             max_iterations=1000, batch_factor=1, groups=1, resolution_bits=None):
+def ot_pairs(
+    key,
+    batch,
+    data_shape,
+    *,
+    cost="sqeuclidean",
+    method="exact",
+    epsilon=0.05,
+    max_iterations=1000,
+    batch_factor=1,
+    groups=1,
+    resolution_bits=None,
+):
     """OT-CFM pairs: noise drawn for the whole (OT) batch, then re-ordered by OT.
 
     Args:
@@ -108,29 +119,41 @@ def ot_pairs(key, batch, data_shape, *, cost="sqeuclidean", method="exact", epsi
     x1 = noise_for_indices(key_noise, batch["index"], data_shape)
     if method == "exact":
         perm, before, after = grouped_assignment(
-            batch["x0"], x1, cost=cost, groups=groups, resolution_bits=resolution_bits)
+            batch["x0"], x1, cost=cost, groups=groups, resolution_bits=resolution_bits
+        )
         metrics = {}
     else:
         m = n // groups
         xg = batch["x0"].reshape((groups, m) + batch["x0"].shape[1:])
         yg = x1.reshape((groups, m) + x1.shape[1:])
         plan, c, converged = jax.vmap(
-            lambda x, y: sinkhorn_plan(x, y, cost=cost, epsilon=epsilon,
-                                       max_iterations=max_iterations))(xg, yg)
+            lambda x, y: sinkhorn_plan(
+                x, y, cost=cost, epsilon=epsilon, max_iterations=max_iterations
+            )
+        )(xg, yg)
         rows = plan / jnp.sum(plan, axis=2, keepdims=True)
         keys = jax.random.split(key_plan, groups)
         local = jax.vmap(lambda k, r: jax.random.categorical(k, jnp.log(r), axis=1))(keys, rows)
         before = jnp.diagonal(c, axis1=1, axis2=2).reshape(n)
         after = jnp.take_along_axis(c, local[..., None], axis=2).reshape(n)
         perm = (local + (jnp.arange(groups) * m)[:, None]).reshape(n).astype(jnp.int32)
-        metrics = {"coupling/plan_max_row": jnp.mean(jnp.max(rows, axis=2)),
-                   "coupling/converged": jnp.mean(converged.astype(jnp.float32))}
+        metrics = {
+            "coupling/plan_max_row": jnp.mean(jnp.max(rows, axis=2)),
+            "coupling/converged": jnp.mean(converged.astype(jnp.float32)),
+        }
     out = {**batch, "x1": x1[perm]}
-    metrics = {"coupling/cost_before": jnp.mean(before), "coupling/cost_after": jnp.mean(after),
-               "coupling/swaps": jnp.sum(perm != jnp.arange(n)).astype(jnp.float32), **metrics}
+    metrics = {
+        "coupling/cost_before": jnp.mean(before),
+        "coupling/cost_after": jnp.mean(after),
+        "coupling/swaps": jnp.sum(perm != jnp.arange(n)).astype(jnp.float32),
+        **metrics,
+    }
     if batch_factor > 1:
         keep = n // groups // batch_factor
         out = jax.tree.map(
             lambda a: a.reshape((groups, n // groups) + a.shape[1:])[:, :keep].reshape(
-                (groups * keep,) + a.shape[1:]), out)
+                (groups * keep,) + a.shape[1:]
+            ),
+            out,
+        )
     return out, metrics

@@ -32,8 +32,14 @@ from ott.solvers.linear import sinkhorn
 
 from simple_reflow.couplings.assignment import cost_matrix
 
-__all__ = ["projection_cost", "projection_plan", "sinkhorn_solve", "pairs_from_plan",
-           "search_lambda", "project_pairs"]
+__all__ = [
+    "projection_cost",
+    "projection_plan",
+    "sinkhorn_solve",
+    "pairs_from_plan",
+    "search_lambda",
+    "project_pairs",
+]
 
 
 def projection_cost(x_hat0, y):
@@ -41,8 +47,7 @@ def projection_cost(x_hat0, y):
     return cost_matrix(x_hat0, y, "sqeuclidean") / math.prod(x_hat0.shape[1:])
 
 
-def projection_plan(x_hat0, y, *, epsilon=0.05, lam=None, max_iterations=2000,
-                    threshold=1e-3):
+def projection_plan(x_hat0, y, *, epsilon=0.05, lam=None, max_iterations=2000, threshold=1e-3):
     """Entropic OT plan between teacher samples and real data (Algorithm 1, "given λ").
 
     Args:
@@ -62,8 +67,9 @@ def projection_plan(x_hat0, y, *, epsilon=0.05, lam=None, max_iterations=2000,
     else:
         # λ = lam·ε, so tau_b = λ/(λ + ε) = lam/(lam + 1) is static, as OTT-JAX requires.
         tau_b = lam / (lam + 1.0)
-    plan, converged = sinkhorn_solve(c, epsilon * jnp.mean(c), tau_b=tau_b,
-                                     max_iterations=max_iterations, threshold=threshold)
+    plan, converged = sinkhorn_solve(
+        c, epsilon * jnp.mean(c), tau_b=tau_b, max_iterations=max_iterations, threshold=threshold
+    )
     return plan, c, converged
 
 
@@ -101,8 +107,9 @@ def _expected_displacement(plan, cost):
     return jnp.mean(jnp.sum(plan * cost, axis=1) / jnp.maximum(rows, 1e-30))
 
 
-def search_lambda(x_hat0, y, *, budget, lambdas=(0.1, 1.0, 10.0, 100.0, None), epsilon=0.05,
-                  max_iterations=2000):
+def search_lambda(
+    x_hat0, y, *, budget, lambdas=(0.1, 1.0, 10.0, 100.0, None), epsilon=0.05, max_iterations=2000
+):
     """Algorithm 2: the largest λ whose expected displacement stays under ``budget``.
 
     Args:
@@ -118,8 +125,9 @@ def search_lambda(x_hat0, y, *, budget, lambdas=(0.1, 1.0, 10.0, 100.0, None), e
     """
     plans, disps = [], []
     for lam in lambdas:
-        plan, c, _ = projection_plan(x_hat0, y, epsilon=epsilon, lam=lam,
-                                     max_iterations=max_iterations)
+        plan, c, _ = projection_plan(
+            x_hat0, y, epsilon=epsilon, lam=lam, max_iterations=max_iterations
+        )
         plans.append(plan)
         disps.append(_expected_displacement(plan, c))
     disps = jnp.stack(disps)
@@ -129,8 +137,18 @@ def search_lambda(x_hat0, y, *, budget, lambdas=(0.1, 1.0, 10.0, 100.0, None), e
     return index, disps, jnp.stack(plans)
 
 
-def project_pairs(key, x_hat0, x1, y, *, budget=None, lambdas=(0.1, 1.0, 10.0, 100.0, None),
-                  epsilon=0.05, mode="sample", max_iterations=2000):
+def project_pairs(
+    key,
+    x_hat0,
+    x1,
+    y,
+    *,
+    budget=None,
+    lambdas=(0.1, 1.0, 10.0, 100.0, None),
+    epsilon=0.05,
+    mode="sample",
+    max_iterations=2000,
+):
     """Projected pairs ``(y_{j(i)}, x1_i)`` (steps 1–4 above).
 
     Args:
@@ -148,15 +166,23 @@ def project_pairs(key, x_hat0, x1, y, *, budget=None, lambdas=(0.1, 1.0, 10.0, 1
         plan, c, _ = projection_plan(x_hat0, y, epsilon=epsilon, max_iterations=max_iterations)
         metrics = {}
     else:
-        index, disps, plans = search_lambda(x_hat0, y, budget=budget, lambdas=lambdas,
-                                            epsilon=epsilon, max_iterations=max_iterations)
+        index, disps, plans = search_lambda(
+            x_hat0,
+            y,
+            budget=budget,
+            lambdas=lambdas,
+            epsilon=epsilon,
+            max_iterations=max_iterations,
+        )
         plan, c = plans[index], projection_cost(x_hat0, y)
-        metrics = {"projection/lambda_index": index, "projection/displacement_chosen":
-                   disps[index]}
+        metrics = {"projection/lambda_index": index, "projection/displacement_chosen": disps[index]}
     j = pairs_from_plan(key, plan, mode=mode)
     disp = jnp.take_along_axis(c, j[:, None], axis=1)[:, 0]
-    metrics = {**metrics, "projection/displacement": jnp.mean(disp),
-               "projection/unique_fraction": _unique_fraction(j, y.shape[0])}
+    metrics = {
+        **metrics,
+        "projection/displacement": jnp.mean(disp),
+        "projection/unique_fraction": _unique_fraction(j, y.shape[0]),
+    }
     return {"x0": y[j], "x1": x1, "j": j, "displacement": disp}, metrics
 
 

@@ -44,6 +44,10 @@ def wcfm_pairs(key, batch, data_shape, *, kappa=1.0, cost="sqeuclidean"):
     c = pair_cost(batch["x0"], x1, cost)
     eps = kappa * math.sqrt(math.prod(data_shape))
     w, ess = gibbs_weights(c, eps, batch.get("weight"))
-    metrics = {"coupling/cost_before": jnp.mean(c), "coupling/cost_after": jnp.mean(w * c),
-               "coupling/ess": ess, "coupling/ess_fraction": ess / c.shape[0]}
+    metrics = {
+        "coupling/cost_before": jnp.mean(c),
+        "coupling/cost_after": jnp.mean(w * c),
+        "coupling/ess": ess,
+        "coupling/ess_fraction": ess / c.shape[0],
+    }
     return {**batch, "x1": x1, "weight": w}, metrics

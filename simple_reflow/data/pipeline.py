@@ -45,8 +45,10 @@ def epoch_permutation(seed: int, epoch: int, n: int, stream: int = 0) -> np.ndar
     """The order ``[n]`` in which epoch ``epoch`` visits the examples (read-only, cached);
     ``stream`` > 0 gives an independent order for another sequence (e.g. another pair store)."""
     if seed < 0 or epoch < 0 or stream < 0:
-        raise ValueError(f"seed, epoch and stream must be non-negative, got seed={seed}, "
-                         f"epoch={epoch}, stream={stream}")
+        raise ValueError(
+            f"seed, epoch and stream must be non-negative, got seed={seed}, "
+            f"epoch={epoch}, stream={stream}"
+        )
     return _cached_permutation(int(seed), int(epoch), int(n), int(stream))
 
 
@@ -72,8 +74,10 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 def uniform_at(seed: int, positions: np.ndarray, stream: int) -> np.ndarray:
     """A uniform float64 in [0, 1) per (seed, stream, position), from a hash (no state)."""
     with np.errstate(over="ignore"):
-        salt = _splitmix64(np.full(np.shape(positions), seed, np.uint64)
-                           ^ _splitmix64(np.full(np.shape(positions), stream, np.uint64)))
+        salt = _splitmix64(
+            np.full(np.shape(positions), seed, np.uint64)
+            ^ _splitmix64(np.full(np.shape(positions), stream, np.uint64))
+        )
         h = _splitmix64(np.asarray(positions, np.uint64) ^ salt)
     return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
@@ -159,8 +163,9 @@ class Prefetcher:
         self._stop = threading.Event()
         self._queue = queue.Queue(maxsize=self._depth)
         self._next = step
-        self._thread = threading.Thread(target=self._produce, args=(step, self._stop,
-                                                                    self._queue), daemon=True)
+        self._thread = threading.Thread(
+            target=self._produce, args=(step, self._stop, self._queue), daemon=True
+        )
         self._thread.start()
 
     def _produce(self, step, stop, q):

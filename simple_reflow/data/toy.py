@@ -48,8 +48,9 @@ def _moons(key, n):
 def _checkerboard(key, n):
     # Dark cells of the 4×4 board on [-4, 4]^2 (cells of side 2): (i + j) even, i, j ∈ {0..3}.
     key_cell, key_pos = jax.random.split(key)
-    cells = jnp.asarray([(i, j) for i in range(4) for j in range(4) if (i + j) % 2 == 0],
-                        jnp.float32)
+    cells = jnp.asarray(
+        [(i, j) for i in range(4) for j in range(4) if (i + j) % 2 == 0], jnp.float32
+    )
     c = jax.random.randint(key_cell, (n,), 0, cells.shape[0])
     return -4.0 + 2.0 * (cells[c] + jax.random.uniform(key_pos, (n, 2)))
 

@@ -54,10 +54,14 @@ class FeatureStats:
         if jax.process_count() == 1:
             return self
         # float64 travels as its bytes (pairs of uint32): JAX would round it to float32.
-        local = {"count": np.array([self.count], np.float64), "total": self.total,
-                 "outer": self.outer}
+        local = {
+            "count": np.array([self.count], np.float64),
+            "total": self.total,
+            "outer": self.outer,
+        }
         parts = multihost_utils.process_allgather(
-            {k: np.ascontiguousarray(v).view(np.uint32) for k, v in local.items()})
+            {k: np.ascontiguousarray(v).view(np.uint32) for k, v in local.items()}
+        )
         parts = {k: np.asarray(v).view(np.float64) for k, v in parts.items()}
         out = FeatureStats(self.dim)
         out.count = int(round(float(np.sum(parts["count"]))))
@@ -77,8 +81,12 @@ class FeatureStats:
 def save_reference(path: str, mu, sigma, **meta) -> None:
     """Writes reference statistics in EDM's layout (``mu``, ``sigma``) plus ``meta`` scalars."""
     tmp = path + ".tmp.npz"
-    np.savez(tmp, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
-             **{k: np.asarray(v) for k, v in meta.items()})
+    np.savez(
+        tmp,
+        mu=np.asarray(mu, np.float64),
+        sigma=np.asarray(sigma, np.float64),
+        **{k: np.asarray(v) for k, v in meta.items()},
+    )
     os.replace(tmp, path)
 
 
@@ -95,21 +103,28 @@ def load_reference(path: str, *, dim: int | None = None, resolution: int | None 
       FileNotFoundError / ValueError: one line naming the file and what is wrong.
     """
     if not path or not os.path.exists(path):
-        raise MissingInput(f"no FID reference statistics at {path!r} (compute them with "
-                                "scripts/fid_stats.py, or use EDM's published .npz)")
+        raise MissingInput(
+            f"no FID reference statistics at {path!r} (compute them with "
+            "scripts/fid_stats.py, or use EDM's published .npz)"
+        )
     with np.load(path) as data:
         if "mu" not in data.files or "sigma" not in data.files:
-            raise ValueError(f"{path} has no 'mu' and 'sigma' arrays: not FID reference "
-                             "statistics")
+            raise ValueError(f"{path} has no 'mu' and 'sigma' arrays: not FID reference statistics")
         mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
         stored = int(data["resolution"]) if "resolution" in data.files else None
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} are not the statistics "
-                         "of one feature space")
+        raise ValueError(
+            f"{path}: mu {mu.shape} and sigma {sigma.shape} are not the statistics "
+            "of one feature space"
+        )
     if dim is not None and mu.shape[0] != dim:
-        raise ValueError(f"{path} holds {mu.shape[0]}-d statistics; the features are {dim}-d "
-                         "(Inception pool features are 2048-d)")
+        raise ValueError(
+            f"{path} holds {mu.shape[0]}-d statistics; the features are {dim}-d "
+            "(Inception pool features are 2048-d)"
+        )
     if resolution is not None and stored is not None and stored != resolution:
-        raise ValueError(f"{path} was computed on {stored}x{stored} images; the images scored "
-                         f"are {resolution}x{resolution}")
+        raise ValueError(
+            f"{path} was computed on {stored}x{stored} images; the images scored "
+            f"are {resolution}x{resolution}"
+        )
     return mu, sigma

@@ -29,9 +29,16 @@ from simple_reflow.errors import MissingInput
 from simple_reflow.models.params import flat_params, unflatten_params
 from simple_reflow.models.torch_files import load_torch_file
 
-__all__ = ["FIDInception", "inception_params", "load_fid_inception", "uint8_features",
-           "resize_matrix",
-           "FEATURE_DIM", "INCEPTION_SIZE", "WEIGHTS_ENV"]
+__all__ = [
+    "FIDInception",
+    "inception_params",
+    "load_fid_inception",
+    "uint8_features",
+    "resize_matrix",
+    "FEATURE_DIM",
+    "INCEPTION_SIZE",
+    "WEIGHTS_ENV",
+]
 
 FEATURE_DIM = 2048
 INCEPTION_SIZE = 299
@@ -55,15 +62,15 @@ class BasicConv2d(nnx.Module):
 
     def __call__(self, x):
         (ph, pw) = self.padding
-        y = jax.lax.conv_general_dilated(x, self.weight[...], self.stride, [(ph, ph), (pw, pw)],
-                                         dimension_numbers=_DN)
+        y = jax.lax.conv_general_dilated(
+            x, self.weight[...], self.stride, [(ph, ph), (pw, pw)], dimension_numbers=_DN
+        )
         return jax.nn.relu(y + self.bias[...].reshape(1, 1, 1, -1))  # [C] over NHWC, explicitly
 
 
 def _max_pool(x, stride, padding=0):
     p = [(0, 0), (padding, padding), (padding, padding), (0, 0)]
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, stride, stride, 1),
-                                 p)
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, stride, stride, 1), p)
 
 
 def _avg_pool_no_pad(x):
@@ -127,8 +134,13 @@ class InceptionC(nnx.Module):
     def __call__(self, x):
         b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
         d = x
-        for conv in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3,
-                     self.branch7x7dbl_4, self.branch7x7dbl_5):
+        for conv in (
+            self.branch7x7dbl_1,
+            self.branch7x7dbl_2,
+            self.branch7x7dbl_3,
+            self.branch7x7dbl_4,
+            self.branch7x7dbl_5,
+        ):
             d = conv(d)
         pool = self.branch_pool(_avg_pool_no_pad(x))
         return jnp.concatenate([self.branch1x1(x), b7, d, pool], axis=-1)
@@ -231,8 +243,16 @@ class FIDInception(nnx.Module):
         b0 = _max_pool(x, 2)
         b1 = _max_pool(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(b0)), 2)
         x = b1
-        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b,
-                      self.Mixed_6c, self.Mixed_6d, self.Mixed_6e):
+        for block in (
+            self.Mixed_5b,
+            self.Mixed_5c,
+            self.Mixed_5d,
+            self.Mixed_6a,
+            self.Mixed_6b,
+            self.Mixed_6c,
+            self.Mixed_6d,
+            self.Mixed_6e,
+        ):
             x = block(x)
         b2 = x
         x = self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x)))
@@ -257,28 +277,44 @@ def inception_params(state: dict, *, source: str = "weights"):
     like = nnx.to_pure_dict(nnx.state(nnx.eval_shape(FIDInception), nnx.Param))
     shapes = {n: tuple(v.shape) for n, v in flat_params(like).items()}
     prefixes = {n.rpartition("/")[0] for n in shapes}
-    known = {f"{p.replace('/', '.')}.{leaf}" for p in prefixes
-             for leaf in ("conv.weight", "bn.weight", "bn.bias", "bn.running_mean",
-                          "bn.running_var", "bn.num_batches_tracked")}
+    known = {
+        f"{p.replace('/', '.')}.{leaf}"
+        for p in prefixes
+        for leaf in (
+            "conv.weight",
+            "bn.weight",
+            "bn.bias",
+            "bn.running_mean",
+            "bn.running_var",
+            "bn.num_batches_tracked",
+        )
+    }
     extra = [k for k in state if k not in known and not k.startswith("fc.")]
     if extra:
-        raise ValueError(f"{source}: unexpected key {extra[0]!r}: not the FID Inception-v3 "
-                         "(pytorch-fid's pt_inception-2015-12-05 weights)")
+        raise ValueError(
+            f"{source}: unexpected key {extra[0]!r}: not the FID Inception-v3 "
+            "(pytorch-fid's pt_inception-2015-12-05 weights)"
+        )
     flat = {}
     for prefix in sorted(prefixes):
         torch_name = prefix.replace("/", ".")
         try:
             w = np.asarray(state[f"{torch_name}.conv.weight"], np.float64)
-            gamma, beta, mean, var = (np.asarray(state[f"{torch_name}.bn.{k}"], np.float64)
-                                      for k in ("weight", "bias", "running_mean", "running_var"))
+            gamma, beta, mean, var = (
+                np.asarray(state[f"{torch_name}.bn.{k}"], np.float64)
+                for k in ("weight", "bias", "running_mean", "running_var")
+            )
         except KeyError as e:
-            raise ValueError(f"{source}: missing key {e.args[0]!r} of the FID Inception-v3") \
-                from None
+            raise ValueError(
+                f"{source}: missing key {e.args[0]!r} of the FID Inception-v3"
+            ) from None
         scale = gamma / np.sqrt(var + _BN_EPS)
         weight = (w * scale[:, None, None, None]).transpose(2, 3, 1, 0)
         if weight.shape != shapes[f"{prefix}/weight"]:
-            raise ValueError(f"{source}: {torch_name}.conv.weight has shape {w.shape}, "
-                             f"not the FID Inception-v3's")
+            raise ValueError(
+                f"{source}: {torch_name}.conv.weight has shape {w.shape}, "
+                f"not the FID Inception-v3's"
+            )
         flat[f"{prefix}/weight"] = weight.astype(np.float32)
         flat[f"{prefix}/bias"] = (beta - mean * scale).astype(np.float32)
     return unflatten_params(flat, like, source=source)
@@ -297,9 +333,11 @@ def load_fid_inception(path: str | None = None) -> FIDInception:
     """
     path = path or os.environ.get(WEIGHTS_ENV)
     if not path:
-        raise MissingInput(f"no Inception weights: set eval.inception_weights or "
-                                f"${WEIGHTS_ENV} to pytorch-fid's "
-                                "pt_inception-2015-12-05-6726825d.pth")
+        raise MissingInput(
+            f"no Inception weights: set eval.inception_weights or "
+            f"${WEIGHTS_ENV} to pytorch-fid's "
+            "pt_inception-2015-12-05-6726825d.pth"
+        )
     if not os.path.exists(path):
         raise MissingInput(f"no Inception weights at {path!r}")
     if path.endswith(".npz"):

@@ -52,8 +52,9 @@ def sliced_w2(x, y, key, num_directions=256):
     x = jnp.asarray(x, jnp.float32).reshape(len(x), -1)
     y = jnp.asarray(y, jnp.float32).reshape(len(y), -1)
     if x.shape != y.shape:
-        raise ValueError(f"sliced_w2 needs equal-size samples of one dimension, got {x.shape} "
-                         f"and {y.shape}.")
+        raise ValueError(
+            f"sliced_w2 needs equal-size samples of one dimension, got {x.shape} and {y.shape}."
+        )
     theta = jax.random.normal(key, (x.shape[1], num_directions), jnp.float32)
     theta = theta / jnp.linalg.norm(theta, axis=0, keepdims=True)
     px = jnp.sort(x @ theta, axis=0)
@@ -81,8 +82,9 @@ def straightness(denoise_fn, x1, grid, *, solver="heun", cond=None):
 
     def body(acc, inp):
         x, s, dt = inp
-        v = paths.velocity_from_denoised(x, jnp.full((x.shape[0],), s), denoise_fn(
-            x, jnp.full((x.shape[0],), s), cond))
+        v = paths.velocity_from_denoised(
+            x, jnp.full((x.shape[0],), s), denoise_fn(x, jnp.full((x.shape[0],), s), cond)
+        )
         err = jnp.sum(jnp.square((v - chord).reshape(x.shape[0], -1)), axis=1)
         return acc + dt * jnp.mean(err), None
 

@@ -49,12 +49,25 @@ class DhariwalUNet(nnx.Module):
       rngs: parameter initialisation.
     """
 
-    def __init__(self, img_resolution: int, in_channels: int, out_channels: int, *,
-                 num_classes: int = 0, augment_dim: int = 0, model_channels: int = 192,
-                 channel_mult: Sequence[int] = (1, 2, 3, 4), channel_mult_emb: int = 4,
-                 num_blocks: int = 3, attn_resolutions: Sequence[int] = (32, 16, 8),
-                 channels_per_head: int = 64, dropout: float = 0.10,
-                 label_dropout: float = 0.0, conv_grad: str = "auto", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        img_resolution: int,
+        in_channels: int,
+        out_channels: int,
+        *,
+        num_classes: int = 0,
+        augment_dim: int = 0,
+        model_channels: int = 192,
+        channel_mult: Sequence[int] = (1, 2, 3, 4),
+        channel_mult_emb: int = 4,
+        num_blocks: int = 3,
+        attn_resolutions: Sequence[int] = (32, 16, 8),
+        channels_per_head: int = 64,
+        dropout: float = 0.10,
+        label_dropout: float = 0.0,
+        conv_grad: str = "auto",
+        rngs: nnx.Rngs,
+    ):
         self.num_classes, self.augment_dim = num_classes, augment_dim
         self.label_dropout = label_dropout
         self.noise_channels = model_channels
@@ -62,18 +75,36 @@ class DhariwalUNet(nnx.Module):
         gain = float(np.sqrt(1 / 3))
         init = {"mode": "kaiming_uniform", "init_weight": gain, "init_bias": gain}
         init_zero = {"mode": "kaiming_uniform", "init_weight": 0.0, "init_bias": 0.0}
-        block_kw = dict(emb_channels=emb_channels, channels_per_head=channels_per_head,
-                        dropout=dropout, init=init, init_zero=init_zero, conv_grad=conv_grad,
-                        rngs=rngs)
+        block_kw = dict(
+            emb_channels=emb_channels,
+            channels_per_head=channels_per_head,
+            dropout=dropout,
+            init=init,
+            init_zero=init_zero,
+            conv_grad=conv_grad,
+            rngs=rngs,
+        )
 
         # Mapping network.
-        self.map_augment = (Linear(augment_dim, model_channels, bias=False, rngs=rngs,
-                                   **init_zero) if augment_dim else None)
+        self.map_augment = (
+            Linear(augment_dim, model_channels, bias=False, rngs=rngs, **init_zero)
+            if augment_dim
+            else None
+        )
         self.map_layer0 = Linear(model_channels, emb_channels, rngs=rngs, **init)
         self.map_layer1 = Linear(emb_channels, emb_channels, rngs=rngs, **init)
-        self.map_label = (Linear(num_classes, emb_channels, bias=False, mode="kaiming_normal",
-                                 init_weight=float(np.sqrt(num_classes)), rngs=rngs)
-                          if num_classes else None)
+        self.map_label = (
+            Linear(
+                num_classes,
+                emb_channels,
+                bias=False,
+                mode="kaiming_normal",
+                init_weight=float(np.sqrt(num_classes)),
+                rngs=rngs,
+            )
+            if num_classes
+            else None
+        )
 
         # Encoder and decoder in EDM's order, with EDM's module names.
         enc = nnx.Dict()
@@ -81,19 +112,23 @@ class DhariwalUNet(nnx.Module):
         for level, mult in enumerate(channel_mult):
             res = img_resolution >> level
             if level == 0:
-                enc[f"{res}x{res}_conv"] = Conv2d(cout, model_channels * mult, 3,
-                                                  conv_grad=conv_grad, rngs=rngs, **init)
+                enc[f"{res}x{res}_conv"] = Conv2d(
+                    cout, model_channels * mult, 3, conv_grad=conv_grad, rngs=rngs, **init
+                )
                 cout = model_channels * mult
             else:
                 enc[f"{res}x{res}_down"] = UNetBlock(cout, cout, down=True, **block_kw)
             for idx in range(num_blocks):
                 cin, cout = cout, model_channels * mult
                 enc[f"{res}x{res}_block{idx}"] = UNetBlock(
-                    cin, cout, attention=res in attn_resolutions, **block_kw)
+                    cin, cout, attention=res in attn_resolutions, **block_kw
+                )
         self.enc = enc
         self.enc_order = tuple(enc.keys())  # graph round trips sort the Dict's keys
-        skips = [m.out_channels if isinstance(m, UNetBlock) else model_channels * channel_mult[0]
-                 for m in enc.values()]
+        skips = [
+            m.out_channels if isinstance(m, UNetBlock) else model_channels * channel_mult[0]
+            for m in enc.values()
+        ]
 
         dec = nnx.Dict()
         for level, mult in reversed(list(enumerate(channel_mult))):
@@ -106,12 +141,12 @@ class DhariwalUNet(nnx.Module):
             for idx in range(num_blocks + 1):
                 cin, cout = cout + skips.pop(), model_channels * mult
                 dec[f"{res}x{res}_block{idx}"] = UNetBlock(
-                    cin, cout, attention=res in attn_resolutions, **block_kw)
+                    cin, cout, attention=res in attn_resolutions, **block_kw
+                )
         self.dec = dec
         self.dec_order = tuple(dec.keys())
         self.out_norm = GroupNorm(cout)
-        self.out_conv = Conv2d(cout, out_channels, 3, conv_grad=conv_grad, rngs=rngs,
-                               **init_zero)
+        self.out_conv = Conv2d(cout, out_channels, 3, conv_grad=conv_grad, rngs=rngs, **init_zero)
 
     def __call__(self, x, noise_labels, cond=None, *, key=None, augment_labels=None):
         """Applies the network.
@@ -137,8 +172,9 @@ class DhariwalUNet(nnx.Module):
         emb = jax.nn.silu(self.map_layer0(emb))
         emb = self.map_layer1(emb)
         if self.map_label is not None:
-            labels = class_labels(cond, self.num_classes, batch,
-                                  label_dropout=self.label_dropout, key=keys["label"])
+            labels = class_labels(
+                cond, self.num_classes, batch, label_dropout=self.label_dropout, key=keys["label"]
+            )
             emb = emb + self.map_label(labels)
         emb = jax.nn.silu(emb)
 

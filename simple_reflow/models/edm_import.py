@@ -32,29 +32,58 @@ from simple_reflow.models import SONGUNET_VARIANTS
 from simple_reflow.models.params import flat_params, unflatten_params
 from simple_reflow.models.torch_files import PersistentObject, load_torch_file, module_state_dict
 
-__all__ = ["EDMNetwork", "read_edm_network", "read_state_dict", "edm_architecture",
-           "edm_params"]
+__all__ = ["EDMNetwork", "read_edm_network", "read_state_dict", "edm_architecture", "edm_params"]
 
 # The constructor defaults of EDM's training/networks.py (facts about its pickles: EDM records
 # only the arguments that were passed, so missing ones take these values).
 _EDM_DEFAULTS = {
-    "EDMPrecond": dict(label_dim=0, use_fp16=False, sigma_min=0.0, sigma_max=math.inf,
-                       sigma_data=0.5, model_type="DhariwalUNet"),
-    "SongUNet": dict(augment_dim=0, model_channels=128, channel_mult=[1, 2, 2, 2],
-                     channel_mult_emb=4, num_blocks=4, attn_resolutions=[16], dropout=0.10,
-                     label_dropout=0.0, embedding_type="positional", channel_mult_noise=1,
-                     encoder_type="standard", decoder_type="standard", resample_filter=[1, 1]),
-    "DhariwalUNet": dict(augment_dim=0, model_channels=192, channel_mult=[1, 2, 3, 4],
-                         channel_mult_emb=4, num_blocks=3, attn_resolutions=[32, 16, 8],
-                         dropout=0.10, label_dropout=0.0),
+    "EDMPrecond": dict(
+        label_dim=0,
+        use_fp16=False,
+        sigma_min=0.0,
+        sigma_max=math.inf,
+        sigma_data=0.5,
+        model_type="DhariwalUNet",
+    ),
+    "SongUNet": dict(
+        augment_dim=0,
+        model_channels=128,
+        channel_mult=[1, 2, 2, 2],
+        channel_mult_emb=4,
+        num_blocks=4,
+        attn_resolutions=[16],
+        dropout=0.10,
+        label_dropout=0.0,
+        embedding_type="positional",
+        channel_mult_noise=1,
+        encoder_type="standard",
+        decoder_type="standard",
+        resample_filter=[1, 1],
+    ),
+    "DhariwalUNet": dict(
+        augment_dim=0,
+        model_channels=192,
+        channel_mult=[1, 2, 3, 4],
+        channel_mult_emb=4,
+        num_blocks=3,
+        attn_resolutions=[32, 16, 8],
+        dropout=0.10,
+        label_dropout=0.0,
+    ),
 }
 _OTHER_PRECONDS = {
     "VPPrecond": "EDM's VP baseline preconditioning (baseline-*-vp.pkl)",
     "VEPrecond": "EDM's VE baseline preconditioning (baseline-*-ve.pkl)",
     "iDDPMPrecond": "the improved-DDPM preconditioning (baseline-imagenet-64x64-cond-adm.pkl)",
 }
-_SONG_FIELDS = ("embedding_type", "channel_mult_noise", "encoder_type", "decoder_type",
-                "resample_filter")
+_SONG_FIELDS = (
+    "embedding_type",
+    "channel_mult_noise",
+    "encoder_type",
+    "decoder_type",
+    "resample_filter",
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class EDMNetwork:
@@ -76,8 +105,10 @@ class EDMNetwork:
         kwargs = {**_EDM_DEFAULTS["EDMPrecond"], **init_kwargs}
         model_type = kwargs["model_type"]
         if model_type not in ("SongUNet", "DhariwalUNet"):
-            raise ValueError(f"{source}: EDMPrecond over a {model_type!r} backbone is not "
-                             "supported (SongUNet or DhariwalUNet)")
+            raise ValueError(
+                f"{source}: EDMPrecond over a {model_type!r} backbone is not "
+                "supported (SongUNet or DhariwalUNet)"
+            )
         return cls({**_EDM_DEFAULTS[model_type], **kwargs}, dict(state))
 
 
@@ -91,19 +122,28 @@ def read_edm_network(path: str) -> EDMNetwork:
     """
     obj = load_torch_file(path)
     net = obj.get("ema") if isinstance(obj, dict) else obj
-    if isinstance(obj, dict) and net is None and obj and all(
-            isinstance(v, np.ndarray) for v in obj.values()):
-        raise ValueError(f"{path} is a state_dict, which holds no architecture: import it with "
-                         "the model section of a config (scripts/import_edm.py --config ...)")
+    if (
+        isinstance(obj, dict)
+        and net is None
+        and obj
+        and all(isinstance(v, np.ndarray) for v in obj.values())
+    ):
+        raise ValueError(
+            f"{path} is a state_dict, which holds no architecture: import it with "
+            "the model section of a config (scripts/import_edm.py --config ...)"
+        )
     if not isinstance(net, PersistentObject):
         raise ValueError(f"{path} is not an EDM network pickle (no EDM network under 'ema')")
     if net.class_name in _OTHER_PRECONDS:
-        raise ValueError(f"{path} holds a {net.class_name} network, "
-                         f"{_OTHER_PRECONDS[net.class_name]}; only EDMPrecond networks (EDM's "
-                         "edm-*.pkl checkpoints) can be imported")
+        raise ValueError(
+            f"{path} holds a {net.class_name} network, "
+            f"{_OTHER_PRECONDS[net.class_name]}; only EDMPrecond networks (EDM's "
+            "edm-*.pkl checkpoints) can be imported"
+        )
     if net.class_name != "EDMPrecond":
-        raise ValueError(f"{path} holds a {net.class_name!r} object, not an EDM network "
-                         "(EDMPrecond)")
+        raise ValueError(
+            f"{path} holds a {net.class_name!r} object, not an EDM network (EDMPrecond)"
+        )
     return EDMNetwork.from_init_kwargs(net.init_kwargs, module_state_dict(net), source=path)
 
 
@@ -118,8 +158,9 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     else:
         state = load_torch_file(path)
     if isinstance(state, dict) and "ema" in state:
-        raise ValueError(f"{path} is a network pickle, not a state_dict: import it without "
-                         "a config")
+        raise ValueError(
+            f"{path} is a network pickle, not a state_dict: import it without a config"
+        )
     if not isinstance(state, dict) or not all(isinstance(v, np.ndarray) for v in state.values()):
         raise ValueError(f"{path} is not a state_dict (a mapping of names to tensors)")
     if not any(k.startswith("model.") for k in state):
@@ -143,14 +184,21 @@ def edm_architecture(net: EDMNetwork) -> dict:
     else:
         name = next((n for n, v in SONGUNET_VARIANTS.items() if v == song), "songunet")
     return dict(
-        name=name, resolution=int(k["img_resolution"]),
+        name=name,
+        resolution=int(k["img_resolution"]),
         model_channels=int(k["model_channels"]),
         channel_mult=tuple(int(v) for v in k["channel_mult"]),
-        channel_mult_emb=int(k["channel_mult_emb"]), num_blocks=int(k["num_blocks"]),
-        attn_resolutions=tuple(int(v) for v in k["attn_resolutions"]), channels_per_head=64,
-        dropout=float(k["dropout"]), num_classes=int(k["label_dim"]),
-        label_dropout=float(k["label_dropout"]), augment_dim=int(k["augment_dim"]),
-        sigma_data=float(k["sigma_data"]), **song)
+        channel_mult_emb=int(k["channel_mult_emb"]),
+        num_blocks=int(k["num_blocks"]),
+        attn_resolutions=tuple(int(v) for v in k["attn_resolutions"]),
+        channels_per_head=64,
+        dropout=float(k["dropout"]),
+        num_classes=int(k["label_dim"]),
+        label_dropout=float(k["label_dropout"]),
+        augment_dim=int(k["augment_dim"]),
+        sigma_data=float(k["sigma_data"]),
+        **song,
+    )
 
 
 def _expected_filter(resample_filter):
@@ -184,27 +232,36 @@ def edm_params(state: dict, like, *, resample_filter=(1, 1), source: str = "stat
         if key.endswith(".resample_filter"):
             want = _expected_filter(resample_filter)
             if value.shape != want.shape or not np.allclose(value, want, rtol=0, atol=1e-7):
-                raise ValueError(f"{source}: {key} is not the resampling filter "
-                                 f"{tuple(resample_filter)} (model.resample_filter)")
+                raise ValueError(
+                    f"{source}: {key} is not the resampling filter "
+                    f"{tuple(resample_filter)} (model.resample_filter)"
+                )
             continue
         if not key.startswith("model."):
-            raise ValueError(f"{source}: key {key!r} is not part of an EDMPrecond network "
-                             "(its keys start with 'model.')")
-        name = "backbone/" + key[len("model."):].replace(".", "/")
+            raise ValueError(
+                f"{source}: key {key!r} is not part of an EDMPrecond network "
+                "(its keys start with 'model.')"
+            )
+        name = "backbone/" + key[len("model.") :].replace(".", "/")
         if name not in shapes:
-            raise ValueError(f"{source}: unexpected key {key!r}: the model has no such "
-                             "parameter (another architecture?)")
+            raise ValueError(
+                f"{source}: unexpected key {key!r}: the model has no such "
+                "parameter (another architecture?)"
+            )
         if value.ndim == 4:
             value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
         elif value.ndim == 2:
             value = value.T  # [out, in] -> [in, out]
         if value.shape != shapes[name]:
-            raise ValueError(f"{source}: {key} has shape {tuple(value.shape)} (as ours: "
-                             f"{shapes[name]} expected); the architecture differs")
+            raise ValueError(
+                f"{source}: {key} has shape {tuple(value.shape)} (as ours: "
+                f"{shapes[name]} expected); the architecture differs"
+            )
         flat[name] = np.asarray(value, np.float32)
     missing = [n for n in shapes if n not in flat]
     if missing:
-        key = "model." + missing[0][len("backbone/"):].replace("/", ".")
-        raise ValueError(f"{source}: missing key {key!r} ({len(missing)} parameters of the "
-                         "model have no value)")
+        key = "model." + missing[0][len("backbone/") :].replace("/", ".")
+        raise ValueError(
+            f"{source}: missing key {key!r} ({len(missing)} parameters of the model have no value)"
+        )
     return unflatten_params(flat, like, source=source)

@@ -68,8 +68,10 @@ def edm_init(mode: str, fan_in: int, fan_out: int, gain: float = 1.0):
     elif mode == "kaiming_normal":
         scale, uniform = math.sqrt(1.0 / fan_in), False
     else:
-        raise ValueError(f"init mode must be one of xavier_uniform, xavier_normal, "
-                         f"kaiming_uniform, kaiming_normal; got {mode!r}")
+        raise ValueError(
+            f"init mode must be one of xavier_uniform, xavier_normal, "
+            f"kaiming_uniform, kaiming_normal; got {mode!r}"
+        )
 
     def init(key, shape, dtype=jnp.float32):
         if gain == 0.0:
@@ -90,13 +92,29 @@ class Linear(nnx.Module):
     Shapes: ``[..., in_features] -> [..., out_features]``.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
-                 mode: str = "kaiming_normal", init_weight: float = 1.0, init_bias: float = 0.0,
-                 rngs: nnx.Rngs):
-        self.weight = nnx.Param(edm_init(mode, in_features, out_features, init_weight)(
-            rngs.params(), (in_features, out_features)))
-        self.bias = (nnx.Param(edm_init(mode, in_features, out_features, init_bias)(
-            rngs.params(), (out_features,))) if bias else None)
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bias: bool = True,
+        mode: str = "kaiming_normal",
+        init_weight: float = 1.0,
+        init_bias: float = 0.0,
+        rngs: nnx.Rngs,
+    ):
+        self.weight = nnx.Param(
+            edm_init(mode, in_features, out_features, init_weight)(
+                rngs.params(), (in_features, out_features)
+            )
+        )
+        self.bias = (
+            nnx.Param(
+                edm_init(mode, in_features, out_features, init_bias)(rngs.params(), (out_features,))
+            )
+            if bias
+            else None
+        )
 
     def __call__(self, x):
         y = x @ self.weight[...].astype(x.dtype)
@@ -128,8 +146,13 @@ def downsample_2x(x, resample_filter=(1, 1)):
         return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
     pad = (len(resample_filter) - 1) // 2
     return jax.lax.conv_general_dilated(
-        x, _resample_kernel(resample_filter, c, x.dtype), (2, 2), [(pad, pad), (pad, pad)],
-        dimension_numbers=_DN, feature_group_count=c)
+        x,
+        _resample_kernel(resample_filter, c, x.dtype),
+        (2, 2),
+        [(pad, pad), (pad, pad)],
+        dimension_numbers=_DN,
+        feature_group_count=c,
+    )
 
 
 def upsample_2x(x, resample_filter=(1, 1)):
@@ -144,8 +167,14 @@ def upsample_2x(x, resample_filter=(1, 1)):
     pad = k - 1 - (k - 1) // 2  # a transposed convolution as a convolution of the dilated input
     kernel = 4.0 * _resample_kernel(resample_filter, c, x.dtype)[::-1, ::-1]
     return jax.lax.conv_general_dilated(
-        x, kernel, (1, 1), [(pad, pad), (pad, pad)], lhs_dilation=(2, 2),
-        dimension_numbers=_DN, feature_group_count=c)
+        x,
+        kernel,
+        (1, 1),
+        [(pad, pad), (pad, pad)],
+        lhs_dilation=(2, 2),
+        dimension_numbers=_DN,
+        feature_group_count=c,
+    )
 
 
 CONV_GRADS = ("auto", "chunked", "xla")
@@ -190,7 +219,7 @@ def _conv3x3_bwd(res, g):
     # Unrolled on purpose: inside a lax.scan XLA's CPU convolution is ~90x slower.
     dw = wgrad(x[:chunk], g[:chunk])
     for start in range(chunk, b, chunk):
-        dw = dw + wgrad(x[start:start + chunk], g[start:start + chunk])
+        dw = dw + wgrad(x[start : start + chunk], g[start : start + chunk])
     return dx, dw
 
 
@@ -210,11 +239,23 @@ class Conv2d(nnx.Module):
     Shapes: ``[B, H, W, in_channels] -> [B, H', W', out_channels]``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, *, bias: bool = True,
-                 up: bool = False, down: bool = False, resample_filter=(1, 1),
-                 fused_resample: bool = False, mode: str = "kaiming_normal",
-                 init_weight: float = 1.0, init_bias: float = 0.0, conv_grad: str = "auto",
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        *,
+        bias: bool = True,
+        up: bool = False,
+        down: bool = False,
+        resample_filter=(1, 1),
+        fused_resample: bool = False,
+        mode: str = "kaiming_normal",
+        init_weight: float = 1.0,
+        init_bias: float = 0.0,
+        conv_grad: str = "auto",
+        rngs: nnx.Rngs,
+    ):
         if up and down:
             raise ValueError("Conv2d cannot both upsample and downsample")
         if conv_grad not in CONV_GRADS:
@@ -226,17 +267,29 @@ class Conv2d(nnx.Module):
         self.fused_resample = fused_resample and down
         self.conv_grad = conv_grad
         fan_in, fan_out = in_channels * kernel * kernel, out_channels * kernel * kernel
-        self.weight = (nnx.Param(edm_init(mode, fan_in, fan_out, init_weight)(
-            rngs.params(), (kernel, kernel, in_channels, out_channels))) if kernel else None)
-        self.bias = (nnx.Param(edm_init(mode, fan_in, fan_out, init_bias)(
-            rngs.params(), (out_channels,))) if kernel and bias else None)
+        self.weight = (
+            nnx.Param(
+                edm_init(mode, fan_in, fan_out, init_weight)(
+                    rngs.params(), (kernel, kernel, in_channels, out_channels)
+                )
+            )
+            if kernel
+            else None
+        )
+        self.bias = (
+            nnx.Param(edm_init(mode, fan_in, fan_out, init_bias)(rngs.params(), (out_channels,)))
+            if kernel and bias
+            else None
+        )
 
     def _conv(self, x, w):
         if self.kernel == 1:
             return x @ w[0, 0]
         if self.conv_grad == "chunked" or (
-                self.conv_grad == "auto" and jax.default_backend() == "cpu"
-                and w.shape[2] * w.shape[3] >= _AUTO_MIN_CHANNELS_SQ):
+            self.conv_grad == "auto"
+            and jax.default_backend() == "cpu"
+            and w.shape[2] * w.shape[3] >= _AUTO_MIN_CHANNELS_SQ
+        ):
             return conv3x3(x, w)
         return _conv_same(x, w)
 
@@ -244,12 +297,18 @@ class Conv2d(nnx.Module):
         w = self.weight[...].astype(x.dtype) if self.weight is not None else None
         if self.fused_resample:
             pad = self.kernel // 2 + (len(self.resample_filter) - 1) // 2
-            x = jax.lax.conv_general_dilated(x, w, (1, 1), [(pad, pad), (pad, pad)],
-                                             dimension_numbers=_DN)
+            x = jax.lax.conv_general_dilated(
+                x, w, (1, 1), [(pad, pad), (pad, pad)], dimension_numbers=_DN
+            )
             c = x.shape[-1]
             x = jax.lax.conv_general_dilated(
-                x, _resample_kernel(self.resample_filter, c, x.dtype), (2, 2), "VALID",
-                dimension_numbers=_DN, feature_group_count=c)
+                x,
+                _resample_kernel(self.resample_filter, c, x.dtype),
+                (2, 2),
+                "VALID",
+                dimension_numbers=_DN,
+                feature_group_count=c,
+            )
         else:
             if self.up:
                 x = upsample_2x(x, self.resample_filter)
@@ -265,8 +324,14 @@ class Conv2d(nnx.Module):
 class GroupNorm(nnx.Module):
     """Group normalisation with EDM's rule ``groups = min(32, C // 4)``. ``[B,H,W,C] -> same``."""
 
-    def __init__(self, num_channels: int, *, num_groups: int = 32,
-                 min_channels_per_group: int = 4, eps: float = 1e-5):
+    def __init__(
+        self,
+        num_channels: int,
+        *,
+        num_groups: int = 32,
+        min_channels_per_group: int = 4,
+        eps: float = 1e-5,
+    ):
         self.num_groups = max(1, min(num_groups, num_channels // min_channels_per_group))
         self.eps = eps
         self.weight = nnx.Param(jnp.ones((num_channels,)))
@@ -311,8 +376,9 @@ def class_labels(cond, num_classes: int, batch: int, *, label_dropout: float = 0
     return labels
 
 
-def positional_embedding(x, num_channels: int, *, max_positions: int = 10000,
-                         endpoint: bool = False):
+def positional_embedding(
+    x, num_channels: int, *, max_positions: int = 10000, endpoint: bool = False
+):
     """Sinusoidal embedding ``[cos(x f), sin(x f)]`` of EDM's ``PositionalEmbedding``.
 
     ``f_i = (1/max_positions)^(i / (C/2 − endpoint))``. Shapes: ``[B] -> [B, num_channels]``.
@@ -352,14 +418,29 @@ class UNetBlock(nnx.Module):
     ``[B, H', W', out_channels]``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, emb_channels: int, *,
-                 up: bool = False, down: bool = False, attention: bool = False,
-                 num_heads: int | None = None, channels_per_head: int = 64,
-                 dropout: float = 0.0, skip_scale: float = 1.0, eps: float = 1e-5,
-                 resample_filter=(1, 1), resample_proj: bool = False,
-                 adaptive_scale: bool = True,
-                 init: dict | None = None, init_zero: dict | None = None,
-                 init_attn: dict | None = None, conv_grad: str = "auto", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_channels: int,
+        *,
+        up: bool = False,
+        down: bool = False,
+        attention: bool = False,
+        num_heads: int | None = None,
+        channels_per_head: int = 64,
+        dropout: float = 0.0,
+        skip_scale: float = 1.0,
+        eps: float = 1e-5,
+        resample_filter=(1, 1),
+        resample_proj: bool = False,
+        adaptive_scale: bool = True,
+        init: dict | None = None,
+        init_zero: dict | None = None,
+        init_attn: dict | None = None,
+        conv_grad: str = "auto",
+        rngs: nnx.Rngs,
+    ):
         init = init or {}
         init_zero = init_zero if init_zero is not None else {"init_weight": 0.0}
         init_attn = init_attn if init_attn is not None else init
@@ -371,20 +452,41 @@ class UNetBlock(nnx.Module):
         self.adaptive_scale = adaptive_scale
 
         self.norm0 = GroupNorm(in_channels, eps=eps)
-        self.conv0 = Conv2d(in_channels, out_channels, 3, up=up, down=down,
-                            resample_filter=resample_filter, conv_grad=conv_grad, rngs=rngs,
-                            **init)
-        self.affine = Linear(emb_channels, out_channels * (2 if adaptive_scale else 1),
-                             rngs=rngs, **init)
+        self.conv0 = Conv2d(
+            in_channels,
+            out_channels,
+            3,
+            up=up,
+            down=down,
+            resample_filter=resample_filter,
+            conv_grad=conv_grad,
+            rngs=rngs,
+            **init,
+        )
+        self.affine = Linear(
+            emb_channels, out_channels * (2 if adaptive_scale else 1), rngs=rngs, **init
+        )
         self.norm1 = GroupNorm(out_channels, eps=eps)
         self.dropout = nnx.Dropout(dropout)
-        self.conv1 = Conv2d(out_channels, out_channels, 3, conv_grad=conv_grad, rngs=rngs,
-                            **init_zero)
+        self.conv1 = Conv2d(
+            out_channels, out_channels, 3, conv_grad=conv_grad, rngs=rngs, **init_zero
+        )
         needs_skip = out_channels != in_channels or up or down
         kernel = 1 if resample_proj or out_channels != in_channels else 0
-        self.skip = (Conv2d(in_channels, out_channels, kernel, up=up, down=down,
-                            resample_filter=resample_filter, rngs=rngs, **init)
-                     if needs_skip else None)
+        self.skip = (
+            Conv2d(
+                in_channels,
+                out_channels,
+                kernel,
+                up=up,
+                down=down,
+                resample_filter=resample_filter,
+                rngs=rngs,
+                **init,
+            )
+            if needs_skip
+            else None
+        )
         if self.num_heads:
             self.norm2 = GroupNorm(out_channels, eps=eps)
             self.qkv = Conv2d(out_channels, out_channels * 3, 1, rngs=rngs, **init_attn)
@@ -409,8 +511,9 @@ class UNetBlock(nnx.Module):
             # EDM's layout: the 3C projection channels are [head, channel, (q, k, v)].
             qkv = self.qkv(self.norm2(x)).reshape(b, h * w, heads, ch, 3)
             q, k, v = qkv[..., 0], qkv[..., 1], qkv[..., 2]
-            logits = jnp.einsum("bqhc,bkhc->bhqk", q.astype(jnp.float32),
-                                (k / math.sqrt(ch)).astype(jnp.float32))
+            logits = jnp.einsum(
+                "bqhc,bkhc->bhqk", q.astype(jnp.float32), (k / math.sqrt(ch)).astype(jnp.float32)
+            )
             weights = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
             a = jnp.einsum("bhqk,bkhc->bqhc", weights, v).reshape(b, h, w, c)
             x = (self.proj(a) + x) * self.skip_scale

@@ -36,8 +36,9 @@ class MLPDenoiser(nnx.Module):
       rngs: parameter RNGs.
     """
 
-    def __init__(self, dim: int, *, hidden: int = 256, depth: int = 3, dropout: float = 0.0,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, dim: int, *, hidden: int = 256, depth: int = 3, dropout: float = 0.0, rngs: nnx.Rngs
+    ):
         self.time_features = 16
         sizes = [dim + 2 * self.time_features] + [hidden] * depth
         self.layers = nnx.List(

@@ -32,7 +32,9 @@ def unflatten_params(flat, like, *, source="snapshot"):
         if name not in flat:
             raise ValueError(f"{source} has no parameter {name!r}: it belongs to another model.")
         if tuple(flat[name].shape) != tuple(v.shape):
-            raise ValueError(f"{source}: parameter {name!r} has shape {flat[name].shape}, "
-                             f"the model expects {v.shape}.")
+            raise ValueError(
+                f"{source}: parameter {name!r} has shape {flat[name].shape}, "
+                f"the model expects {v.shape}."
+            )
         out.append(flat[name])
     return jax.tree_util.tree_unflatten(treedef, out)

@@ -60,8 +60,13 @@ class EDMDenoiser(nnx.Module):
         and the output is cast back to float32, as EDM's ``use_fp16``).
     """
 
-    def __init__(self, backbone: nnx.Module, sigma_data: float = 0.5,
-                 t_clip: float = paths.T_EPS, dtype: str = "float32"):
+    def __init__(
+        self,
+        backbone: nnx.Module,
+        sigma_data: float = 0.5,
+        t_clip: float = paths.T_EPS,
+        dtype: str = "float32",
+    ):
         if dtype not in COMPUTE_DTYPES:
             raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
         self.backbone = backbone

@@ -74,18 +74,34 @@ class SongUNet(nnx.Module):
       rngs: parameter initialisation.
     """
 
-    def __init__(self, img_resolution: int, in_channels: int, out_channels: int, *,
-                 num_classes: int = 0, augment_dim: int = 0, model_channels: int = 128,
-                 channel_mult: Sequence[int] = (1, 2, 2, 2), channel_mult_emb: int = 4,
-                 num_blocks: int = 4, attn_resolutions: Sequence[int] = (16,),
-                 dropout: float = 0.10, label_dropout: float = 0.0,
-                 embedding_type: str = "positional", channel_mult_noise: int = 1,
-                 encoder_type: str = "standard", decoder_type: str = "standard",
-                 resample_filter: Sequence[int] = (1, 1), fourier_scale: float = 16.0,
-                 conv_grad: str = "auto", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        img_resolution: int,
+        in_channels: int,
+        out_channels: int,
+        *,
+        num_classes: int = 0,
+        augment_dim: int = 0,
+        model_channels: int = 128,
+        channel_mult: Sequence[int] = (1, 2, 2, 2),
+        channel_mult_emb: int = 4,
+        num_blocks: int = 4,
+        attn_resolutions: Sequence[int] = (16,),
+        dropout: float = 0.10,
+        label_dropout: float = 0.0,
+        embedding_type: str = "positional",
+        channel_mult_noise: int = 1,
+        encoder_type: str = "standard",
+        decoder_type: str = "standard",
+        resample_filter: Sequence[int] = (1, 1),
+        fourier_scale: float = 16.0,
+        conv_grad: str = "auto",
+        rngs: nnx.Rngs,
+    ):
         if embedding_type not in EMBEDDING_TYPES:
-            raise ValueError(f"embedding_type must be one of {EMBEDDING_TYPES}, "
-                             f"got {embedding_type!r}")
+            raise ValueError(
+                f"embedding_type must be one of {EMBEDDING_TYPES}, got {embedding_type!r}"
+            )
         if encoder_type not in ENCODER_TYPES:
             raise ValueError(f"encoder_type must be one of {ENCODER_TYPES}, got {encoder_type!r}")
         if decoder_type not in DECODER_TYPES:
@@ -100,20 +116,37 @@ class SongUNet(nnx.Module):
         init = {"mode": "xavier_uniform"}
         init_zero = {"mode": "xavier_uniform", "init_weight": 1e-5}
         init_attn = {"mode": "xavier_uniform", "init_weight": float(np.sqrt(0.2))}
-        block_kw = dict(emb_channels=emb_channels, num_heads=1, dropout=dropout,
-                        skip_scale=float(np.sqrt(0.5)), eps=1e-6,
-                        resample_filter=resample_filter, resample_proj=True,
-                        adaptive_scale=False, init=init, init_zero=init_zero,
-                        init_attn=init_attn, conv_grad=conv_grad, rngs=rngs)
+        block_kw = dict(
+            emb_channels=emb_channels,
+            num_heads=1,
+            dropout=dropout,
+            skip_scale=float(np.sqrt(0.5)),
+            eps=1e-6,
+            resample_filter=resample_filter,
+            resample_proj=True,
+            adaptive_scale=False,
+            init=init,
+            init_zero=init_zero,
+            init_attn=init_attn,
+            conv_grad=conv_grad,
+            rngs=rngs,
+        )
         conv_kw = dict(conv_grad=conv_grad, rngs=rngs)
 
         # Mapping network.
-        self.map_noise = (FourierEmbedding(noise_channels, scale=fourier_scale, rngs=rngs)
-                          if embedding_type == "fourier" else None)
-        self.map_label = (Linear(num_classes, noise_channels, rngs=rngs, **init)
-                          if num_classes else None)
-        self.map_augment = (Linear(augment_dim, noise_channels, bias=False, rngs=rngs, **init)
-                            if augment_dim else None)
+        self.map_noise = (
+            FourierEmbedding(noise_channels, scale=fourier_scale, rngs=rngs)
+            if embedding_type == "fourier"
+            else None
+        )
+        self.map_label = (
+            Linear(num_classes, noise_channels, rngs=rngs, **init) if num_classes else None
+        )
+        self.map_augment = (
+            Linear(augment_dim, noise_channels, bias=False, rngs=rngs, **init)
+            if augment_dim
+            else None
+        )
         self.map_layer0 = Linear(noise_channels, emb_channels, rngs=rngs, **init)
         self.map_layer1 = Linear(emb_channels, emb_channels, rngs=rngs, **init)
 
@@ -128,23 +161,34 @@ class SongUNet(nnx.Module):
             else:
                 enc[f"{res}x{res}_down"] = UNetBlock(cout, cout, down=True, **block_kw)
                 if encoder_type == "skip":
-                    enc[f"{res}x{res}_aux_down"] = Conv2d(caux, caux, 0, down=True,
-                                                          resample_filter=resample_filter,
-                                                          **conv_kw)
+                    enc[f"{res}x{res}_aux_down"] = Conv2d(
+                        caux, caux, 0, down=True, resample_filter=resample_filter, **conv_kw
+                    )
                     enc[f"{res}x{res}_aux_skip"] = Conv2d(caux, cout, 1, **conv_kw, **init)
                 if encoder_type == "residual":
                     enc[f"{res}x{res}_aux_residual"] = Conv2d(
-                        caux, cout, 3, down=True, resample_filter=resample_filter,
-                        fused_resample=True, **conv_kw, **init)
+                        caux,
+                        cout,
+                        3,
+                        down=True,
+                        resample_filter=resample_filter,
+                        fused_resample=True,
+                        **conv_kw,
+                        **init,
+                    )
                     caux = cout
             for idx in range(num_blocks):
                 cin, cout = cout, model_channels * mult
                 enc[f"{res}x{res}_block{idx}"] = UNetBlock(
-                    cin, cout, attention=res in attn_resolutions, **block_kw)
+                    cin, cout, attention=res in attn_resolutions, **block_kw
+                )
         self.enc = enc
         self.enc_order = tuple(enc.keys())  # graph round trips sort the Dict's keys
-        skips = [m.out_channels if isinstance(m, UNetBlock) else model_channels
-                 for name, m in enc.items() if "aux" not in name]
+        skips = [
+            m.out_channels if isinstance(m, UNetBlock) else model_channels
+            for name, m in enc.items()
+            if "aux" not in name
+        ]
 
         # Decoder: per level (coarsest first) in0/in1 or an up block, then num_blocks + 1
         # blocks that each take a concatenated encoder skip; output heads ("aux") at level 0
@@ -163,12 +207,16 @@ class SongUNet(nnx.Module):
                 dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=attn, **block_kw)
             if decoder_type == "skip" or level == 0:
                 if decoder_type == "skip" and level < len(channel_mult) - 1:
-                    dec[f"{res}x{res}_aux_up"] = Conv2d(out_channels, out_channels, 0, up=True,
-                                                        resample_filter=resample_filter,
-                                                        **conv_kw)
+                    dec[f"{res}x{res}_aux_up"] = Conv2d(
+                        out_channels,
+                        out_channels,
+                        0,
+                        up=True,
+                        resample_filter=resample_filter,
+                        **conv_kw,
+                    )
                 dec[f"{res}x{res}_aux_norm"] = GroupNorm(cout, eps=1e-6)
-                dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, 3, **conv_kw,
-                                                      **init_zero)
+                dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, 3, **conv_kw, **init_zero)
         self.dec = dec
         self.dec_order = tuple(dec.keys())
 
@@ -201,8 +249,9 @@ class SongUNet(nnx.Module):
         half = self.noise_channels // 2
         emb = jnp.concatenate([emb[:, half:], emb[:, :half]], axis=1)  # EDM's sin/cos swap
         if self.map_label is not None:
-            labels = class_labels(cond, self.num_classes, batch,
-                                  label_dropout=self.label_dropout, key=keys["label"])
+            labels = class_labels(
+                cond, self.num_classes, batch, label_dropout=self.label_dropout, key=keys["label"]
+            )
             emb = emb + self.map_label(labels * np.sqrt(self.num_classes))
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(jnp.asarray(augment_labels, jnp.float32))

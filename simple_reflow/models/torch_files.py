@@ -40,14 +40,29 @@ __all__ = ["PersistentObject", "TorchFileError", "load_torch_file", "module_stat
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 _STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
     "BoolStorage": np.bool_,
 }
-_TORCH_DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16,
-                 "bfloat16": ml_dtypes.bfloat16, "int64": np.int64, "int32": np.int32,
-                 "int16": np.int16, "int8": np.int8, "uint8": np.uint8, "bool": np.bool_}
+_TORCH_DTYPES = {
+    "float32": np.float32,
+    "float64": np.float64,
+    "float16": np.float16,
+    "bfloat16": ml_dtypes.bfloat16,
+    "int64": np.int64,
+    "int32": np.int32,
+    "int16": np.int16,
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "bool": np.bool_,
+}
 
 
 class TorchFileError(ValueError):
@@ -101,8 +116,9 @@ def _rebuild_tensor(storage, offset, size, stride, *_):
     if not size:
         return flat[offset].copy()
     item = flat.itemsize
-    view = np.lib.stride_tricks.as_strided(flat[offset:], shape=tuple(size),
-                                           strides=tuple(s * item for s in stride))
+    view = np.lib.stride_tricks.as_strided(
+        flat[offset:], shape=tuple(size), strides=tuple(s * item for s in stride)
+    )
     return np.ascontiguousarray(view)
 
 
@@ -167,8 +183,10 @@ class _Unpickler(pickle.Unpickler):
             return _TORCH_DTYPES[name]
         if module == "torch" and name == "UntypedStorage":
             return _StorageType(np.uint8)
-        raise TorchFileError(f"{self._source}: holds a {module}.{name} object, which is not part "
-                             "of an EDM network pickle or a PyTorch state dict")
+        raise TorchFileError(
+            f"{self._source}: holds a {module}.{name} object, which is not part "
+            "of an EDM network pickle or a PyTorch state dict"
+        )
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
@@ -246,8 +264,9 @@ def _load_zip(path: str) -> Any:
         names = z.namelist()
         pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
         if len(pkl) != 1:
-            raise TorchFileError(f"{path}: a zip file without one data.pkl is not a torch.save "
-                                 "file")
+            raise TorchFileError(
+                f"{path}: a zip file without one data.pkl is not a torch.save file"
+            )
         prefix = pkl[0][: -len("data.pkl")]
 
         def storage(key, dtype, numel):
@@ -287,10 +306,22 @@ def load_torch_file(path: str) -> Any:
         raise
     except TorchFileError as e:
         raise TorchFileError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, struct.error, KeyError,
-            AttributeError, TypeError, ValueError, IndexError, MemoryError) as e:
-        raise TorchFileError(f"{path}: not a complete PyTorch pickle or torch.save file "
-                             f"(truncated or corrupt?): {type(e).__name__}: {e}") from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        zipfile.BadZipFile,
+        struct.error,
+        KeyError,
+        AttributeError,
+        TypeError,
+        ValueError,
+        IndexError,
+        MemoryError,
+    ) as e:
+        raise TorchFileError(
+            f"{path}: not a complete PyTorch pickle or torch.save file "
+            f"(truncated or corrupt?): {type(e).__name__}: {e}"
+        ) from None
 
 
 def module_state_dict(obj: PersistentObject, prefix: str = "") -> dict[str, np.ndarray]:

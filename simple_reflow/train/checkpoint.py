@@ -17,8 +17,16 @@ import orbax.checkpoint as ocp
 from simple_reflow.models.params import param_name, unflatten_params
 from simple_reflow.train.step import TrainState
 
-__all__ = ["make_manager", "restore_latest", "save_state", "save_params", "load_params",
-           "save_model_config", "load_model_config", "check_model_config"]
+__all__ = [
+    "make_manager",
+    "restore_latest",
+    "save_state",
+    "save_params",
+    "load_params",
+    "save_model_config",
+    "load_model_config",
+    "check_model_config",
+]
 
 
 def make_manager(workdir, keep=2):
@@ -96,8 +104,10 @@ def check_model_config(workdir, model_cfg, *, data_shape, field):
     check_same_architecture(saved, model_cfg, what=what)
     size = saved.get("resolution") or 0
     if size and tuple(data_shape[:2]) != (size, size):
-        raise ValueError(f"the data's images are {data_shape[0]}x{data_shape[1]}, but {what} "
-                         f"is a {size}x{size} network (model.resolution={size})")
+        raise ValueError(
+            f"the data's images are {data_shape[0]}x{data_shape[1]}, but {what} "
+            f"is a {size}x{size} network (model.resolution={size})"
+        )
 
 
 def load_model_config(workdir):

@@ -62,22 +62,35 @@ def validate_loss_config(loss) -> None:
     """Checks a ``loss`` section; raises ``ValueError`` naming the bad field."""
     kind = loss.get("kind", "flow")
     _check(kind in LOSS_KINDS, f"loss.kind={kind!r} is not one of {LOSS_KINDS}.")
-    _in_section("loss", losses.make_distance, distance=loss.distance,
-                hpf_weight=loss.hpf_weight, hpf_sigma=loss.hpf_sigma)
-    _check(loss.space in losses.LOSS_SPACES,
-           f"loss.space={loss.space!r} is not one of {losses.LOSS_SPACES}.")
+    _in_section(
+        "loss",
+        losses.make_distance,
+        distance=loss.distance,
+        hpf_weight=loss.hpf_weight,
+        hpf_sigma=loss.hpf_sigma,
+    )
+    _check(
+        loss.space in losses.LOSS_SPACES,
+        f"loss.space={loss.space!r} is not one of {losses.LOSS_SPACES}.",
+    )
 
 
 def validate_time_config(time) -> None:
     """Checks a ``time`` section; raises ``ValueError`` naming the bad field."""
-    _check(time.dist in time_dist.TIME_DISTS,
-           f"time.dist={time.dist!r} is not one of {time_dist.TIME_DISTS}.")
-    _check(time.dist != "u_shape" or time.u_shape_a > 0,
-           f"time.u_shape_a={time.u_shape_a!r} must be > 0.")
+    _check(
+        time.dist in time_dist.TIME_DISTS,
+        f"time.dist={time.dist!r} is not one of {time_dist.TIME_DISTS}.",
+    )
+    _check(
+        time.dist != "u_shape" or time.u_shape_a > 0,
+        f"time.u_shape_a={time.u_shape_a!r} must be > 0.",
+    )
     t_max = time.get("t_max", 1.0)
     _check(0 < t_max <= 1, f"time.t_max={t_max!r} must lie in (0, 1].")
-    _check(time.dist != "logit_normal" or time.logit_std > 0,
-           f"time.logit_std={time.logit_std!r} must be > 0.")
+    _check(
+        time.dist != "logit_normal" or time.logit_std > 0,
+        f"time.logit_std={time.logit_std!r} must be > 0.",
+    )
 
 
 def flow_loss_kwargs(loss, time) -> dict:
@@ -86,11 +99,20 @@ def flow_loss_kwargs(loss, time) -> dict:
     validate_loss_config(loss)
     validate_time_config(time)
     return dict(
-        distance_fn=losses.make_distance(loss.distance, hpf_weight=loss.hpf_weight,
-                                         hpf_sigma=loss.hpf_sigma),
-        time_fn=functools.partial(time_dist.sample_time, dist=time.dist, a=time.u_shape_a,
-                                  mean=time.logit_mean, std=time.logit_std),
-        normalize=loss.normalize, space=loss.space, t_max=time.get("t_max", 1.0))
+        distance_fn=losses.make_distance(
+            loss.distance, hpf_weight=loss.hpf_weight, hpf_sigma=loss.hpf_sigma
+        ),
+        time_fn=functools.partial(
+            time_dist.sample_time,
+            dist=time.dist,
+            a=time.u_shape_a,
+            mean=time.logit_mean,
+            std=time.logit_std,
+        ),
+        normalize=loss.normalize,
+        space=loss.space,
+        t_max=time.get("t_max", 1.0),
+    )
 
 
 def flow_loss_from_config(loss, time):
@@ -104,8 +126,9 @@ def loss_fn_from_config(loss, time):
     (``"edm"``, EDM eq. 2) or the flow-matching loss (``"flow"``, METHOD.md §3)."""
     validate_loss_config(loss)
     if loss.get("kind", "flow") == "edm":
-        return functools.partial(edm_loss, p_mean=loss.p_mean, p_std=loss.p_std,
-                                 sigma_data=loss.sigma_data)
+        return functools.partial(
+            edm_loss, p_mean=loss.p_mean, p_std=loss.p_std, sigma_data=loss.sigma_data
+        )
     return flow_loss_from_config(loss, time)
 
 
@@ -116,8 +139,9 @@ def default_coupling_config() -> ml_collections.ConfigDict:
     """The ``coupling`` section: :func:`~simple_reflow.couplings.make_coupling`'s keyword
     arguments and their defaults (documented there)."""
     params = inspect.signature(make_coupling).parameters
-    return ml_collections.ConfigDict({k: p.default for k, p in params.items()
-                                      if k not in ("data_shape", "num_data")})
+    return ml_collections.ConfigDict(
+        {k: p.default for k, p in params.items() if k not in ("data_shape", "num_data")}
+    )
 
 
 def coupling_from_config(coupling, *, data_shape, num_data=None):
@@ -128,23 +152,45 @@ def coupling_from_config(coupling, *, data_shape, num_data=None):
       data_shape: per-sample shape of ``x0``.
       num_data: dataset size; required by ``coupling.name='loom'``.
     """
-    return _in_section("coupling", make_coupling, **coupling, data_shape=data_shape,
-                       num_data=num_data)
+    return _in_section(
+        "coupling", make_coupling, **coupling, data_shape=data_shape, num_data=num_data
+    )
 
 
 # -- model --------------------------------------------------------------------------------------
 
 _MLP_FIELDS = ("hidden", "depth", "dropout")
-_IMAGE_FIELDS = ("model_channels", "channel_mult", "channel_mult_emb", "num_blocks",
-                 "attn_resolutions", "dropout", "num_classes", "label_dropout", "augment_dim",
-                 "sigma_data", "dtype")
+_IMAGE_FIELDS = (
+    "model_channels",
+    "channel_mult",
+    "channel_mult_emb",
+    "num_blocks",
+    "attn_resolutions",
+    "dropout",
+    "num_classes",
+    "label_dropout",
+    "augment_dim",
+    "sigma_data",
+    "dtype",
+)
 # Every image preset of configs/backbones.py has these (conv_grad is optional).
 _REQUIRED_IMAGE_FIELDS = ("resolution", *_IMAGE_FIELDS, "channels_per_head", *SONGUNET_OPTIONS)
 
 # Fields that define the function a snapshot computes (dropout, dtype and conv_grad do not).
-ARCHITECTURE_FIELDS = ("name", "resolution", "model_channels", "channel_mult",
-                       "channel_mult_emb", "num_blocks", "attn_resolutions", "num_classes",
-                       "augment_dim", "sigma_data", "channels_per_head", *SONGUNET_OPTIONS)
+ARCHITECTURE_FIELDS = (
+    "name",
+    "resolution",
+    "model_channels",
+    "channel_mult",
+    "channel_mult_emb",
+    "num_blocks",
+    "attn_resolutions",
+    "num_classes",
+    "augment_dim",
+    "sigma_data",
+    "channels_per_head",
+    *SONGUNET_OPTIONS,
+)
 
 
 def model_kwargs(model) -> dict:
@@ -153,8 +199,11 @@ def model_kwargs(model) -> dict:
     if name == "mlp":
         fields = _MLP_FIELDS
     else:
-        fields = (*_IMAGE_FIELDS, "conv_grad",
-                  *(("channels_per_head",) if name == "adm" else SONGUNET_OPTIONS))
+        fields = (
+            *_IMAGE_FIELDS,
+            "conv_grad",
+            *(("channels_per_head",) if name == "adm" else SONGUNET_OPTIONS),
+        )
     return {k: model[k] for k in fields if k in model}
 
 
@@ -172,13 +221,18 @@ def validate_model_config(model, *, data_shape) -> None:
     name = model.get("name")
     if name in MODEL_NAMES and name != "mlp":
         for field in _REQUIRED_IMAGE_FIELDS:
-            _check(field in model, f"model.{field} is missing for model.name={name!r}; start "
-                                   "from a preset in configs/backbones.py")
+            _check(
+                field in model,
+                f"model.{field} is missing for model.name={name!r}; start "
+                "from a preset in configs/backbones.py",
+            )
         res = model.resolution
         if res and len(data_shape) == 3 and data_shape[0] == data_shape[1] != res:
             size = data_shape[0]
-            raise ValueError(f"model.resolution={res} does not match the data's image size "
-                             f"{size}; use a preset for {size}x{size} or set model.resolution")
+            raise ValueError(
+                f"model.resolution={res} does not match the data's image size "
+                f"{size}; use a preset for {size}x{size} or set model.resolution"
+            )
     _in_section("model", model_options, name, data_shape=data_shape, **model_kwargs(model))
 
 
@@ -196,17 +250,22 @@ def check_same_architecture(expected, model, *, what: str) -> None:
       model: the config's model section.
       what: where ``expected`` comes from, for the message (a path, a config field).
     """
+
     def norm(v):
         return tuple(norm(x) for x in v) if isinstance(v, (list, tuple)) else v
 
     adm = expected.get("name") == "adm"
-    fields = [f for f in ARCHITECTURE_FIELDS if not (f in SONGUNET_OPTIONS and adm)
-              and not (f == "channels_per_head" and not adm)]
+    fields = [
+        f
+        for f in ARCHITECTURE_FIELDS
+        if not (f in SONGUNET_OPTIONS and adm) and not (f == "channels_per_head" and not adm)
+    ]
     for field in fields:
         want = norm(expected.get(field))
         got = norm(model.get(field)) if field in model else None
         if field == "resolution" and not got:
             continue  # 0 = any size; the data shape is checked when the model is built
         if want != got:
-            raise ValueError(f"model.{field}={got!r} does not match {what}, which has "
-                             f"model.{field}={want!r}")
+            raise ValueError(
+                f"model.{field}={got!r} does not match {what}, which has model.{field}={want!r}"
+            )

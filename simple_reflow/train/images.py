@@ -48,8 +48,9 @@ def data_shape_of(cfg_data):
 
 
 def _build(cfg, seed):
-    model = configure.model_from_config(cfg.model, data_shape=data_shape_of(cfg.data),
-                                        rngs=nnx.Rngs(seed))
+    model = configure.model_from_config(
+        cfg.model, data_shape=data_shape_of(cfg.data), rngs=nnx.Rngs(seed)
+    )
     return split_model(model)
 
 
@@ -64,8 +65,10 @@ def _snapshot(workdir, field, make=""):
         raise ValueError(f"{field} must name the workdir of the stage that produced it.")
     path = os.path.join(workdir, "ema.npz")
     if not os.path.exists(path):
-        raise MissingInput(f"{field}={workdir!r} holds no snapshot (ema.npz)"
-                           + (f": create it with {make}" if make else "."))
+        raise MissingInput(
+            f"{field}={workdir!r} holds no snapshot (ema.npz)"
+            + (f": create it with {make}" if make else ".")
+        )
     return path
 
 
@@ -73,9 +76,11 @@ def _require_inputs(cfg, workdir):
     """Checks every file input of the stage before anything is built or compiled; each missing
     one is a :class:`MissingInput` naming the path and the command that creates it."""
     conf, stage = _config_file(cfg), cfg.stage
-    teacher = (f"`python scripts/train.py --config {conf}:teacher --workdir "
-               f"{cfg.teacher.workdir}` or `python scripts/import_edm.py --checkpoint "
-               f"edm-….pkl --workdir {cfg.teacher.workdir}`")
+    teacher = (
+        f"`python scripts/train.py --config {conf}:teacher --workdir "
+        f"{cfg.teacher.workdir}` or `python scripts/import_edm.py --checkpoint "
+        f"edm-….pkl --workdir {cfg.teacher.workdir}`"
+    )
     if stage in ("pairs", "reflow"):
         _snapshot(cfg.teacher.workdir, "teacher.workdir", teacher)
     if stage == "reflow":
@@ -86,22 +91,33 @@ def _require_inputs(cfg, workdir):
         for name in pair_mixing.SOURCES:
             folder = os.path.join(p.dir, name)
             if (name == "backward" or fractions[name] > 0) and not os.path.exists(
-                    os.path.join(folder, "manifest.json")):
+                os.path.join(folder, "manifest.json")
+            ):
                 raise MissingInput(
                     f"pairs.dir={p.dir!r} has no {name} pairs ({folder}): create them with "
                     f"`python scripts/train.py --config {conf}:pairs --workdir {p.dir} "
-                    f"--config.teacher.workdir={cfg.teacher.workdir}`")
+                    f"--config.teacher.workdir={cfg.teacher.workdir}`"
+                )
     if stage == "eval":
-        _snapshot(cfg.eval.get("model_dir") or workdir, "eval.model_dir",
-                  f"`python scripts/train.py --config {conf}:reflow --workdir "
-                  f"{cfg.eval.get('model_dir') or workdir}`")
+        _snapshot(
+            cfg.eval.get("model_dir") or workdir,
+            "eval.model_dir",
+            f"`python scripts/train.py --config {conf}:reflow --workdir "
+            f"{cfg.eval.get('model_dir') or workdir}`",
+        )
         if cfg.teacher.workdir:
             _snapshot(cfg.teacher.workdir, "teacher.workdir", teacher)
         if cfg.guidance.kind == "autoguidance" and cfg.guidance.w:
-            _snapshot(cfg.guidance.bad_workdir, "guidance.bad_workdir",
-                      "a shorter or smaller teacher run (the 'bad' model of AutoGuidance)")
-    reads_data = (stage in ("teacher", "eval") or cfg.pairs.num_forward > 0
-                  or (stage in ("pairs", "reflow") and cfg.pairs.projection.fraction > 0))
+            _snapshot(
+                cfg.guidance.bad_workdir,
+                "guidance.bad_workdir",
+                "a shorter or smaller teacher run (the 'bad' model of AutoGuidance)",
+            )
+    reads_data = (
+        stage in ("teacher", "eval")
+        or cfg.pairs.num_forward > 0
+        or (stage in ("pairs", "reflow") and cfg.pairs.projection.fraction > 0)
+    )
     if reads_data and data_spec(cfg.data).source not in ("mock", "digits"):
         make_image_source(cfg.data)  # TFDS / folder: says how to prepare a missing dataset
 
@@ -117,19 +133,31 @@ def _train(cfg, workdir, model_def, params, host_batch_at, desc, coupling=None):
     if coupling is not None:
         coupling_state = coupling.init(stream_key(cfg.seed, "coupling"))
     state = init_state(params, optimizer, cfg.seed, coupling_state)
-    step = make_train_step(model_def, _loss_fn(cfg), optimizer,
-                           ema_decay=cfg.training.ema_decay, coupling=coupling)
+    step = make_train_step(
+        model_def, _loss_fn(cfg), optimizer, ema_decay=cfg.training.ema_decay, coupling=coupling
+    )
     repl = sharding.replicated(mesh)
-    compiled = jax.jit(step, in_shardings=(repl, sharding.batch_sharding(mesh)),
-                       out_shardings=(repl, repl), donate_argnums=(0,))
+    compiled = jax.jit(
+        step,
+        in_shardings=(repl, sharding.batch_sharding(mesh)),
+        out_shardings=(repl, repl),
+        donate_argnums=(0,),
+    )
     state = jax.device_put(state, repl)
     # the next batches are read and sent to the devices while the current step runs
     with Prefetcher(lambda s: sharding.shard_batch(host_batch_at(s), mesh)) as batches:
         return train_loop(
-            state, compiled, num_steps=cfg.training.num_steps, workdir=workdir,
-            batch_at=batches, log_every=cfg.training.log_every,
-            ckpt_every=cfg.training.ckpt_every, keep=cfg.training.keep_checkpoints,
-            batch_size=cfg.training.batch_size, desc=desc)
+            state,
+            compiled,
+            num_steps=cfg.training.num_steps,
+            workdir=workdir,
+            batch_at=batches,
+            log_every=cfg.training.log_every,
+            ckpt_every=cfg.training.ckpt_every,
+            keep=cfg.training.keep_checkpoints,
+            batch_size=cfg.training.batch_size,
+            desc=desc,
+        )
 
 
 def run_teacher(cfg, workdir):
@@ -146,13 +174,20 @@ def run_teacher(cfg, workdir):
     coupling, factor, keep = None, 1, ("x0", "cond")
     if cfg.loss.kind == "flow":
         coupling = configure.coupling_from_config(
-            cfg.coupling, data_shape=data_shape_of(cfg.data), num_data=len(source))
+            cfg.coupling, data_shape=data_shape_of(cfg.data), num_data=len(source)
+        )
         factor, keep = coupling.batch_factor, ("x0", "cond", "index")
 
     def host_batch(step):
-        b = batch_at(source, cfg.seed, step, cfg.training.batch_size * factor,
-                     random_flip=cfg.data.random_flip, process_index=jax.process_index(),
-                     process_count=jax.process_count())
+        b = batch_at(
+            source,
+            cfg.seed,
+            step,
+            cfg.training.batch_size * factor,
+            random_flip=cfg.data.random_flip,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
         return {k: v.astype(np.int32) if k == "index" else v for k, v in b.items() if k in keep}
 
     desc = "teacher (EDM)" if coupling is None else f"1-RF ({coupling.name} coupling)"
@@ -184,18 +219,36 @@ def _store_spec(cfg, kind, teacher_sha):
     arrays = {"x0": (shape, "float32"), "x1": (shape, "float32")}
     if data_spec(cfg.data).num_classes and kind != "projected":
         arrays["cond"] = ((), "int32")
-    prov = {"kind": kind, "teacher.workdir (ema.npz SHA-256)": teacher_sha, "seed": cfg.seed,
-            "pairs.solver": p.solver, "pairs.grid": p.grid, "pairs.steps": p.steps,
-            "pairs.t_max": p.t_max, "data.name": cfg.data.name}
+    prov = {
+        "kind": kind,
+        "teacher.workdir (ema.npz SHA-256)": teacher_sha,
+        "seed": cfg.seed,
+        "pairs.solver": p.solver,
+        "pairs.grid": p.grid,
+        "pairs.steps": p.steps,
+        "pairs.t_max": p.t_max,
+        "data.name": cfg.data.name,
+    }
     if kind == "backward":
         prov["nfe"] = sampler.nfe_of(_pair_grid(p), p.solver)
         return p.num_backward, arrays, prov
     if kind == "forward":
-        prov.update({"pairs.t_min": p.t_min, "data.split": cfg.data.get("split", "train"),
-                     "nfe": sampler.nfe_of(_pair_grid(p, increasing=True), p.solver) + 1})
+        prov.update(
+            {
+                "pairs.t_min": p.t_min,
+                "data.split": cfg.data.get("split", "train"),
+                "nfe": sampler.nfe_of(_pair_grid(p, increasing=True), p.solver) + 1,
+            }
+        )
         return p.num_forward, arrays, prov
-    prov.update({"pairs.projection.num": q.num, "pairs.projection.epsilon": q.epsilon,
-                 "pairs.projection.lam": q.lam, "pairs.projection.draw": q.draw})
+    prov.update(
+        {
+            "pairs.projection.num": q.num,
+            "pairs.projection.epsilon": q.epsilon,
+            "pairs.projection.lam": q.lam,
+            "pairs.projection.draw": q.draw,
+        }
+    )
     return q.num, arrays, prov
 
 
@@ -209,9 +262,15 @@ def _local_data_parallel(fn, chunk):
 
     def run(*args):
         n = len(args[0])
-        padded = [None if a is None else jax.device_put(
-            np.concatenate([a, np.repeat(a[-1:], size - n, 0)]) if size > n else np.asarray(a),
-            split) for a in args]
+        padded = [
+            None
+            if a is None
+            else jax.device_put(
+                np.concatenate([a, np.repeat(a[-1:], size - n, 0)]) if size > n else np.asarray(a),
+                split,
+            )
+            for a in args
+        ]
         return {k: np.asarray(v)[:n] for k, v in compiled(*padded).items()}
 
     return run
@@ -229,16 +288,24 @@ def run_pairs(cfg, workdir):
     key = stream_key(cfg.seed, "pairs")
     denoise = model_def.denoiser(params)
     grid_b = _pair_grid(p)
-    kw = dict(process_index=jax.process_index(), process_count=jax.process_count(),
-              storage_dtype=p.storage_dtype, chunk=p.chunk)
+    kw = dict(
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        storage_dtype=p.storage_dtype,
+        chunk=p.chunk,
+    )
 
     def gen_backward(idx):
         cond = None
         if num_classes:  # each pair's class from its own index, like its noise
-            cond = jax.vmap(lambda i: jax.random.randint(
-                jax.random.fold_in(jax.random.fold_in(key, i), 1), (), 0, num_classes))(idx)
-        x0, x1, _ = pairs.backward_pairs(denoise, key, idx, shape, grid_b, solver=p.solver,
-                                         cond=cond)
+            cond = jax.vmap(
+                lambda i: jax.random.randint(
+                    jax.random.fold_in(jax.random.fold_in(key, i), 1), (), 0, num_classes
+                )
+            )(idx)
+        x0, x1, _ = pairs.backward_pairs(
+            denoise, key, idx, shape, grid_b, solver=p.solver, cond=cond
+        )
         return {"x0": x0, "x1": x1, **({"cond": cond} if num_classes else {})}
 
     _write(cfg, workdir, "backward", teacher_sha, _local_data_parallel(gen_backward, p.chunk), kw)
@@ -260,10 +327,12 @@ def run_pairs(cfg, workdir):
     if p.projection.fraction > 0:
         _write_projected(cfg, workdir, denoise, grid_b, teacher_sha, kw)
     nfe_b = sampler.nfe_of(grid_b, p.solver)
-    return (f"pair stores in {workdir}: {p.num_backward} backward ({nfe_b} NFE each), "
-            f"{p.num_forward} forward"
-            + (f", {p.projection.num} projected" if p.projection.fraction > 0 else "")
-            + f"; check them with `python scripts/verify_pairs.py {workdir}`")
+    return (
+        f"pair stores in {workdir}: {p.num_backward} backward ({nfe_b} NFE each), "
+        f"{p.num_forward} forward"
+        + (f", {p.projection.num} projected" if p.projection.fraction > 0 else "")
+        + f"; check them with `python scripts/verify_pairs.py {workdir}`"
+    )
 
 
 def _write(cfg, workdir, kind, teacher_sha, generate, kw):
@@ -271,10 +340,12 @@ def _write(cfg, workdir, kind, teacher_sha, generate, kw):
     num, arrays, prov = _store_spec(cfg, kind, teacher_sha)
     path = os.path.join(workdir, kind)
     main = jax.process_index() == 0
-    with tqdm(total=num, desc=f"{kind} pairs", disable=not main, unit="pair",
-              dynamic_ncols=True) as bar:
-        pair_store.write_store(generate, path, num=num, arrays=arrays, provenance=prov,
-                               progress=bar.update, **kw)
+    with tqdm(
+        total=num, desc=f"{kind} pairs", disable=not main, unit="pair", dynamic_ncols=True
+    ) as bar:
+        pair_store.write_store(
+            generate, path, num=num, arrays=arrays, provenance=prov, progress=bar.update, **kw
+        )
     if jax.process_count() > 1:  # every host's shards are on disk before anyone reads them
         multihost_utils.sync_global_devices(f"{kind} pairs written")
     if main:
@@ -297,19 +368,31 @@ def _write_projected(cfg, workdir, denoise, grid_b, teacher_sha, kw):
         backward = store.read(np.arange(q.num), ("x0", "x1"))
     source = make_image_source(cfg.data)
     order = np.random.default_rng(stream_seed(cfg.seed, "projection_data")).permutation(
-        len(source))[:q.num]
+        len(source)
+    )[: q.num]
     real = source.get(np.resize(order, q.num))["x0"]
     forward = None
     if q.lam == "search":
         with pair_store.PairStore(os.path.join(workdir, "forward")) as store:
             forward = store.read(np.arange(min(pairs.BUDGET_PAIRS, len(store))), ("x0", "x1"))
     projected, metrics = pairs.projected_pairs(
-        stream_key(cfg.seed, "projection_plan"), backward, real, epsilon=q.epsilon, lam=q.lam,
-        draw=q.draw, denoise_fn=denoise, forward=forward, grid=grid_b, solver=p.solver)
+        stream_key(cfg.seed, "projection_plan"),
+        backward,
+        real,
+        epsilon=q.epsilon,
+        lam=q.lam,
+        draw=q.draw,
+        denoise_fn=denoise,
+        forward=forward,
+        grid=grid_b,
+        solver=p.solver,
+    )
     projected = {k: np.asarray(v) for k, v in projected.items()}
     if jax.process_index() == 0:
-        print("projection: " + ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items()),
-              flush=True)
+        print(
+            "projection: " + ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items()),
+            flush=True,
+        )
 
     def take(idx):
         return {k: v[np.minimum(idx, q.num - 1)] for k, v in projected.items()}
@@ -328,7 +411,8 @@ def _open_store(path, num, arrays, provenance, kind):
         raise pair_store.StoreMismatch(
             f"the {kind} pair store {path} was made for another config ({'; '.join(diff)}): "
             "regenerate it with this config's pairs stage into a new pairs.dir, or set the "
-            "fields to the store's values.")
+            "fields to the store's values."
+        )
     return store
 
 
@@ -347,8 +431,14 @@ def run_reflow(cfg, workdir):
 
     def host_batch(step):
         source, index = pair_mixing.stream_indices(
-            seed, step, cfg.training.batch_size, sizes, fractions,
-            process_index=jax.process_index(), process_count=jax.process_count())
+            seed,
+            step,
+            cfg.training.batch_size,
+            sizes,
+            fractions,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
         return pair_mixing.read_mixed(stores, source, index)
 
     try:
@@ -367,8 +457,9 @@ def _open_stores(cfg):
     stores = {}
     for name in pair_mixing.SOURCES:
         if name == "backward" or fractions[name] > 0:
-            stores[name] = _open_store(os.path.join(p.dir, name), *_store_spec(cfg, name, sha),
-                                       name)
+            stores[name] = _open_store(
+                os.path.join(p.dir, name), *_store_spec(cfg, name, sha), name
+            )
     return stores
 
 
@@ -391,8 +482,9 @@ def _scorer(cfg, shape):
     checked here, before any model is built or sampled."""
     weights = cfg.eval.get("inception_weights") or os.environ.get(inception.WEIGHTS_ENV)
     if weights:
-        mu, sigma = load_reference(cfg.eval.get("fid_ref"), dim=inception.FEATURE_DIM,
-                                   resolution=shape[0])
+        mu, sigma = load_reference(
+            cfg.eval.get("fid_ref"), dim=inception.FEATURE_DIM, resolution=shape[0]
+        )
         featurize = inception.uint8_features(inception.load_fid_inception(weights))
         return "fid", featurize, inception.FEATURE_DIM, mu, sigma, cfg.eval.num_samples
     held_out = make_image_source(cfg.data, split=cfg.data.eval_split)
@@ -411,8 +503,9 @@ def run_eval(cfg, workdir):
     model_dir = cfg.eval.get("model_dir") or workdir
     models = {"student": checkpoint.load_params(_snapshot(model_dir, "eval.model_dir"), like)}
     if cfg.teacher.workdir:
-        models["teacher"] = checkpoint.load_params(_snapshot(cfg.teacher.workdir,
-                                                             "teacher.workdir"), like)
+        models["teacher"] = checkpoint.load_params(
+            _snapshot(cfg.teacher.workdir, "teacher.workdir"), like
+        )
     mesh = sharding.make_mesh(cfg.get("mesh"))
     key = jax.random.key(cfg.eval.seed)  # sample i: fold_in(key, i), as EDM's --seeds
     s = cfg.sampler
@@ -422,8 +515,11 @@ def run_eval(cfg, workdir):
 
     results, lines = {}, []
     for name, params in models.items():
-        denoise = _guided(cfg, model_def, params, model_def.denoiser(params)) \
-            if name == "student" else model_def.denoiser(params)
+        denoise = (
+            _guided(cfg, model_def, params, model_def.denoiser(params))
+            if name == "student"
+            else model_def.denoiser(params)
+        )
         done = set()
         for budget in cfg.eval.nfe:
             grid, nfe = sampler.grid_for_budget(budget, s.solver, grid_fn)
@@ -431,22 +527,40 @@ def run_eval(cfg, workdir):
                 continue
             done.add(nfe)
             stats, images = sampling.sample_features(
-                denoise, grid, solver=s.solver, r=s.r, shape=shape, num_classes=num_classes,
-                key=key, featurize=featurize, dim=dim, num=num,
-                batch_size=cfg.eval.batch_size, mesh=mesh, keep_images=64,
-                desc=f"{name} NFE {nfe}")
+                denoise,
+                grid,
+                solver=s.solver,
+                r=s.r,
+                shape=shape,
+                num_classes=num_classes,
+                key=key,
+                featurize=featurize,
+                dim=dim,
+                num=num,
+                batch_size=cfg.eval.batch_size,
+                mesh=mesh,
+                keep_images=64,
+                desc=f"{name} NFE {nfe}",
+            )
             value = frechet_distance_from_stats(*stats.mean_cov(), ref_mu, ref_sigma)
             results[f"eval/{name}/{metric}@nfe={nfe}"] = value
             if jax.process_index() == 0:
-                save_image_grid(os.path.join(workdir, f"samples_{name}_nfe{nfe}.png"),
-                                images.astype(np.float32) / 127.5 - 1.0, ncols=8,
-                                scale=4 if shape[0] <= 16 else 1, pad=1)
+                save_image_grid(
+                    os.path.join(workdir, f"samples_{name}_nfe{nfe}.png"),
+                    images.astype(np.float32) / 127.5 - 1.0,
+                    ncols=8,
+                    scale=4 if shape[0] <= 16 else 1,
+                    pad=1,
+                )
             lines.append(f"{name:>8} NFE {nfe:>3}: {metric} {value:.3f} ({stats.count} samples)")
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
             json.dump(results, f, indent=1)
-    what = ("FID (Inception, EDM's protocol)" if metric == "fid"
-            else "Fréchet distance in pixel space to held-out images")
+    what = (
+        "FID (Inception, EDM's protocol)"
+        if metric == "fid"
+        else "Fréchet distance in pixel space to held-out images"
+    )
     return what + "\n" + "\n".join(lines)
 
 

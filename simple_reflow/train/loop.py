@@ -45,8 +45,9 @@ class TrainingInterrupted(Exception):
     """SIGTERM or Ctrl-C stopped the run after a checkpoint at ``step`` was saved."""
 
     def __init__(self, step: int, signal_name: str):
-        super().__init__(f"{signal_name} at step {step}: checkpoint saved; run the same command "
-                         "again to resume")
+        super().__init__(
+            f"{signal_name} at step {step}: checkpoint saved; run the same command again to resume"
+        )
         self.step = step
 
 
@@ -90,7 +91,9 @@ def _check_finite(metrics, step, manager):
         last = manager.latest_step()
         raise NonFiniteLoss(
             f"train/loss is {loss} at step {step}; the newest checkpoint (step {last}) is the "
-            "last good one — lower optim.lr or set optim.grad_clip, then rerun to resume from it")
+            "last good one — lower optim.lr or set optim.grad_clip, then rerun to resume from it"
+        )
+
 
 def _log(workdir, step, metrics, writer):
     """Appends a row to ``metrics.jsonl`` and the same scalars to TensorBoard (process 0)."""
@@ -105,8 +108,20 @@ def _log(workdir, step, metrics, writer):
     return row
 
 
-def train_loop(state, step_fn, *, num_steps, workdir, batch_at=None, steps_per_call=1,
-               log_every=100, ckpt_every=1000, keep=2, batch_size=None, desc="train"):
+def train_loop(
+    state,
+    step_fn,
+    *,
+    num_steps,
+    workdir,
+    batch_at=None,
+    steps_per_call=1,
+    log_every=100,
+    ckpt_every=1000,
+    keep=2,
+    batch_size=None,
+    desc="train",
+):
     """Runs ``step_fn`` until ``state.step == num_steps``, resuming from ``workdir``.
 
     Args:
@@ -126,14 +141,22 @@ def train_loop(state, step_fn, *, num_steps, workdir, batch_at=None, steps_per_c
     manager = checkpoint.make_manager(workdir, keep)
     state = checkpoint.restore_latest(manager, state)
     step = start = int(state.step)  # the step count lives on the host from here on
-    bar = tqdm(total=num_steps, initial=start, desc=desc, disable=jax.process_index() != 0,
-               mininterval=2.0, dynamic_ncols=True)
+    bar = tqdm(
+        total=num_steps,
+        initial=start,
+        desc=desc,
+        disable=jax.process_index() != 0,
+        mininterval=2.0,
+        dynamic_ncols=True,
+    )
     t_last, step_last = time.perf_counter(), start
     metrics = None
     writer = None
     if jax.process_index() == 0:  # one event file per run segment (names carry 1-s timestamps)
-        writer = SummaryWriter(os.path.join(workdir, "tensorboard"),
-                               filename_suffix=f".from_step_{start}.{os.getpid()}")
+        writer = SummaryWriter(
+            os.path.join(workdir, "tensorboard"),
+            filename_suffix=f".from_step_{start}.{os.getpid()}",
+        )
     try:
         with _StopSignals() as stop:
             while step < num_steps:
@@ -149,8 +172,12 @@ def train_loop(state, step_fn, *, num_steps, workdir, batch_at=None, steps_per_c
                     jax.block_until_ready(metrics)
                     now = time.perf_counter()
                     if batch_size:
-                        metrics = {**metrics, "train/examples_per_sec":
-                                   batch_size * (step - step_last) / max(now - t_last, 1e-9)}
+                        metrics = {
+                            **metrics,
+                            "train/examples_per_sec": batch_size
+                            * (step - step_last)
+                            / max(now - t_last, 1e-9),
+                        }
                     row = _log(workdir, step, metrics, writer)
                     bar.set_postfix(loss=f"{row['train/loss']:.4g}")
                     t_last, step_last = now, step

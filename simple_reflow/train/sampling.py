@@ -27,18 +27,26 @@ from simple_reflow import pairs, sampler
 from simple_reflow.metrics.fid import FeatureStats, to_uint8
 from simple_reflow.train import sharding
 
-__all__ = ["index_labels", "make_index_sampler", "stream", "sample_features", "pixel_features",
-           "dataset_features"]
+__all__ = [
+    "index_labels",
+    "make_index_sampler",
+    "stream",
+    "sample_features",
+    "pixel_features",
+    "dataset_features",
+]
 
 
 def index_labels(key, indices, num_classes: int):
     """Class label of sample ``i`` from ``fold_in(fold_in(key, i), 1)``: ``[n] -> [n]`` int32."""
-    return jax.vmap(lambda i: jax.random.randint(
-        jax.random.fold_in(jax.random.fold_in(key, i), 1), (), 0, num_classes))(indices)
+    return jax.vmap(
+        lambda i: jax.random.randint(
+            jax.random.fold_in(jax.random.fold_in(key, i), 1), (), 0, num_classes
+        )
+    )(indices)
 
 
-def make_index_sampler(denoise_fn, grid, *, solver: str, r: float, shape, num_classes: int,
-                       key):
+def make_index_sampler(denoise_fn, grid, *, solver: str, r: float, shape, num_classes: int, key):
     """``fn(indices) -> uint8 images [n, *shape]`` (pure; jit it).
 
     Args:
@@ -58,8 +66,17 @@ def make_index_sampler(denoise_fn, grid, *, solver: str, r: float, shape, num_cl
     return fn
 
 
-def stream(host_batch: Callable, device_fn: Callable, num: int, batch_size: int, mesh, *,
-           on_batch: Callable, desc: str = "", unit: str = "img"):
+def stream(
+    host_batch: Callable,
+    device_fn: Callable,
+    num: int,
+    batch_size: int,
+    mesh,
+    *,
+    on_batch: Callable,
+    desc: str = "",
+    unit: str = "img",
+):
     """Runs ``device_fn`` over indices ``0 … num − 1`` in global batches over all devices.
 
     Args:
@@ -74,8 +91,9 @@ def stream(host_batch: Callable, device_fn: Callable, num: int, batch_size: int,
     """
     n_proc, pid = jax.process_count(), jax.process_index()
     if batch_size % mesh.size or batch_size % n_proc:
-        raise ValueError(f"the batch of {batch_size} must divide over {mesh.size} devices and "
-                         f"{n_proc} processes")
+        raise ValueError(
+            f"the batch of {batch_size} must divide over {mesh.size} devices and {n_proc} processes"
+        )
     batch_size = min(batch_size, -(-num // mesh.size) * mesh.size)  # no more than needed
     per_host = batch_size // n_proc
     spec = PartitionSpec("data")
@@ -90,9 +108,23 @@ def stream(host_batch: Callable, device_fn: Callable, num: int, batch_size: int,
             bar.update(min(batch_size, num - start))  # tqdm shows the rate in {unit}/s
 
 
-def sample_features(denoise_fn, grid, *, solver: str, r: float, shape, num_classes: int, key,
-                    featurize: Callable, dim: int, num: int, batch_size: int, mesh,
-                    keep_images: int = 0, desc: str = "sampling"):
+def sample_features(
+    denoise_fn,
+    grid,
+    *,
+    solver: str,
+    r: float,
+    shape,
+    num_classes: int,
+    key,
+    featurize: Callable,
+    dim: int,
+    num: int,
+    batch_size: int,
+    mesh,
+    keep_images: int = 0,
+    desc: str = "sampling",
+):
     """Feature statistics of ``num`` samples (indices ``0 … num − 1``), merged over hosts.
 
     ``featurize`` (uint8 images → ``[n, dim]``) runs in its own compiled function, so a
@@ -102,8 +134,11 @@ def sample_features(denoise_fn, grid, *, solver: str, r: float, shape, num_class
       ``(FeatureStats, images)``: the statistics of all samples, and this host's first
       ``keep_images`` uint8 images (for grids).
     """
-    fn = jax.jit(make_index_sampler(denoise_fn, grid, solver=solver, r=r, shape=shape,
-                                    num_classes=num_classes, key=key))
+    fn = jax.jit(
+        make_index_sampler(
+            denoise_fn, grid, solver=solver, r=r, shape=shape, num_classes=num_classes, key=key
+        )
+    )
 
     def device_fn(batch):  # features from the device-resident samples, in their own jit
         images = fn(batch["index"])
@@ -116,8 +151,15 @@ def sample_features(denoise_fn, grid, *, solver: str, r: float, shape, num_class
         if sum(len(k) for k in kept) < keep_images:
             kept.append(out["images"])
 
-    stream(lambda idx: {"index": idx.astype(np.int32)}, device_fn, num, batch_size, mesh,
-           on_batch=on_batch, desc=desc)
+    stream(
+        lambda idx: {"index": idx.astype(np.int32)},
+        device_fn,
+        num,
+        batch_size,
+        mesh,
+        on_batch=on_batch,
+        desc=desc,
+    )
     images = np.concatenate(kept)[:keep_images] if kept else None
     return stats.merged_across_processes(), images
 
@@ -127,8 +169,16 @@ def pixel_features(images_u8):
     return jnp.reshape(images_u8, (images_u8.shape[0], -1)).astype(jnp.float32) / 127.5 - 1.0
 
 
-def dataset_features(source, featurize: Callable, *, dim: int, num: int, batch_size: int, mesh,
-                     desc: str = "reference images"):
+def dataset_features(
+    source,
+    featurize: Callable,
+    *,
+    dim: int,
+    num: int,
+    batch_size: int,
+    mesh,
+    desc: str = "reference images",
+):
     """Feature statistics of a data source's first ``num`` images (uint8, as stored).
 
     Args:
@@ -142,6 +192,13 @@ def dataset_features(source, featurize: Callable, *, dim: int, num: int, batch_s
         x0 = source.get(np.minimum(idx, len(source) - 1))["x0"]
         return {"images": np.rint((x0 + 1.0) * 127.5).clip(0, 255).astype(np.uint8)}
 
-    stream(host_batch, lambda b: {"features": featurize(b["images"])}, num, batch_size, mesh,
-           on_batch=lambda idx, out: stats.update(out["features"]), desc=desc)
+    stream(
+        host_batch,
+        lambda b: {"features": featurize(b["images"])},
+        num,
+        batch_size,
+        mesh,
+        on_batch=lambda idx, out: stats.update(out["features"]),
+        desc=desc,
+    )
     return stats.merged_across_processes()

@@ -22,8 +22,9 @@ def make_mesh(cfg_mesh=None):
         if want < 1 or n % want:
             raise ValueError(f"mesh.data={want} must be -1 or divide the {n} devices.")
         n = want
-    return jax.make_mesh((n,), ("data",), devices=jax.devices()[:n],
-                         axis_types=(jax.sharding.AxisType.Auto,))
+    return jax.make_mesh(
+        (n,), ("data",), devices=jax.devices()[:n], axis_types=(jax.sharding.AxisType.Auto,)
+    )
 
 
 def batch_sharding(mesh):

@@ -26,8 +26,9 @@ def _validate_common(cfg):
     configure.validate_loss_config(cfg.loss)
     configure.validate_time_config(cfg.time)
     s = cfg.sampler
-    _check(s.solver in sampler.SOLVERS,
-           f"sampler.solver={s.solver!r} is not one of {sampler.SOLVERS}.")
+    _check(
+        s.solver in sampler.SOLVERS, f"sampler.solver={s.solver!r} is not one of {sampler.SOLVERS}."
+    )
     _check(s.grid in grids.GRIDS, f"sampler.grid={s.grid!r} is not one of {grids.GRIDS}.")
     _check(0 < s.r < 1, f"sampler.r={s.r!r} must lie in (0, 1).")
     _check(0 < s.t_max <= 1, f"sampler.t_max={s.t_max!r} must lie in (0, 1].")
@@ -36,33 +37,51 @@ def _validate_common(cfg):
     _check(0 <= p.rho <= 1, f"pairs.rho={p.rho!r} must lie in [0, 1].")
     _check(p.num_backward > 0, f"pairs.num_backward={p.num_backward!r} must be > 0.")
     _check(p.num_forward >= 0, f"pairs.num_forward={p.num_forward!r} must be >= 0.")
-    _check(p.rho == 0 or p.num_forward > 0,
-           f"pairs.rho={p.rho!r} > 0 needs forward pairs, but pairs.num_forward=0.")
-    _check(p.solver in ("euler", "heun"),
-           f"pairs.solver={p.solver!r} must be 'euler' or 'heun' (forward pairs integrate "
-           "towards the noise).")
+    _check(
+        p.rho == 0 or p.num_forward > 0,
+        f"pairs.rho={p.rho!r} > 0 needs forward pairs, but pairs.num_forward=0.",
+    )
+    _check(
+        p.solver in ("euler", "heun"),
+        f"pairs.solver={p.solver!r} must be 'euler' or 'heun' (forward pairs integrate "
+        "towards the noise).",
+    )
     _check(p.grid in grids.GRIDS, f"pairs.grid={p.grid!r} is not one of {grids.GRIDS}.")
     _check(p.steps >= 1, f"pairs.steps={p.steps!r} must be >= 1.")
     _check(0 < p.t_min < 0.5, f"pairs.t_min={p.t_min!r} must lie in (0, 0.5).")
     _check(0.5 < p.t_max <= 1, f"pairs.t_max={p.t_max!r} must lie in (0.5, 1].")
-    _check(p.storage_dtype in STORAGE_DTYPES,
-           f"pairs.storage_dtype={p.storage_dtype!r} is not one of {STORAGE_DTYPES}.")
-    _check(isinstance(p.chunk, int) and p.chunk >= 1,
-           f"pairs.chunk={p.chunk!r} must be an integer >= 1.")
+    _check(
+        p.storage_dtype in STORAGE_DTYPES,
+        f"pairs.storage_dtype={p.storage_dtype!r} is not one of {STORAGE_DTYPES}.",
+    )
+    _check(
+        isinstance(p.chunk, int) and p.chunk >= 1,
+        f"pairs.chunk={p.chunk!r} must be an integer >= 1.",
+    )
     q = p.projection
-    _check(0 <= q.fraction <= 1 - p.rho,
-           f"pairs.projection.fraction={q.fraction!r} must lie in [0, 1 - pairs.rho].")
+    _check(
+        0 <= q.fraction <= 1 - p.rho,
+        f"pairs.projection.fraction={q.fraction!r} must lie in [0, 1 - pairs.rho].",
+    )
     if q.fraction > 0:
-        _check(0 < q.num <= p.num_backward,
-               f"pairs.projection.num={q.num!r} must lie in [1, pairs.num_backward].")
+        _check(
+            0 < q.num <= p.num_backward,
+            f"pairs.projection.num={q.num!r} must lie in [1, pairs.num_backward].",
+        )
         _check(q.epsilon > 0, f"pairs.projection.epsilon={q.epsilon!r} must be > 0.")
-        _check(q.lam in ("balanced", "search"),
-               f"pairs.projection.lam={q.lam!r} is not one of ('balanced', 'search').")
-        _check(q.lam == "balanced" or p.num_forward > 0,
-               "pairs.projection.lam='search' needs forward pairs for its budget, but "
-               "pairs.num_forward=0.")
-        _check(q.draw in ("sample", "argmax"),
-               f"pairs.projection.draw={q.draw!r} is not one of ('sample', 'argmax').")
+        _check(
+            q.lam in ("balanced", "search"),
+            f"pairs.projection.lam={q.lam!r} is not one of ('balanced', 'search').",
+        )
+        _check(
+            q.lam == "balanced" or p.num_forward > 0,
+            "pairs.projection.lam='search' needs forward pairs for its budget, but "
+            "pairs.num_forward=0.",
+        )
+        _check(
+            q.draw in ("sample", "argmax"),
+            f"pairs.projection.draw={q.draw!r} is not one of ('sample', 'argmax').",
+        )
     _check(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr!r} must be > 0.")
     t = cfg.training
     _check(t.batch_size > 0, f"training.batch_size={t.batch_size!r} must be > 0.")
@@ -77,21 +96,29 @@ def validate_config(cfg):
     _validate_common(cfg)
     toy = cfg.data.name in TOY_DATASETS
     if cfg.stage == "pipeline":
-        _check(toy, f"stage='pipeline' runs on toy data; data.name={cfg.data.name!r} is not one "
-                    f"of {TOY_DATASETS} (image data runs stage by stage).")
+        _check(
+            toy,
+            f"stage='pipeline' runs on toy data; data.name={cfg.data.name!r} is not one "
+            f"of {TOY_DATASETS} (image data runs stage by stage).",
+        )
         _check(cfg.model.name == "mlp", f"model.name={cfg.model.name!r}: toy data uses 'mlp'.")
         _check(cfg.model.hidden > 0, f"model.hidden={cfg.model.hidden!r} must be > 0.")
         _check(cfg.model.depth > 0, f"model.depth={cfg.model.depth!r} must be > 0.")
-        _check(0 <= cfg.model.dropout < 1,
-               f"model.dropout={cfg.model.dropout!r} must lie in [0, 1).")
-        _check(cfg.teacher.num_steps > 0,
-               f"teacher.num_steps={cfg.teacher.num_steps!r} must be > 0.")
+        _check(
+            0 <= cfg.model.dropout < 1, f"model.dropout={cfg.model.dropout!r} must lie in [0, 1)."
+        )
+        _check(
+            cfg.teacher.num_steps > 0, f"teacher.num_steps={cfg.teacher.num_steps!r} must be > 0."
+        )
         num_data = cfg.data.get("num_examples", 0)
-        _check(num_data >= 0 and num_data % cfg.training.batch_size == 0,
-               f"data.num_examples={num_data!r} must be 0 (fresh samples) or a multiple of "
-               f"training.batch_size={cfg.training.batch_size}.")
-        configure.coupling_from_config(cfg.coupling, data_shape=(2,),
-                                       num_data=num_data or None)  # validates it
+        _check(
+            num_data >= 0 and num_data % cfg.training.batch_size == 0,
+            f"data.num_examples={num_data!r} must be 0 (fresh samples) or a multiple of "
+            f"training.batch_size={cfg.training.batch_size}.",
+        )
+        configure.coupling_from_config(
+            cfg.coupling, data_shape=(2,), num_data=num_data or None
+        )  # validates it
         return
     from simple_reflow.data import validate_data_config
 
@@ -100,9 +127,11 @@ def validate_config(cfg):
     if cfg.pairs.projection.fraction > 0:
         from simple_reflow.data import data_spec
 
-        _check(not data_spec(cfg.data).num_classes,
-               f"pairs.projection.fraction={cfg.pairs.projection.fraction!r}: projected pairs are "
-               "not supported for class-conditional data (they would need OT per class).")
+        _check(
+            not data_spec(cfg.data).num_classes,
+            f"pairs.projection.fraction={cfg.pairs.projection.fraction!r}: projected pairs are "
+            "not supported for class-conditional data (they would need OT per class).",
+        )
     from simple_reflow.data import data_spec
     from simple_reflow.train.checkpoint import check_model_config
     from simple_reflow.train.images import data_shape_of
@@ -110,9 +139,11 @@ def validate_config(cfg):
     shape = data_shape_of(cfg.data)
     configure.validate_model_config(cfg.model, data_shape=shape)
     classes = data_spec(cfg.data).num_classes
-    _check(cfg.model.get("num_classes", 0) == classes,
-           f"model.num_classes={cfg.model.get('num_classes', 0)!r} does not match the data's "
-           f"{classes} classes (data.conditional / data.num_classes).")
+    _check(
+        cfg.model.get("num_classes", 0) == classes,
+        f"model.num_classes={cfg.model.get('num_classes', 0)!r} does not match the data's "
+        f"{classes} classes (data.conditional / data.num_classes).",
+    )
     snapshots = []
     if cfg.stage in ("pairs", "reflow", "eval"):
         snapshots.append(("teacher.workdir", cfg.teacher.workdir))
@@ -126,12 +157,15 @@ def validate_config(cfg):
         _validate_eval(cfg, shape)
     if cfg.stage == "teacher":
         coupled = cfg.coupling.name != "independent"
-        _check(not (coupled and cfg.loss.kind == "edm"),
-               f"coupling.name={cfg.coupling.name!r} pairs noise with data for a 1-rectified "
-               "flow (loss.kind='flow'); EDM's loss (loss.kind='edm') has no coupling.")
+        _check(
+            not (coupled and cfg.loss.kind == "edm"),
+            f"coupling.name={cfg.coupling.name!r} pairs noise with data for a 1-rectified "
+            "flow (loss.kind='flow'); EDM's loss (loss.kind='edm') has no coupling.",
+        )
         if cfg.loss.kind == "flow":  # LOOM's dataset size is known once the data is read
-            configure.coupling_from_config(cfg.coupling, data_shape=shape,
-                                           num_data=1 if cfg.coupling.name == "loom" else None)
+            configure.coupling_from_config(
+                cfg.coupling, data_shape=shape, num_data=1 if cfg.coupling.name == "loom" else None
+            )
 
 
 def _validate_eval(cfg, shape):
@@ -144,16 +178,20 @@ def _validate_eval(cfg, shape):
     from simple_reflow.metrics.inception import FEATURE_DIM, WEIGHTS_ENV
 
     e = cfg.eval
-    _check(e.batch_size > 0 and e.batch_size % jax.device_count() == 0,
-           f"eval.batch_size={e.batch_size!r} must be a positive multiple of the "
-           f"{jax.device_count()} devices.")
+    _check(
+        e.batch_size > 0 and e.batch_size % jax.device_count() == 0,
+        f"eval.batch_size={e.batch_size!r} must be a positive multiple of the "
+        f"{jax.device_count()} devices.",
+    )
     _check(e.num_samples >= 2, f"eval.num_samples={e.num_samples!r} must be >= 2.")
     weights = e.get("inception_weights") or os.environ.get(WEIGHTS_ENV)
     if not weights:
         return
-    _check(os.path.exists(weights),
-           f"eval.inception_weights={weights!r} does not exist (pytorch-fid's "
-           "pt_inception-2015-12-05-6726825d.pth; or unset it for the pixel-space FD).")
+    _check(
+        os.path.exists(weights),
+        f"eval.inception_weights={weights!r} does not exist (pytorch-fid's "
+        "pt_inception-2015-12-05-6726825d.pth; or unset it for the pixel-space FD).",
+    )
     try:
         load_reference(e.get("fid_ref"), dim=FEATURE_DIM, resolution=shape[0])
     except (OSError, ValueError) as err:

@@ -16,8 +16,15 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-__all__ = ["TrainState", "ModelDef", "split_model", "init_state", "make_train_step",
-           "make_multi_step", "make_optimizer"]
+__all__ = [
+    "TrainState",
+    "ModelDef",
+    "split_model",
+    "init_state",
+    "make_train_step",
+    "make_multi_step",
+    "make_optimizer",
+]
 
 
 class ModelDef(NamedTuple):
@@ -73,8 +80,14 @@ def init_state(params, optimizer, seed, coupling_state=None):
     """A fresh train state; the EMA starts at the initial params."""
     key = jax.random.key_data(jax.random.key(seed))
     copy = jax.tree.map(jnp.array, params)
-    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), copy, key,
-                      {} if coupling_state is None else coupling_state)
+    return TrainState(
+        jnp.zeros((), jnp.int32),
+        params,
+        optimizer.init(params),
+        copy,
+        key,
+        {} if coupling_state is None else coupling_state,
+    )
 
 
 def make_train_step(model_def, loss_fn, optimizer, *, ema_decay, coupling=None):
@@ -106,8 +119,12 @@ def make_train_step(model_def, loss_fn, optimizer, *, ema_decay, coupling=None):
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, params)
-        metrics = {**metrics, **aux, "train/loss": loss,
-                   "train/grad_norm": optax.global_norm(grads)}
+        metrics = {
+            **metrics,
+            **aux,
+            "train/loss": loss,
+            "train/grad_norm": optax.global_norm(grads),
+        }
         new = TrainState(state.step + 1, params, opt_state, ema, state.key, coupling_state)
         return new, metrics
 

@@ -29,8 +29,15 @@ from simple_reflow.train.step import (
     split_model,
 )
 
-__all__ = ["build_mlp", "train_flow", "teacher_fn", "generate_toy_pairs", "toy_projected_pairs",
-           "pair_batch_fn", "run_pipeline"]
+__all__ = [
+    "build_mlp",
+    "train_flow",
+    "teacher_fn",
+    "generate_toy_pairs",
+    "toy_projected_pairs",
+    "pair_batch_fn",
+    "run_pipeline",
+]
 
 TOY_SHAPE = (2,)
 
@@ -42,13 +49,29 @@ ONE_RF_LOSS = functools.partial(losses.flow_loss, space="velocity")
 
 def build_mlp(cfg_model, seed):
     """The toy MLP denoiser split into (ModelDef, params)."""
-    model = MLPDenoiser(TOY_SHAPE[0], hidden=cfg_model.hidden, depth=cfg_model.depth,
-                        dropout=cfg_model.dropout, rngs=nnx.Rngs(seed))
+    model = MLPDenoiser(
+        TOY_SHAPE[0],
+        hidden=cfg_model.hidden,
+        depth=cfg_model.depth,
+        dropout=cfg_model.dropout,
+        rngs=nnx.Rngs(seed),
+    )
     return split_model(model)
 
 
-def train_flow(cfg, workdir, *, batch_fn, data=None, loss_fn, init_params=None, coupling=None,
-               num_steps, seed, desc):
+def train_flow(
+    cfg,
+    workdir,
+    *,
+    batch_fn,
+    data=None,
+    loss_fn,
+    init_params=None,
+    coupling=None,
+    num_steps,
+    seed,
+    desc,
+):
     """Trains the toy MLP with device-side batches; returns ``(model_def, final state)``.
 
     Args:
@@ -66,20 +89,32 @@ def train_flow(cfg, workdir, *, batch_fn, data=None, loss_fn, init_params=None, 
     optimizer = make_optimizer(cfg.optim)
     coupling_state = coupling.init(jax.random.key(seed + 1)) if coupling is not None else None
     state = init_state(params, optimizer, seed, coupling_state)
-    step = make_train_step(model_def, loss_fn, optimizer, ema_decay=cfg.training.ema_decay,
-                           coupling=coupling)
+    step = make_train_step(
+        model_def, loss_fn, optimizer, ema_decay=cfg.training.ema_decay, coupling=coupling
+    )
     k = cfg.training.steps_per_call
     if num_steps % k or cfg.training.log_every % k:
-        raise ValueError(f"training.steps_per_call={k} must divide the step count {num_steps} "
-                         f"and training.log_every={cfg.training.log_every}.")
+        raise ValueError(
+            f"training.steps_per_call={k} must divide the step count {num_steps} "
+            f"and training.log_every={cfg.training.log_every}."
+        )
+
     def multi_step(state, data):
         return make_multi_step(step, lambda s: batch_fn(s, data), k)(state)
 
     compiled = jax.jit(multi_step, donate_argnums=(0,))
     state = train_loop(
-        state, lambda s: compiled(s, data), num_steps=num_steps, workdir=workdir,
-        steps_per_call=k, log_every=cfg.training.log_every, ckpt_every=cfg.training.ckpt_every,
-        keep=cfg.training.keep_checkpoints, batch_size=cfg.training.batch_size, desc=desc)
+        state,
+        lambda s: compiled(s, data),
+        num_steps=num_steps,
+        workdir=workdir,
+        steps_per_call=k,
+        log_every=cfg.training.log_every,
+        ckpt_every=cfg.training.ckpt_every,
+        keep=cfg.training.keep_checkpoints,
+        batch_size=cfg.training.batch_size,
+        desc=desc,
+    )
     return model_def, state
 
 
@@ -93,14 +128,18 @@ def make_data_batch_fn(name, batch_size, seed, num_data=None):
     sample_data = make_toy_sampler(name)
     key = jax.random.key(seed)
     if num_data is None:
+
         def fresh(step, _):
-            return {"x0": sample_data(jax.random.fold_in(key, step), batch_size),
-                    "index": step * batch_size + jnp.arange(batch_size, dtype=jnp.int32)}
+            return {
+                "x0": sample_data(jax.random.fold_in(key, step), batch_size),
+                "index": step * batch_size + jnp.arange(batch_size, dtype=jnp.int32),
+            }
 
         return fresh, None
     if num_data % batch_size:
-        raise ValueError(f"data.num_examples={num_data} must be a multiple of "
-                         f"training.batch_size={batch_size}.")
+        raise ValueError(
+            f"data.num_examples={num_data} must be a multiple of training.batch_size={batch_size}."
+        )
     per_epoch = num_data // batch_size
 
     def finite(step, data):
@@ -121,22 +160,32 @@ def teacher_fn(cfg, workdir):
     if kind == "auto":
         kind = "analytic" if cfg.data.name == "8gaussians" else "train"
     if kind not in ("analytic", "train"):
-        raise ValueError(f"teacher.kind={kind!r} is not one of ('auto', 'analytic', 'train') "
-                         "for toy data.")
+        raise ValueError(
+            f"teacher.kind={kind!r} is not one of ('auto', 'analytic', 'train') for toy data."
+        )
     if kind == "analytic":
         if cfg.data.name != "8gaussians":
-            raise ValueError(f"teacher.kind='analytic' needs data.name='8gaussians' (a Gaussian "
-                             f"mixture), got data.name={cfg.data.name!r}.")
+            raise ValueError(
+                f"teacher.kind='analytic' needs data.name='8gaussians' (a Gaussian "
+                f"mixture), got data.name={cfg.data.name!r}."
+            )
         return toy_mixture(), None, None
     num_data = cfg.data.get("num_examples", 0) or None
-    coupling = configure.coupling_from_config(cfg.coupling, data_shape=TOY_SHAPE,
-                                              num_data=num_data)
-    batch_fn, data = make_data_batch_fn(cfg.data.name, cfg.training.batch_size, cfg.seed + 7,
-                                        num_data)
+    coupling = configure.coupling_from_config(cfg.coupling, data_shape=TOY_SHAPE, num_data=num_data)
+    batch_fn, data = make_data_batch_fn(
+        cfg.data.name, cfg.training.batch_size, cfg.seed + 7, num_data
+    )
     model_def, state = train_flow(
-        cfg, os.path.join(workdir, "teacher"), batch_fn=batch_fn, data=data, loss_fn=ONE_RF_LOSS,
-        coupling=coupling, num_steps=cfg.teacher.num_steps,
-        seed=cfg.seed, desc="teacher (1-RF)")
+        cfg,
+        os.path.join(workdir, "teacher"),
+        batch_fn=batch_fn,
+        data=data,
+        loss_fn=ONE_RF_LOSS,
+        coupling=coupling,
+        num_steps=cfg.teacher.num_steps,
+        seed=cfg.seed,
+        desc="teacher (1-RF)",
+    )
     return model_def.denoiser(state.ema), state.ema, model_def
 
 
@@ -151,8 +200,11 @@ def generate_toy_pairs(denoise_fn, cfg, seed):
     proj = p.projection
     key = jax.random.key(seed + 11)
     grid_b = grids.make_grid(p.grid, p.steps, t_max=p.t_max)
-    gen_b = jax.jit(lambda idx: pairs.backward_pairs(
-        denoise_fn, key, idx, TOY_SHAPE, grid_b, solver=p.solver)[:2])
+    gen_b = jax.jit(
+        lambda idx: pairs.backward_pairs(denoise_fn, key, idx, TOY_SHAPE, grid_b, solver=p.solver)[
+            :2
+        ]
+    )
     x0b, x1b = gen_b(jnp.arange(p.num_backward, dtype=jnp.int32))
     stores = {"backward": {"x0": x0b, "x1": x1b}}
     search = proj.fraction > 0 and proj.lam == "search"
@@ -171,14 +223,20 @@ def toy_projected_pairs(denoise_fn, cfg, seed, stores):
     """The first ``pairs.projection.num`` backward pairs projected onto as many fresh samples."""
     p, proj = cfg.pairs, cfg.pairs.projection
     real = make_toy_sampler(cfg.data.name)(jax.random.key(seed + 19), proj.num)
-    first = jax.tree.map(lambda a: a[:proj.num], stores["backward"])
+    first = jax.tree.map(lambda a: a[: proj.num], stores["backward"])
     projected, metrics = pairs.projected_pairs(
-        jax.random.key(seed + 23), first, real, epsilon=proj.epsilon, lam=proj.lam,
-        draw=proj.draw, denoise_fn=denoise_fn,
-        forward=stores.get("forward"), grid=grids.make_grid(p.grid, p.steps, t_max=p.t_max),
-        solver=p.solver)
-    print("projection: " + ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items()),
-          flush=True)
+        jax.random.key(seed + 23),
+        first,
+        real,
+        epsilon=proj.epsilon,
+        lam=proj.lam,
+        draw=proj.draw,
+        denoise_fn=denoise_fn,
+        forward=stores.get("forward"),
+        grid=grids.make_grid(p.grid, p.steps, t_max=p.t_max),
+        solver=p.solver,
+    )
+    print("projection: " + ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items()), flush=True)
     return projected
 
 
@@ -205,13 +263,23 @@ def run_pipeline(cfg, workdir):
     clock = time.perf_counter()
     teacher, teacher_params, _ = teacher_fn(cfg, workdir)
     stores = jax.block_until_ready(generate_toy_pairs(teacher, cfg, cfg.seed))
-    print("pairs: " + ", ".join(f"{len(v['x0'])} {k}" for k, v in stores.items())
-          + f" ({time.perf_counter() - clock:.1f}s with the teacher)", flush=True)
+    print(
+        "pairs: "
+        + ", ".join(f"{len(v['x0'])} {k}" for k, v in stores.items())
+        + f" ({time.perf_counter() - clock:.1f}s with the teacher)",
+        flush=True,
+    )
     model_def, state = train_flow(
-        cfg, os.path.join(workdir, "student"), batch_fn=pair_batch_fn(cfg, cfg.seed),
+        cfg,
+        os.path.join(workdir, "student"),
+        batch_fn=pair_batch_fn(cfg, cfg.seed),
         data=stores,
-        loss_fn=configure.flow_loss_from_config(cfg.loss, cfg.time), init_params=teacher_params,
-        num_steps=cfg.training.num_steps, seed=cfg.seed + 1, desc="student (ReFlow)")
+        loss_fn=configure.flow_loss_from_config(cfg.loss, cfg.time),
+        init_params=teacher_params,
+        num_steps=cfg.training.num_steps,
+        seed=cfg.seed + 1,
+        desc="student (ReFlow)",
+    )
     student = model_def.denoiser(state.ema)
     clock = time.perf_counter()
     metrics = evaluate_models({"teacher": teacher, "student": student}, cfg)

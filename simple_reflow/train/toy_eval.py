@@ -16,14 +16,14 @@ from simple_reflow import grids, sampler
 from simple_reflow.data.toy import make_toy_sampler
 from simple_reflow.metrics.transport import straightness, w2
 
-__all__ = ["solver_grid_fn", "evaluate_model", "evaluate_models", "format_table",
-           "write_outputs"]
+__all__ = ["solver_grid_fn", "evaluate_model", "evaluate_models", "format_table", "write_outputs"]
 
 
 def solver_grid_fn(solver_cfg):
     """``n -> grid`` for the configured grid (sigmoid-κ, EDM-ρ or uniform) and t_max."""
-    return lambda n: grids.make_grid(solver_cfg.grid, n, kappa=solver_cfg.kappa,
-                                     rho=solver_cfg.rho, t_max=solver_cfg.t_max)
+    return lambda n: grids.make_grid(
+        solver_cfg.grid, n, kappa=solver_cfg.kappa, rho=solver_cfg.rho, t_max=solver_cfg.t_max
+    )
 
 
 def _sample_fn(denoise_fn, grid, solver, r):
@@ -47,14 +47,28 @@ def evaluate_model(denoise_fn, cfg, *, solver_cfg=None, key=None, with_accurate=
     for budget in cfg.eval.nfe:
         grid, nfe = sampler.grid_for_budget(budget, solver_cfg.solver, solver_grid_fn(solver_cfg))
         x0 = _sample_fn(denoise_fn, grid, solver_cfg.solver, solver_cfg.r)(x1)
-        records.append({"solver": solver_cfg.solver, "budget": budget, "nfe": nfe,
-                        "w2": w2(x0, target), "straightness": None})
+        records.append(
+            {
+                "solver": solver_cfg.solver,
+                "budget": budget,
+                "nfe": nfe,
+                "w2": w2(x0, target),
+                "straightness": None,
+            }
+        )
     if with_accurate:
         grid = grids.uniform_grid(cfg.eval.accurate_steps)
         x0 = _sample_fn(denoise_fn, grid, "heun", 0.5)(x1)
         s = jax.jit(lambda x: straightness(denoise_fn, x, grid, solver="heun"))(x1)
-        records.append({"solver": "heun", "budget": "accurate", "nfe": sampler.nfe_of(grid, "heun"),
-                        "w2": w2(x0, target), "straightness": float(s)})
+        records.append(
+            {
+                "solver": "heun",
+                "budget": "accurate",
+                "nfe": sampler.nfe_of(grid, "heun"),
+                "w2": w2(x0, target),
+                "straightness": float(s),
+            }
+        )
     return records
 
 
@@ -62,8 +76,10 @@ def evaluate_models(models, cfg):
     """Evaluates each named model with the configured sampler; adds the W2 floor."""
     n = cfg.eval.num_samples
     sample_data = make_toy_sampler(cfg.data.name)
-    floor = w2(sample_data(jax.random.key(cfg.seed + 2000), n),
-               sample_data(jax.random.key(cfg.seed + 2001), n))
+    floor = w2(
+        sample_data(jax.random.key(cfg.seed + 2000), n),
+        sample_data(jax.random.key(cfg.seed + 2001), n),
+    )
     return {"w2_floor": floor, "models": {k: evaluate_model(f, cfg) for k, f in models.items()}}
 
 
@@ -71,10 +87,18 @@ def format_table(metrics):
     """A plain-text table: one row per model, one column per NFE budget, plus accurate."""
     names = list(metrics["models"])
     recs = metrics["models"][names[0]]
-    header = ["model"] + [f"NFE {r['nfe']}" if r["budget"] != "accurate" else
-                          f"accurate ({r['nfe']})" for r in recs] + ["straightness"]
-    lines = ["W2 to the target (floor {:.4f})".format(metrics["w2_floor"]),
-             " | ".join(f"{h:>14}" for h in header)]
+    header = (
+        ["model"]
+        + [
+            f"NFE {r['nfe']}" if r["budget"] != "accurate" else f"accurate ({r['nfe']})"
+            for r in recs
+        ]
+        + ["straightness"]
+    )
+    lines = [
+        "W2 to the target (floor {:.4f})".format(metrics["w2_floor"]),
+        " | ".join(f"{h:>14}" for h in header),
+    ]
     for name in names:
         rs = metrics["models"][name]
         s = [r["straightness"] for r in rs if r["straightness"] is not None]
@@ -111,7 +135,8 @@ def write_outputs(workdir, cfg, metrics, models):
     for name, fn in models.items():
         label = f"{name} ({nfe} NFE, {cfg.sampler.solver}; paths: accurate)"
         samples[label] = np.asarray(_sample_fn(fn, grid, cfg.sampler.solver, cfg.sampler.r)(x1))
-        traj = jax.jit(lambda x, fn=fn: sampler.integrate(fn, x, fine, solver="heun",
-                                                          trajectory=True)[2])(x1[:24])
+        traj = jax.jit(
+            lambda x, fn=fn: sampler.integrate(fn, x, fine, solver="heun", trajectory=True)[2]
+        )(x1[:24])
         trajectories[label] = np.asarray(traj)
     save_toy_figure(os.path.join(workdir, "samples.png"), samples, trajectories)
