@@ -42,6 +42,7 @@ from configs.toy2d import COUPLINGS, LOOM_NUM_EXAMPLES, get_config  # noqa: E402
 from simple_reflow.data.toy import TOY_DATASETS, make_toy_sampler  # noqa: E402
 from simple_reflow.metrics.transport import w2  # noqa: E402
 from simple_reflow.train import configure  # noqa: E402
+from simple_reflow.train.streams import stream_key, stream_seed  # noqa: E402
 from simple_reflow.train.toy import (  # noqa: E402
     ONE_RF_LOSS,
     TOY_SHAPE,
@@ -141,10 +142,9 @@ def run_task(task, seed, args, workroot):
     workdir = os.path.join(workroot, f"{task}_seed{seed}")
     sample_data = make_toy_sampler(task)
     n = cfg.eval.num_samples
-    floor = w2(
-        sample_data(jax.random.key(10_000 + seed), n), sample_data(jax.random.key(20_000 + seed), n)
-    )
-    eval_key = jax.random.key(30_000 + seed)  # same noise and target for every method
+    key_a, key_b = jax.random.split(stream_key(seed, "eval_floor"))
+    floor = w2(sample_data(key_a, n), sample_data(key_b, n))
+    eval_key = stream_key(seed, "eval")  # same noise and target for every method
     teacher, teacher_params, _ = teacher_fn(cfg, workdir)
     stores = generate_toy_pairs(teacher, cfg, seed)  # backward, and forward (rho = 0.4)
     records = []
@@ -173,7 +173,7 @@ def run_task(task, seed, args, workroot):
                 loss_fn=configure.flow_loss_from_config(mcfg.loss, mcfg.time),
                 init_params=teacher_params,
                 num_steps=cfg.training.num_steps,
-                seed=seed + 1,
+                seed=stream_seed(seed, "student_training", bits=31),
                 desc=f"{task}/{name}",
             )
             fn = model_def.denoiser(state.ema)
@@ -187,7 +187,10 @@ def run_task(task, seed, args, workroot):
                 mcfg.coupling, data_shape=TOY_SHAPE, num_data=num_data
             )
             batch_fn, data = make_data_batch_fn(
-                task, cfg.training.batch_size * coupling.batch_factor, seed + 7, num_data
+                task,
+                cfg.training.batch_size * coupling.batch_factor,
+                stream_seed(seed, "teacher_batches", bits=31),
+                num_data,
             )
             run_name = name
             if spec["coupling"]["name"] == "wcfm":  # a resumed run must match its κ

@@ -25,3 +25,26 @@ def test_streams_are_deterministic_and_never_coincide():
 def test_unknown_stream_is_refused():
     with pytest.raises(ValueError, match="stream 'params'"):
         stream_key(0, "params")
+
+
+def test_stream_ids_are_append_only():
+    # stores record their seed: an id, once given, never moves (new names go at the end)
+    assert STREAMS[:5] == (
+        "coupling",
+        "pairs",
+        "reflow_batches",
+        "projection_data",
+        "projection_plan",
+    )
+    assert len(set(STREAMS)) == len(STREAMS)
+
+
+def test_short_stream_seed_is_a_whole_jax_seed():
+    full = stream_seed(4, "student_training")
+    short = stream_seed(4, "student_training", bits=31)
+    assert short == full >> 33 and 0 <= short < 2**31
+    # jax.random.key keeps the seed whole (no truncation to 32 bits): its key data is (0, seed)
+    assert jax.random.key_data(jax.random.key(short)).tolist() == [0, short]
+    assert stream_seed(4, "teacher_batches", bits=31) != short
+    with pytest.raises(ValueError, match="bits=0"):
+        stream_seed(0, "pairs", bits=0)

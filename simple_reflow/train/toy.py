@@ -28,6 +28,7 @@ from simple_reflow.train.step import (
     make_train_step,
     split_model,
 )
+from simple_reflow.train.streams import stream_key, stream_seed
 
 __all__ = [
     "build_mlp",
@@ -87,7 +88,7 @@ def train_flow(
     if init_params is not None:
         params = jax.tree.map(jnp.array, init_params)
     optimizer = make_optimizer(cfg.optim)
-    coupling_state = coupling.init(jax.random.key(seed + 1)) if coupling is not None else None
+    coupling_state = coupling.init(stream_key(seed, "coupling")) if coupling is not None else None
     state = init_state(params, optimizer, seed, coupling_state)
     step = make_train_step(
         model_def, loss_fn, optimizer, ema_decay=cfg.training.ema_decay, coupling=coupling
@@ -173,7 +174,10 @@ def teacher_fn(cfg, workdir):
     num_data = cfg.data.get("num_examples", 0) or None
     coupling = configure.coupling_from_config(cfg.coupling, data_shape=TOY_SHAPE, num_data=num_data)
     batch_fn, data = make_data_batch_fn(
-        cfg.data.name, cfg.training.batch_size, cfg.seed + 7, num_data
+        cfg.data.name,
+        cfg.training.batch_size,
+        stream_seed(cfg.seed, "teacher_batches", bits=31),
+        num_data,
     )
     model_def, state = train_flow(
         cfg,
@@ -198,7 +202,7 @@ def generate_toy_pairs(denoise_fn, cfg, seed):
     """
     p = cfg.pairs
     proj = p.projection
-    key = jax.random.key(seed + 11)
+    key = stream_key(seed, "pairs")
     grid_b = grids.make_grid(p.grid, p.steps, t_max=p.t_max)
     gen_b = jax.jit(
         lambda idx: pairs.backward_pairs(denoise_fn, key, idx, TOY_SHAPE, grid_b, solver=p.solver)[
@@ -210,7 +214,7 @@ def generate_toy_pairs(denoise_fn, cfg, seed):
     search = proj.fraction > 0 and proj.lam == "search"
     if p.num_forward and (p.rho > 0 or search):
         grid_f = grids.forward_grid(p.grid, p.steps, t_min=p.t_min, t_max=p.t_max)
-        real = make_toy_sampler(cfg.data.name)(jax.random.key(seed + 13), p.num_forward)
+        real = make_toy_sampler(cfg.data.name)(stream_key(seed, "forward_data"), p.num_forward)
         gen_f = jax.jit(lambda x: pairs.forward_pairs(denoise_fn, x, grid_f, solver=p.solver)[:2])
         x0f, x1f = gen_f(real)
         stores["forward"] = {"x0": x0f, "x1": x1f}
@@ -222,10 +226,10 @@ def generate_toy_pairs(denoise_fn, cfg, seed):
 def toy_projected_pairs(denoise_fn, cfg, seed, stores):
     """The first ``pairs.projection.num`` backward pairs projected onto as many fresh samples."""
     p, proj = cfg.pairs, cfg.pairs.projection
-    real = make_toy_sampler(cfg.data.name)(jax.random.key(seed + 19), proj.num)
+    real = make_toy_sampler(cfg.data.name)(stream_key(seed, "projection_data"), proj.num)
     first = jax.tree.map(lambda a: a[: proj.num], stores["backward"])
     projected, metrics = pairs.projected_pairs(
-        jax.random.key(seed + 23),
+        stream_key(seed, "projection_plan"),
         first,
         real,
         epsilon=proj.epsilon,
@@ -243,7 +247,7 @@ def toy_projected_pairs(denoise_fn, cfg, seed, stores):
 def pair_batch_fn(cfg, seed):
     """``batch_fn(step, stores)``: a mixed batch drawn on the device from ``fold_in(key, step)``."""
     fractions = pair_mixing.pair_fractions(cfg.pairs.rho, cfg.pairs.projection.fraction)
-    pair_key = jax.random.key(seed + 17)
+    pair_key = stream_key(seed, "reflow_batches")
     b = cfg.training.batch_size
 
     def batch_fn(step, stores):
@@ -277,7 +281,7 @@ def run_pipeline(cfg, workdir):
         loss_fn=configure.flow_loss_from_config(cfg.loss, cfg.time),
         init_params=teacher_params,
         num_steps=cfg.training.num_steps,
-        seed=cfg.seed + 1,
+        seed=stream_seed(cfg.seed, "student_training", bits=31),
         desc="student (ReFlow)",
     )
     student = model_def.denoiser(state.ema)

@@ -15,6 +15,7 @@ import numpy as np
 from simple_reflow import grids, sampler
 from simple_reflow.data.toy import make_toy_sampler
 from simple_reflow.metrics.transport import straightness, w2
+from simple_reflow.train.streams import stream_key
 
 __all__ = ["solver_grid_fn", "evaluate_model", "evaluate_models", "format_table", "write_outputs"]
 
@@ -39,7 +40,7 @@ def evaluate_model(denoise_fn, cfg, *, solver_cfg=None, key=None, with_accurate=
     """
     solver_cfg = solver_cfg or cfg.sampler
     n = cfg.eval.num_samples
-    key = jax.random.key(cfg.seed + 1000) if key is None else key
+    key = stream_key(cfg.seed, "eval") if key is None else key
     key_noise, key_data = jax.random.split(key)
     x1 = jax.random.normal(key_noise, (n, 2))
     target = make_toy_sampler(cfg.data.name)(key_data, n)
@@ -76,10 +77,8 @@ def evaluate_models(models, cfg):
     """Evaluates each named model with the configured sampler; adds the W2 floor."""
     n = cfg.eval.num_samples
     sample_data = make_toy_sampler(cfg.data.name)
-    floor = w2(
-        sample_data(jax.random.key(cfg.seed + 2000), n),
-        sample_data(jax.random.key(cfg.seed + 2001), n),
-    )
+    key_a, key_b = jax.random.split(stream_key(cfg.seed, "eval_floor"))
+    floor = w2(sample_data(key_a, n), sample_data(key_b, n))
     return {"w2_floor": floor, "models": {k: evaluate_model(f, cfg) for k, f in models.items()}}
 
 
@@ -125,7 +124,7 @@ def write_outputs(workdir, cfg, metrics, models):
 
     with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
         json.dump({**_flat(metrics), "records": metrics["models"]}, f, indent=1)
-    key_noise, key_data = jax.random.split(jax.random.key(cfg.seed + 3000))
+    key_noise, key_data = jax.random.split(stream_key(cfg.seed, "eval_figure"))
     x1 = jax.random.normal(key_noise, (2000, 2))
     budget = max(cfg.eval.nfe)
     grid, nfe = sampler.grid_for_budget(budget, cfg.sampler.solver, solver_grid_fn(cfg.sampler))
