@@ -1,6 +1,7 @@
 """Couplings: exact assignment, OT-CFM, LOOM-CFM, W-CFM, projection (issue 3)."""
 
 import itertools
+import json
 import math
 
 import jax
@@ -15,6 +16,7 @@ from simple_reflow.couplings.assignment import (
     default_resolution_bits,
     solve_assignment,
 )
+from simple_reflow.couplings.host import host_assignment
 from simple_reflow.couplings.loom import loom_noise
 from simple_reflow.couplings.noise import pair_cost
 from simple_reflow.couplings.projection import pairs_from_plan, project_pairs, search_lambda
@@ -264,3 +266,106 @@ def test_default_coupling_config_is_make_couplings_defaults():
     cfg.name, cfg.num_caches = "loom", 3
     loom = coupling_from_config(cfg, data_shape=(2,), num_data=10)
     assert loom.name == "loom" and loom.init(jax.random.key(0))["seeds"].shape == (10, 3)
+
+
+@pytest.mark.parametrize("dim", [2, 40])  # network simplex (≤ LOW_DIM coordinates) and LSA
+@pytest.mark.parametrize("cost", ["sqeuclidean", "euclidean"])
+def test_host_assignment_equals_brute_force(dim, cost):
+    rng = np.random.default_rng(dim)
+    for n in range(2, 8):
+        perms = np.array(list(itertools.permutations(range(n))))
+        for _ in range(4):
+            x, y = rng.normal(size=(2, n, dim))
+            c = _np_cost(x, y, cost)
+            best = perms[np.argmin(c[np.arange(n), perms].sum(1))]
+            perm, before, after = host_assignment(x, y, cost)
+            np.testing.assert_array_equal(perm, best)
+            np.testing.assert_allclose(before, np.diagonal(c), rtol=1e-9, atol=1e-9)
+            np.testing.assert_allclose(after, c[np.arange(n), best], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("shape", "factor", "groups"), [((2,), 1, 1), ((2,), 2, 2), ((3, 2, 4), 1, 2)]
+)
+def test_host_ot_pairs_are_the_device_couplings_pairs(shape, factor, groups):
+    """Same noise bits (the step's key derivation), same optimal permutation, same rows kept."""
+    b = 32
+    device = make_coupling(
+        "ot", data_shape=shape, ot_batch_factor=factor, ot_groups=groups, solver="device"
+    )
+    host = make_coupling(
+        "ot", data_shape=shape, ot_batch_factor=factor, ot_groups=groups, solver="host"
+    )
+    assert device.host is None and host.host is not None
+    batch = _batch(b * factor, shape, seed=3)
+    key, step = jax.random.key(5), 7
+    key_couple = jax.random.split(jax.random.fold_in(key, step))[0]  # as train.step does
+    want, _, _ = jax.jit(device.apply)(key_couple, batch, {})
+    got = host.host(key, step, jax.tree.map(np.asarray, batch))
+    assert set(got) == set(want)
+    for k in want:
+        np.testing.assert_array_equal(got[k], np.asarray(want[k]), err_msg=k)
+
+
+def test_solver_auto_picks_host_for_low_dim_points_on_cpu():
+    assert make_coupling("ot", data_shape=(2,)).host is not None
+    assert make_coupling("ot", data_shape=(8, 8, 3)).host is None  # auction on a CPU
+    assert make_coupling("ot", data_shape=(2,), method="sinkhorn").host is None
+    assert make_coupling("loom", data_shape=(2,), num_data=8).host is None
+    with pytest.raises(ValueError, match="solver='host'"):
+        make_coupling("loom", data_shape=(2,), num_data=8, solver="host")
+    with pytest.raises(ValueError, match="solver="):
+        make_coupling("ot", data_shape=(2,), solver="gpu")
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 4])
+def test_toy_training_with_the_host_solver_equals_the_device_solver(tmp_path, steps_per_call):
+    """The host pipeline pairs exactly as the in-step auction: the same losses and params."""
+    from configs.toy2d import get_config
+    from simple_reflow.train.toy import ONE_RF_LOSS, make_data_batch_fn, train_flow
+
+    cfg = get_config("smoke,ot-cfm")
+    cfg.model.hidden, cfg.training.batch_size = 32, 64
+    cfg.training.update(steps_per_call=steps_per_call, log_every=4, ckpt_every=8)
+    out = {}
+    for solver in ("device", "host"):
+        coupling = make_coupling("ot", data_shape=(2,), solver=solver)
+        batch_fn, data = make_data_batch_fn("8gaussians", 64, 3)
+        _, state = train_flow(
+            cfg,
+            str(tmp_path / solver),
+            batch_fn=batch_fn,
+            data=data,
+            loss_fn=ONE_RF_LOSS,
+            coupling=coupling,
+            num_steps=8,
+            seed=0,
+            desc=solver,
+        )
+        rows = (tmp_path / solver / "metrics.jsonl").read_text().splitlines()
+        out[solver] = (state.params, [json.loads(r)["train/loss"] for r in rows])
+    np.testing.assert_allclose(out["host"][1], out["device"][1], rtol=1e-5)
+    for a, b in zip(
+        jax.tree.leaves(out["host"][0]), jax.tree.leaves(out["device"][0]), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_host_ot_per_process_slices_concatenate_to_the_global_pairs():
+    """With ot_groups a multiple of the process count, each process pairs its contiguous slice
+    of the global batch with groups / processes groups: the same pairs as one process."""
+    from simple_reflow.couplings.host import make_host_ot
+
+    shape, factor, groups, processes = (2,), 2, 4, 2
+    batch = jax.tree.map(np.asarray, _batch(64 * factor, shape, seed=4))
+    key = jax.random.key(1)
+    whole = make_host_ot(shape, cost="sqeuclidean", batch_factor=factor, groups=groups)
+    local = make_host_ot(shape, cost="sqeuclidean", batch_factor=factor, groups=groups // processes)
+    want = whole(key, 3, batch)
+    n = len(batch["index"]) // processes
+    parts = [
+        local(key, 3, {k: v[p * n : (p + 1) * n] for k, v in batch.items()})
+        for p in range(processes)
+    ]
+    for k in want:
+        np.testing.assert_array_equal(np.concatenate([q[k] for q in parts]), want[k])

@@ -178,6 +178,8 @@ def run_teacher(cfg, workdir):
         )
         factor, keep = coupling.batch_factor, ("x0", "cond", "index")
 
+    run_key = jax.random.key(cfg.seed)  # the train state's key (train.step.init_state)
+
     def host_batch(step):
         b = batch_at(
             source,
@@ -188,7 +190,10 @@ def run_teacher(cfg, workdir):
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
-        return {k: v.astype(np.int32) if k == "index" else v for k, v in b.items() if k in keep}
+        b = {k: v.astype(np.int32) if k == "index" else v for k, v in b.items() if k in keep}
+        if coupling is not None and coupling.host is not None:  # OT solved here, ahead
+            b = coupling.host(run_key, step, b)
+        return b
 
     desc = "teacher (EDM)" if coupling is None else f"1-RF ({coupling.name} coupling)"
     _train(cfg, workdir, model_def, params, host_batch, desc, coupling=coupling)

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from simple_reflow.couplings.noise import pair_cost
+
 __all__ = [
     "TrainState",
     "ModelDef",
@@ -23,6 +25,7 @@ __all__ = [
     "init_state",
     "make_train_step",
     "make_multi_step",
+    "make_scan_step",
     "make_optimizer",
 ]
 
@@ -98,15 +101,18 @@ def make_train_step(model_def, loss_fn, optimizer, *, ema_decay, coupling=None):
       loss_fn: ``loss_fn(model, batch, key) -> (loss, metrics)``.
       optimizer: an optax transformation.
       ema_decay: EMA decay per step.
-      coupling: optional coupling with ``apply(key, batch, state) -> (batch, state, metrics)``.
+      coupling: optional coupling with ``apply(key, batch, state) -> (batch, state, metrics)``;
+        one with a ``host`` solver has paired the batch in the input pipeline already.
     """
 
     def train_step(state, batch):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
         key_couple, key_loss = jax.random.split(key)
         coupling_state, metrics = state.coupling, {}
-        if coupling is not None:
+        if coupling is not None and coupling.host is None:
             batch, coupling_state, metrics = coupling.apply(key_couple, batch, coupling_state)
+        elif coupling is not None:  # paired in the input pipeline (couplings.host)
+            metrics = {"coupling/cost_after": jnp.mean(pair_cost(batch["x0"], batch["x1"]))}
 
         def loss_of(params):
             return loss_fn(model_def.merge(params), batch, key_loss)
@@ -151,3 +157,14 @@ def make_multi_step(train_step, batch_fn, num_steps):
         return state, jax.tree.map(lambda m: m[-1], metrics)
 
     return multi_step
+
+
+def make_scan_step(train_step):
+    """``scan_step(state, batches) -> (state, metrics of the last step)``: one ``lax.scan`` over
+    host batches stacked on a leading axis (one per step)."""
+
+    def scan_step(state, batches):
+        state, metrics = jax.lax.scan(train_step, state, batches)
+        return state, jax.tree.map(lambda m: m[-1], metrics)
+
+    return scan_step

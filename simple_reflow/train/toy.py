@@ -14,9 +14,11 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from simple_reflow import grids, losses, pair_mixing, pairs
+from simple_reflow.data.pipeline import Prefetcher
 from simple_reflow.data.toy import make_toy_sampler, toy_mixture
 from simple_reflow.models.mlp import MLPDenoiser
 from simple_reflow.train import configure
@@ -25,6 +27,7 @@ from simple_reflow.train.step import (
     init_state,
     make_multi_step,
     make_optimizer,
+    make_scan_step,
     make_train_step,
     split_model,
 )
@@ -82,7 +85,9 @@ def train_flow(
       data: arrays ``batch_fn`` reads (pairs), passed as an argument, not baked into the program.
       loss_fn: ``loss_fn(model, batch, key) -> (loss, metrics)``, e.g. :data:`ONE_RF_LOSS`.
       init_params: start from these params (a student initialised from its teacher).
-      coupling: optional coupling applied inside the step.
+      coupling: optional coupling applied inside the step, or, with a host solver
+        (``coupling.host``), in the input pipeline ahead of the step (batches then come from
+        the host, ``training.steps_per_call`` of them stacked per call).
     """
     model_def, params = build_mlp(cfg.model, seed)
     if init_params is not None:
@@ -100,13 +105,8 @@ def train_flow(
             f"and training.log_every={cfg.training.log_every}."
         )
 
-    def multi_step(state, data):
-        return make_multi_step(step, lambda s: batch_fn(s, data), k)(state)
-
-    compiled = jax.jit(multi_step, donate_argnums=(0,))
-    state = train_loop(
-        state,
-        lambda s: compiled(s, data),
+    run = functools.partial(
+        train_loop,
         num_steps=num_steps,
         workdir=workdir,
         steps_per_call=k,
@@ -116,7 +116,41 @@ def train_flow(
         batch_size=cfg.training.batch_size,
         desc=desc,
     )
-    return model_def, state
+    if coupling is not None and coupling.host is not None:
+        # OT on the host, k steps' batches at a time, while the device trains on earlier ones
+        compiled = jax.jit(make_scan_step(step), donate_argnums=(0,))
+        host_batches = _host_paired_batches(batch_fn, data, coupling, seed, k)
+        with Prefetcher(host_batches) as batches:
+            state = run(state, compiled, batch_at=lambda s: batches(s // k))
+        return model_def, state
+
+    def multi_step(state, data):
+        return make_multi_step(step, lambda s: batch_fn(s, data), k)(state)
+
+    compiled = jax.jit(multi_step, donate_argnums=(0,))
+    return model_def, run(state, lambda s: compiled(s, data))
+
+
+def _host_paired_batches(batch_fn, data, coupling, seed, k):
+    """``batches(call)``: the batches of steps ``call·k … call·k + k − 1`` stacked, drawn by
+    ``batch_fn`` on the CPU device and paired by ``coupling.host`` (the pairs the device
+    coupling would make, see :mod:`simple_reflow.couplings.host`)."""
+    cpu = jax.devices("cpu")[0]
+    data = jax.device_put(data, cpu)
+    draw = jax.jit(jax.vmap(batch_fn, in_axes=(0, None)))
+    key = jax.random.key(seed)  # the train state's key (init_state)
+
+    def batches(call):
+        steps = np.arange(call * k, (call + 1) * k, dtype=np.int32)
+        with jax.default_device(cpu):
+            drawn = jax.tree.map(np.asarray, draw(jax.device_put(steps, cpu), data))
+        paired = [
+            coupling.host(key, int(s), jax.tree.map(lambda a, i=i: a[i], drawn))
+            for i, s in enumerate(steps)
+        ]
+        return jax.tree.map(lambda *a: np.stack(a), *paired)
+
+    return batches
 
 
 def make_data_batch_fn(name, batch_size, seed, num_data=None):
