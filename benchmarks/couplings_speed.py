@@ -146,7 +146,8 @@ def toy_step_ratio(batch=256, repeats=30, steps=20):
             kw["resolution_bits"] = 8  # exact only up to n·range/2^8 in total cost
         if name.startswith("ot_groups"):  # exact OT within groups of 256 / G (ot_groups)
             kw["ot_groups"] = int(name.removeprefix("ot_groups"))
-        coupling = make_coupling(name.split("_")[0], data_shape=(2,), **kw)
+        # the in-step solver (benchmarks/cfm_vs_torchcfm.py times the host solver's pipeline)
+        coupling = make_coupling(name.split("_")[0], data_shape=(2,), solver="device", **kw)
         model_def, params = build_mlp(cfg.model, 0)
         opt = make_optimizer(cfg.optim)
         step = make_train_step(model_def, ONE_RF_LOSS, opt, ema_decay=0.999, coupling=coupling)
