@@ -112,6 +112,12 @@ def make_train_step(model_def, loss_fn, optimizer, *, ema_decay, coupling=None):
         if coupling is not None and coupling.host is None:
             batch, coupling_state, metrics = coupling.apply(key_couple, batch, coupling_state)
         elif coupling is not None:  # paired in the input pipeline (couplings.host)
+            if "x1" not in batch:
+                raise ValueError(
+                    f"the {coupling.name!r} coupling solves on the host (coupling.host): its "
+                    "batches must be paired in the input pipeline (train.toy.train_flow does); "
+                    "for batches drawn inside the step build it with solver='device'."
+                )
             metrics = {"coupling/cost_after": jnp.mean(pair_cost(batch["x0"], batch["x1"]))}
 
         def loss_of(params):
