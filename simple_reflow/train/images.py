@@ -28,14 +28,14 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from simple_reflow import grids, guidance, pair_mixing, pair_store, pairs, sampler
-from simple_reflow.data import Prefetcher, batch_at, data_spec, make_image_source
+from simple_reflow.data import batch_at, data_spec, make_image_source
 from simple_reflow.errors import MissingInput
 from simple_reflow.metrics import inception
 from simple_reflow.metrics.fid import load_reference
 from simple_reflow.metrics.frechet import frechet_distance_from_stats, gaussian_stats
 from simple_reflow.train import checkpoint, configure, sampling, sharding
-from simple_reflow.train.loop import train_loop
-from simple_reflow.train.step import init_state, make_optimizer, make_train_step, split_model
+from simple_reflow.train.fit import HostBatches, fit
+from simple_reflow.train.step import make_optimizer, split_model
 from simple_reflow.train.streams import stream_key, stream_seed
 from simple_reflow.viz import save_image_grid
 
@@ -122,42 +122,26 @@ def _require_inputs(cfg, workdir):
         make_image_source(cfg.data)  # TFDS / folder: says how to prepare a missing dataset
 
 
-def _loss_fn(cfg):
-    return configure.loss_fn_from_config(cfg.loss, cfg.time)
-
-
 def _train(cfg, workdir, model_def, params, host_batch_at, desc, coupling=None):
-    mesh = sharding.make_mesh(cfg.get("mesh"))
-    optimizer = make_optimizer(cfg.optim)
-    coupling_state = None
-    if coupling is not None:
-        coupling_state = coupling.init(stream_key(cfg.seed, "coupling"))
-    state = init_state(params, optimizer, cfg.seed, coupling_state)
-    step = make_train_step(
-        model_def, _loss_fn(cfg), optimizer, ema_decay=cfg.training.ema_decay, coupling=coupling
+    t = cfg.training
+    fit(
+        model_def,
+        params,
+        loss_fn=configure.loss_fn_from_config(cfg.loss, cfg.time),
+        optimizer=make_optimizer(cfg.optim),
+        batches=HostBatches(host_batch_at),
+        coupling=coupling,
+        mesh=sharding.make_mesh(cfg.get("mesh")),
+        num_steps=t.num_steps,
+        workdir=workdir,
+        seed=cfg.seed,
+        ema_decay=t.ema_decay,
+        log_every=t.log_every,
+        ckpt_every=t.ckpt_every,
+        keep=t.keep_checkpoints,
+        batch_size=t.batch_size,
+        desc=desc,
     )
-    repl = sharding.replicated(mesh)
-    compiled = jax.jit(
-        step,
-        in_shardings=(repl, sharding.batch_sharding(mesh)),
-        out_shardings=(repl, repl),
-        donate_argnums=(0,),
-    )
-    state = jax.device_put(state, repl)
-    # the next batches are read and sent to the devices while the current step runs
-    with Prefetcher(lambda s: sharding.shard_batch(host_batch_at(s), mesh)) as batches:
-        return train_loop(
-            state,
-            compiled,
-            num_steps=cfg.training.num_steps,
-            workdir=workdir,
-            batch_at=batches,
-            log_every=cfg.training.log_every,
-            ckpt_every=cfg.training.ckpt_every,
-            keep=cfg.training.keep_checkpoints,
-            batch_size=cfg.training.batch_size,
-            desc=desc,
-        )
 
 
 def run_teacher(cfg, workdir):
@@ -178,8 +162,6 @@ def run_teacher(cfg, workdir):
         )
         factor, keep = coupling.batch_factor, ("x0", "cond", "index")
 
-    run_key = jax.random.key(cfg.seed)  # the train state's key (train.step.init_state)
-
     def host_batch(step):
         b = batch_at(
             source,
@@ -190,10 +172,7 @@ def run_teacher(cfg, workdir):
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
-        b = {k: v.astype(np.int32) if k == "index" else v for k, v in b.items() if k in keep}
-        if coupling is not None and coupling.host is not None:  # OT solved here, ahead
-            b = coupling.host(run_key, step, b)
-        return b
+        return {k: v.astype(np.int32) if k == "index" else v for k, v in b.items() if k in keep}
 
     desc = "teacher (EDM)" if coupling is None else f"1-RF ({coupling.name} coupling)"
     _train(cfg, workdir, model_def, params, host_batch, desc, coupling=coupling)

@@ -14,23 +14,14 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from simple_reflow import grids, losses, pair_mixing, pairs
-from simple_reflow.data.pipeline import Prefetcher
 from simple_reflow.data.toy import make_toy_sampler, toy_mixture
 from simple_reflow.models.mlp import MLPDenoiser
-from simple_reflow.train import configure
-from simple_reflow.train.loop import train_loop
-from simple_reflow.train.step import (
-    init_state,
-    make_multi_step,
-    make_optimizer,
-    make_scan_step,
-    make_train_step,
-    split_model,
-)
+from simple_reflow.train import configure, sharding
+from simple_reflow.train.fit import DeviceBatches, fit
+from simple_reflow.train.step import make_optimizer, split_model
 from simple_reflow.train.streams import stream_key, stream_seed
 
 __all__ = [
@@ -92,65 +83,27 @@ def train_flow(
     model_def, params = build_mlp(cfg.model, seed)
     if init_params is not None:
         params = jax.tree.map(jnp.array, init_params)
-    optimizer = make_optimizer(cfg.optim)
-    coupling_state = coupling.init(stream_key(seed, "coupling")) if coupling is not None else None
-    state = init_state(params, optimizer, seed, coupling_state)
-    step = make_train_step(
-        model_def, loss_fn, optimizer, ema_decay=cfg.training.ema_decay, coupling=coupling
-    )
-    k = cfg.training.steps_per_call
-    if num_steps % k or cfg.training.log_every % k:
-        raise ValueError(
-            f"training.steps_per_call={k} must divide the step count {num_steps} "
-            f"and training.log_every={cfg.training.log_every}."
-        )
-
-    run = functools.partial(
-        train_loop,
+    t = cfg.training
+    state = fit(
+        model_def,
+        params,
+        loss_fn=loss_fn,
+        optimizer=make_optimizer(cfg.optim),
+        batches=DeviceBatches(batch_fn, data),
+        coupling=coupling,
+        mesh=sharding.make_mesh(cfg.get("mesh")),
         num_steps=num_steps,
         workdir=workdir,
-        steps_per_call=k,
-        log_every=cfg.training.log_every,
-        ckpt_every=cfg.training.ckpt_every,
-        keep=cfg.training.keep_checkpoints,
-        batch_size=cfg.training.batch_size,
+        seed=seed,
+        ema_decay=t.ema_decay,
+        steps_per_call=t.steps_per_call,
+        log_every=t.log_every,
+        ckpt_every=t.ckpt_every,
+        keep=t.keep_checkpoints,
+        batch_size=t.batch_size,
         desc=desc,
     )
-    if coupling is not None and coupling.host is not None:
-        # OT on the host, k steps' batches at a time, while the device trains on earlier ones
-        compiled = jax.jit(make_scan_step(step), donate_argnums=(0,))
-        host_batches = _host_paired_batches(batch_fn, data, coupling, seed, k)
-        with Prefetcher(host_batches) as batches:
-            state = run(state, compiled, batch_at=lambda s: batches(s // k))
-        return model_def, state
-
-    def multi_step(state, data):
-        return make_multi_step(step, lambda s: batch_fn(s, data), k)(state)
-
-    compiled = jax.jit(multi_step, donate_argnums=(0,))
-    return model_def, run(state, lambda s: compiled(s, data))
-
-
-def _host_paired_batches(batch_fn, data, coupling, seed, k):
-    """``batches(call)``: the batches of steps ``call·k … call·k + k − 1`` stacked, drawn by
-    ``batch_fn`` on the CPU device and paired by ``coupling.host`` (the pairs the device
-    coupling would make, see :mod:`simple_reflow.couplings.host`)."""
-    cpu = jax.devices("cpu")[0]
-    data = jax.device_put(data, cpu)
-    draw = jax.jit(jax.vmap(batch_fn, in_axes=(0, None)))
-    key = jax.random.key(seed)  # the train state's key (init_state)
-
-    def batches(call):
-        steps = np.arange(call * k, (call + 1) * k, dtype=np.int32)
-        with jax.default_device(cpu):
-            drawn = jax.tree.map(np.asarray, draw(jax.device_put(steps, cpu), data))
-        paired = [
-            coupling.host(key, int(s), jax.tree.map(lambda a, i=i: a[i], drawn))
-            for i, s in enumerate(steps)
-        ]
-        return jax.tree.map(lambda *a: np.stack(a), *paired)
-
-    return batches
+    return model_def, state
 
 
 def make_data_batch_fn(name, batch_size, seed, num_data=None):
