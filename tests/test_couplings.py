@@ -300,55 +300,77 @@ def test_host_ot_pairs_are_the_device_couplings_pairs(shape, factor, groups):
     batch = _batch(b * factor, shape, seed=3)
     key, step = jax.random.key(5), 7
     key_couple = jax.random.split(jax.random.fold_in(key, step))[0]  # as train.step does
-    want, _, _ = jax.jit(device.apply)(key_couple, batch, {})
-    got = host.host(key, step, jax.tree.map(np.asarray, batch))
-    assert set(got) == set(want)
+    want, _, metrics = jax.jit(device.apply)(key_couple, batch, {})
+    got = host.host.pair(key, step, jax.tree.map(np.asarray, batch))
+    assert set(got) == set(want) | {"coupling/cost_before", "coupling/swaps"}
     for k in want:
         np.testing.assert_array_equal(got[k], np.asarray(want[k]), err_msg=k)
+    if factor == 1:  # the per-pair rows reduce to the device coupling's metrics
+        for k, reduce in [("coupling/cost_before", np.mean), ("coupling/swaps", np.sum)]:
+            np.testing.assert_allclose(reduce(got[k]), metrics[k], rtol=1e-5, err_msg=k)
 
 
 def test_solver_auto_picks_host_for_low_dim_points_on_cpu():
     assert make_coupling("ot", data_shape=(2,)).host is not None
     assert make_coupling("ot", data_shape=(8, 8, 3)).host is None  # auction on a CPU
     assert make_coupling("ot", data_shape=(2,), method="sinkhorn").host is None
-    assert make_coupling("loom", data_shape=(2,), num_data=8).host is None
+    assert make_coupling("loom", data_shape=(2,), num_data=8).host is not None
+    assert make_coupling("loom", data_shape=(8, 8, 3), num_data=8).host is None
     with pytest.raises(ValueError, match="solver='host'"):
-        make_coupling("loom", data_shape=(2,), num_data=8, solver="host")
+        make_coupling("wcfm", data_shape=(2,), solver="host")
     with pytest.raises(ValueError, match="solver="):
         make_coupling("ot", data_shape=(2,), solver="gpu")
 
 
-@pytest.mark.parametrize("steps_per_call", [1, 4])
-def test_toy_training_with_the_host_solver_equals_the_device_solver(tmp_path, steps_per_call):
-    """The host pipeline pairs exactly as the in-step auction: the same losses and params."""
+@pytest.mark.parametrize(
+    ("variant", "steps_per_call"), [("ot-cfm", 1), ("ot-cfm", 4), ("loom-cfm", 2)]
+)
+def test_toy_training_with_the_host_solver_equals_the_device_solver(
+    tmp_path, variant, steps_per_call
+):
+    """The host pipeline pairs exactly as the in-step auction: the same losses, params and
+    (LOOM-CFM) assignment table, also across a resume."""
     from configs.toy2d import get_config
     from simple_reflow.train.toy import ONE_RF_LOSS, make_data_batch_fn, train_flow
 
-    cfg = get_config("smoke,ot-cfm")
+    cfg = get_config(f"smoke,{variant}")
     cfg.model.hidden, cfg.training.batch_size = 32, 64
-    cfg.training.update(steps_per_call=steps_per_call, log_every=4, ckpt_every=8)
+    cfg.training.update(steps_per_call=steps_per_call, log_every=4, ckpt_every=4)
+    num_data = 256 if variant == "loom-cfm" else None  # 4 batches per epoch
+    name = cfg.coupling.name
     out = {}
     for solver in ("device", "host"):
-        coupling = make_coupling("ot", data_shape=(2,), solver=solver)
-        batch_fn, data = make_data_batch_fn("8gaussians", 64, 3)
-        _, state = train_flow(
-            cfg,
-            str(tmp_path / solver),
-            batch_fn=batch_fn,
-            data=data,
-            loss_fn=ONE_RF_LOSS,
-            coupling=coupling,
-            num_steps=8,
-            seed=0,
-            desc=solver,
-        )
+        coupling = make_coupling(name, data_shape=(2,), num_data=num_data, solver=solver)
+        batch_fn, data = make_data_batch_fn("8gaussians", 64, 3, num_data)
+        for steps in (4, 12) if solver == "host" else (12,):  # host: stopped at 4, resumed
+            _, state = train_flow(
+                cfg,
+                str(tmp_path / solver),
+                batch_fn=batch_fn,
+                data=data,
+                loss_fn=ONE_RF_LOSS,
+                coupling=coupling,
+                num_steps=steps,
+                seed=0,
+                desc=solver,
+            )
         rows = (tmp_path / solver / "metrics.jsonl").read_text().splitlines()
-        out[solver] = (state.params, [json.loads(r)["train/loss"] for r in rows])
+        out[solver] = (state, [json.loads(r)["train/loss"] for r in rows])
     np.testing.assert_allclose(out["host"][1], out["device"][1], rtol=1e-5)
     for a, b in zip(
-        jax.tree.leaves(out["host"][0]), jax.tree.leaves(out["device"][0]), strict=True
+        jax.tree.leaves(out["host"][0].params),
+        jax.tree.leaves(out["device"][0].params),
+        strict=True,
     ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    if variant == "loom-cfm":
+        seeds = [np.asarray(out[s][0].coupling["seeds"]) for s in ("host", "device")]
+        np.testing.assert_array_equal(*seeds)
+        assert np.any(seeds[0] != loom_init_seeds(256, cfg.coupling.num_caches))  # it moved
+
+
+def loom_init_seeds(n, k):
+    return np.arange(n * k, dtype=np.int32).reshape(k, n).T
 
 
 def test_host_ot_per_process_slices_concatenate_to_the_global_pairs():
@@ -361,10 +383,10 @@ def test_host_ot_per_process_slices_concatenate_to_the_global_pairs():
     key = jax.random.key(1)
     whole = make_host_ot(shape, cost="sqeuclidean", batch_factor=factor, groups=groups)
     local = make_host_ot(shape, cost="sqeuclidean", batch_factor=factor, groups=groups // processes)
-    want = whole(key, 3, batch)
+    want = whole.pair(key, 3, batch)
     n = len(batch["index"]) // processes
     parts = [
-        local(key, 3, {k: v[p * n : (p + 1) * n] for k, v in batch.items()})
+        local.pair(key, 3, {k: v[p * n : (p + 1) * n] for k, v in batch.items()})
         for p in range(processes)
     ]
     for k in want:

@@ -16,17 +16,18 @@ assignment) in the train state.
 For ``ot`` with ``ot_batch_factor = f`` the loader must deliver ``f × batch`` samples
 (``Coupling.batch_factor``); the coupling returns ``batch`` pairs.
 
-Where the exact OT-CFM assignment is solved (``solver``): ``device`` — the ε-scaling auction
-inside the jitted step; ``host`` — POT / scipy in the input pipeline, for the next batches while
-the current step runs (:mod:`~simple_reflow.couplings.host`; ``Coupling.host`` is then the
-pairing function and the step receives paired batches); ``auto`` (default) — ``host`` on an
-accelerator, where the sequential auction is a chain of tiny kernels the step would wait on,
-and on a CPU for points of at most ``host.LOW_DIM`` coordinates, where near-ties make the
-auction slow (2-D, n = 256: 13 ms vs 4.2 ms); else ``device`` (on a CPU the host solver
-competes with XLA for the same cores, and at n = 1024, dim 3072 the auction is as fast).
-With several processes the host solver needs ``ot_groups`` to be a multiple of the process
-count (each process solves its own groups, so the pairs do not depend on the process count);
-``auto`` falls back to ``device`` otherwise.
+Where the exact assignment of OT-CFM and LOOM-CFM is solved (``solver``): ``device`` — the
+ε-scaling auction inside the jitted step; ``host`` — POT / scipy in the input pipeline, for the
+next batches while the current step runs (:mod:`~simple_reflow.couplings.host`;
+``Coupling.host`` is then a :class:`~simple_reflow.couplings.host.HostSolver` and the step
+receives paired batches); ``auto`` (default) — ``host`` on an accelerator, where the sequential
+auction is a chain of tiny kernels the step would wait on, and on a CPU for points of at most
+``host.LOW_DIM`` coordinates, where near-ties make the auction slow (2-D, n = 256: 13 ms vs
+4.2 ms); else ``device`` (on a CPU the host solver competes with XLA for the same cores, and at
+n = 1024, dim 3072 the auction is as fast). With several processes, OT-CFM's host solver needs
+``ot_groups`` to be a multiple of the process count (each process solves its own groups, so the
+pairs do not depend on the process count) and LOOM-CFM's runs on the device (its table would
+need every process's updates); ``auto`` falls back to ``device`` otherwise.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any, NamedTuple
 import jax
 
 from simple_reflow.couplings.assignment import default_resolution_bits
-from simple_reflow.couplings.host import LOW_DIM, make_host_ot
+from simple_reflow.couplings.host import LOW_DIM, HostSolver, make_host_loom, make_host_ot
 from simple_reflow.couplings.loom import loom_init, loom_pairs
 from simple_reflow.couplings.minibatch import independent_pairs, ot_pairs
 from simple_reflow.couplings.wcfm import wcfm_pairs
@@ -57,15 +58,14 @@ class Coupling(NamedTuple):
     ``apply`` returns ``(batch, state, metrics)``, is pure and jit-compatible;
     ``batch_factor`` is how many times the train batch the loader must deliver (OT batch
     larger than the train batch). ``host``, when not None, pairs batches in the input pipeline
-    instead: ``host(key, step, batch) -> batch`` on NumPy arrays, with ``key`` the run's key
-    (``jax.random.key(seed)``); the step then skips ``apply``.
+    instead (:class:`~simple_reflow.couplings.host.HostSolver`); the step then skips ``apply``.
     """
 
     name: str
     init: Callable[[Any], Any]
     apply: Callable[[Any, dict, Any], tuple]
     batch_factor: int = 1
-    host: Callable[[Any, int, dict], dict] | None = None
+    host: HostSolver | None = None
 
 
 def _require(ok, field, value, valid):
@@ -112,11 +112,17 @@ def _host_solver(solver, name, method, data_shape, groups):
     """Whether the assignment is solved on the host (module docstring)."""
     _require(solver in SOLVERS, "solver", solver, f"is not one of {SOLVERS}")
     processes = jax.process_count()
+    exact = name == "loom" or (name == "ot" and method == "exact")
     if solver == "host":
-        if name != "ot" or method != "exact":
+        if not exact:
             raise ValueError(
-                f"solver='host' solves exact OT-CFM (name='ot', method='exact'), got "
-                f"name={name!r}, method={method!r}."
+                f"solver='host' solves exact OT-CFM (name='ot', method='exact') or LOOM-CFM "
+                f"(name='loom'), got name={name!r}, method={method!r}."
+            )
+        if name == "loom" and processes > 1:
+            raise ValueError(
+                f"solver='host' for LOOM-CFM needs one process (got {processes}): each would "
+                "see only its own slice's updates of the assignment; use solver='device'."
             )
         if groups % processes:
             raise ValueError(
@@ -124,7 +130,9 @@ def _host_solver(solver, name, method, data_shape, groups):
                 "multiple of the process count (each process solves its own groups)."
             )
         return True
-    if solver == "device" or name != "ot" or method != "exact" or groups % processes:
+    if solver == "device" or not exact or groups % processes:
+        return False
+    if name == "loom" and processes > 1:
         return False
     return jax.default_backend() != "cpu" or math.prod(data_shape) <= LOW_DIM
 
@@ -160,8 +168,8 @@ def make_coupling(
       resolution_bits: exact solver: quantisation levels 2^bits; 0 = the largest safe.
       num_caches: ``loom``: K noise caches per image (CIFAR10 4–6, ImageNet-64 1).
       kappa: ``wcfm``: ε = κ·√dim.
-      solver: ``ot`` with ``method='exact'``: ``auto`` | ``device`` | ``host`` (module
-        docstring).
+      solver: ``ot`` with ``method='exact'``, ``loom``: ``auto`` | ``device`` | ``host``
+        (module docstring).
     """
     _check_args(
         name,
@@ -231,7 +239,9 @@ def make_coupling(
                 key, batch, state, data_shape, cost=cost, groups=groups, resolution_bits=bits
             )
 
-        return Coupling(name, init, apply)
+        if host:
+            host = make_host_loom(data_shape, cost=cost, groups=groups, num_caches=num_caches)
+        return Coupling(name, init, apply, 1, host or None)
 
     kappa = float(kappa)
 

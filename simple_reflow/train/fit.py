@@ -78,7 +78,7 @@ def _host_batch_fn(batches, coupling, seed):
     if coupling is None or coupling.host is None:
         return read
     key = jax.random.key(seed)  # the train state's key (init_state): the step's pairing noise
-    return lambda s: coupling.host(key, s, read(s))
+    return lambda s: coupling.host.pair(key, s, read(s))
 
 
 def fit(
@@ -170,6 +170,9 @@ def fit(
     def place(batch):  # this process's slice → global arrays split over the mesh
         return jax.tree.map(lambda x: jax.make_array_from_process_local_data(split, x), batch)
 
+    sync = None if coupling is None or coupling.host is None else coupling.host.sync
+    if sync is not None:  # the loader's copy of the coupling state: the (restored) state's
+        loop["on_start"] = lambda state: sync(jax.device_get(state.coupling))
     # the next batches are read (and paired) and sent to the devices while the step runs
     with Prefetcher(lambda call: place(fn(call))) as prefetched:
         return train_loop(state, compiled, batch_at=lambda s: prefetched(s // k), **loop)

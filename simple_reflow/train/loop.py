@@ -121,6 +121,7 @@ def train_loop(
     keep=2,
     batch_size=None,
     desc="train",
+    on_start=None,
 ):
     """Runs ``step_fn`` until ``state.step == num_steps``, resuming from ``workdir``.
 
@@ -133,6 +134,8 @@ def train_loop(
         sees the same batches).
       steps_per_call: steps advanced per call (must divide the logging/ckpt periods to hit them).
       batch_size: global batch, for ``train/examples_per_sec``.
+      on_start: optional ``on_start(state)``, called with the (restored) state before the
+        first step (e.g. a loader's copy of a coupling's state).
 
     Returns:
       The final state.
@@ -141,6 +144,8 @@ def train_loop(
     manager = checkpoint.make_manager(workdir, keep)
     state = checkpoint.restore_latest(manager, state)
     step = start = int(state.step)  # the step count lives on the host from here on
+    if on_start is not None:
+        on_start(state)
     bar = tqdm(
         total=num_steps,
         initial=start,

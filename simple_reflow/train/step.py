@@ -112,13 +112,20 @@ def make_train_step(model_def, loss_fn, optimizer, *, ema_decay, coupling=None):
         if coupling is not None and coupling.host is None:
             batch, coupling_state, metrics = coupling.apply(key_couple, batch, coupling_state)
         elif coupling is not None:  # paired in the input pipeline (couplings.host)
+            batch = dict(batch)
             if "x1" not in batch:
                 raise ValueError(
                     f"the {coupling.name!r} coupling solves on the host (coupling.host): its "
-                    "batches must be paired in the input pipeline (train.toy.train_flow does); "
+                    "batches must be paired in the input pipeline (train.fit.fit does); "
                     "for batches drawn inside the step build it with solver='device'."
                 )
-            metrics = {"coupling/cost_after": jnp.mean(pair_cost(batch["x0"], batch["x1"]))}
+            if coupling.host.absorb is not None:  # the batch's update of the coupling state
+                coupling_state = coupling.host.absorb(batch, coupling_state)
+            rows = {k: batch.pop(k) for k in list(batch) if k.startswith("coupling/")}
+            metrics = {
+                "coupling/cost_after": jnp.mean(pair_cost(batch["x0"], batch["x1"])),
+                **{k: (jnp.sum if k == "coupling/swaps" else jnp.mean)(v) for k, v in rows.items()},
+            }
 
         def loss_of(params):
             return loss_fn(model_def.merge(params), batch, key_loss)
