@@ -17,7 +17,7 @@ pipeline paired meanwhile). TorchCFM runs its
 network simplex on the host, inside the step) in a plain PyTorch loop; median over windows.
 Rows: I-CFM fused (``steps_per_call`` steps per call) and unfused; OT-CFM with the host solver
 in the input pipeline (:mod:`simple_reflow.couplings.host`) fused and unfused, and with the
-in-step auction. A large-matmul peak is measured in the same run.
+in-step auction; LOOM-CFM (no TorchCFM counterpart) with the host solver and the auction. A large-matmul peak is measured in the same run.
 """
 
 from __future__ import annotations
@@ -105,8 +105,9 @@ print(json.dumps({"per_step_ms": 1e3 * float(np.median(times)),
 
 
 def ours(name, solver, steps_per_call, window, windows):
-    """Median ms per step of the library's toy 1-RF training with a coupling."""
-    from configs.toy2d import get_config
+    """Median ms per step of the library's toy 1-RF training with a coupling (LOOM-CFM: over a
+    fixed set of ``LOOM_NUM_EXAMPLES`` samples, as ``configs/toy2d.py:loom-cfm``)."""
+    from configs.toy2d import LOOM_NUM_EXAMPLES, get_config
     from simple_reflow.couplings import make_coupling
     from simple_reflow.train.toy import ONE_RF_LOSS, make_data_batch_fn, train_flow
 
@@ -114,8 +115,9 @@ def ours(name, solver, steps_per_call, window, windows):
     cfg.training.update(
         batch_size=BATCH, steps_per_call=steps_per_call, log_every=window, ckpt_every=10**9
     )
-    coupling = make_coupling(name, data_shape=(2,), solver=solver)
-    batch_fn, data = make_data_batch_fn("8gaussians", BATCH, 0)
+    num_data = LOOM_NUM_EXAMPLES if name == "loom" else None
+    coupling = make_coupling(name, data_shape=(2,), num_data=num_data, solver=solver)
+    batch_fn, data = make_data_batch_fn("8gaussians", BATCH, 0, num_data)
     with tempfile.TemporaryDirectory() as work:
         train_flow(
             cfg,
@@ -167,6 +169,8 @@ def main():
         "otcfm_host_fused": lambda: ours("ot", "host", args.fused, w, n),
         "otcfm_host_unfused": lambda: ours("ot", "host", 1, w, n),
         "otcfm_device_auction": lambda: ours("ot", "device", 1, w // 4, n),
+        "loomcfm_host_fused": lambda: ours("loom", "host", args.fused, w, n),
+        "loomcfm_device_auction": lambda: ours("loom", "device", 1, w // 4, n),
     }
     out = {"meta": run_metadata(vars(args)), "matmul_peak_flops": matmul_peak()}
     for name, fn in rows.items():
