@@ -17,7 +17,8 @@ pipeline paired meanwhile). TorchCFM runs its
 network simplex on the host, inside the step) in a plain PyTorch loop; median over windows.
 Rows: I-CFM fused (``steps_per_call`` steps per call) and unfused; OT-CFM with the host solver
 in the input pipeline (:mod:`simple_reflow.couplings.host`) fused and unfused, and with the
-in-step auction; LOOM-CFM (no TorchCFM counterpart) with the host solver and the auction. A large-matmul peak is measured in the same run.
+in-step auction; LOOM-CFM (no TorchCFM counterpart) with the host solver and the auction.
+A large-matmul peak is measured in the same run.
 """
 
 from __future__ import annotations
