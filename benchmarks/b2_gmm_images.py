@@ -61,6 +61,7 @@ from simple_reflow.models import build_model  # noqa: E402
 from simple_reflow.pairs import forward_pairs, noise_for_indices  # noqa: E402
 from simple_reflow.reference_solver import solve_adaptive  # noqa: E402
 from simple_reflow.teachers import GaussianMixture  # noqa: E402
+from simple_reflow.train import checkpoint  # noqa: E402
 from simple_reflow.train.loop import train_loop  # noqa: E402
 from simple_reflow.train.step import init_state, make_train_step, split_model  # noqa: E402
 
@@ -121,7 +122,9 @@ def make_mixture(size=16, components=10, std=0.3, seed=0):
     return GaussianMixture(means, jnp.full((components,), std), jnp.ones((components,)))
 
 
-def build_student(shape, seed):
+def build_student(shape, seed, dropout=0.0):
+    """The B2 student: DDPM++ at reduced width (module docstring) as ``(ModelDef, params)``;
+    ``dropout`` is fixed in the module (the params do not depend on it)."""
     model = build_model(
         "ddpmpp",
         data_shape=shape,
@@ -130,17 +133,24 @@ def build_student(shape, seed):
         channel_mult=(1, 2),
         num_blocks=1,
         attn_resolutions=(),
-        dropout=0.0,
+        dropout=dropout,
         sigma_data=1.0,
     )
     return split_model(model)
 
 
+_SOLVES = {}
+
+
 def exact_solution(gm, x1, *, rtol=1e-5, chunk=2048):
-    """The teacher's ODE solution from t_max·x1 (Dopri5), in chunks; returns (x0, max NFE)."""
-    solve = jax.jit(
-        functools.partial(solve_adaptive, gm, t_start=T_MAX, t_end=1e-4, rtol=rtol, atol=rtol)
-    )
+    """The teacher's ODE solution from t_max·x1 (Dopri5), in chunks; returns (x0, max NFE).
+
+    The jitted solve is kept per (mixture, rtol), so later calls do not compile again."""
+    key = (id(gm), rtol)
+    if key not in _SOLVES:
+        fn = functools.partial(solve_adaptive, gm, t_start=T_MAX, t_end=1e-4, rtol=rtol, atol=rtol)
+        _SOLVES[key] = gm, jax.jit(fn)  # gm kept alive: its id stays unique
+    solve = _SOLVES[key][1]
     outs, nfe = [], 0
     for i in range(0, len(x1), chunk):
         x0, n = solve(x1[i : i + chunk])
@@ -179,24 +189,85 @@ def metrics(x, gm, exact_samples, x_star, key):
     return {"fd": float(fd), "sw2": sliced_w2(x, exact_samples, key), "coupling_error": err}
 
 
-def _train(model_def, params, batch_fn, data, loss_fn, *, steps, lr, ema, seed, workdir):
-    """The library's loop and step; batches drawn on the device from the step. One step per
-    call: a ``lax.scan`` over UNet steps ran ~10× slower than separate calls on XLA:CPU."""
+def train(
+    model_def,
+    params,
+    batch_fn,
+    data,
+    loss_fn,
+    *,
+    steps,
+    lr,
+    ema,
+    seed,
+    workdir,
+    coupling=None,
+    snapshots=(),
+):
+    """Trains from ``params`` with the library's loop and step; returns the final EMA.
+
+    Batches are drawn on the device from the step, ``batch_fn(step, data)``. One step per call:
+    a ``lax.scan`` over UNet steps ran ~10× slower than separate calls on XLA:CPU. The run
+    resumes from ``workdir`` (``train_loop``). ``coupling`` (``couplings.make_coupling``) pairs
+    each batch inside the step. For each step in ``snapshots`` the EMA at that step is written
+    to ``workdir/ema_<step>.npz`` (e.g. AutoGuidance's earlier model).
+    """
     optimizer = optax.adam(lr)
     params = jax.tree.map(jnp.array, params)  # a copy: the step donates the state's buffers
-    state = init_state(params, optimizer, seed)
-    step = make_train_step(model_def, loss_fn, optimizer, ema_decay=ema)
+    coupling_state = None if coupling is None else coupling.init(jax.random.key(6000 + seed))
+    # Committed to the device like the arrays a checkpoint restores: otherwise resuming (the
+    # second segment below, or a rerun) recompiles the step (measured: 10 s at 8×8×3).
+    state = jax.device_put(init_state(params, optimizer, seed, coupling_state), jax.devices()[0])
+    step = make_train_step(model_def, loss_fn, optimizer, ema_decay=ema, coupling=coupling)
     one = jax.jit(lambda s, d: step(s, batch_fn(s.step, d)), donate_argnums=(0,))
-    state = train_loop(
-        state,
-        lambda s: one(s, data),
-        num_steps=steps,
-        workdir=workdir,
-        log_every=100,
-        ckpt_every=10**9,
-        desc=os.path.basename(workdir),
-    )
+    for stop in sorted({*(int(k) for k in snapshots if 0 < k < steps), steps}):
+        path = os.path.join(workdir, f"ema_{stop}.npz")
+        if stop < steps and os.path.exists(path):
+            continue  # the loop resumes from the newest checkpoint, past this snapshot
+        state = train_loop(
+            state,
+            lambda s: one(s, data),
+            num_steps=stop,
+            workdir=workdir,
+            log_every=100,
+            ckpt_every=10**9,
+            desc=os.path.basename(workdir),
+        )
+        if stop < steps:
+            checkpoint.save_params(path, state.ema)
     return state.ema
+
+
+def pretrain(gm, model_def, params, seed, *, steps, batch, ema, workdir):
+    """The "teacher network" every student starts from: EDM's loss on exact samples."""
+    sample_key = jax.random.key_data(jax.random.key(1000 + seed))  # an argument, not a
+    # constant of the step: one compiled step for every seed (with a persistent cache)
+    return train(
+        model_def,
+        params,
+        lambda k, d: {"x0": gm.sample(jax.random.fold_in(jax.random.wrap_key_data(d), k), batch)},
+        sample_key,
+        functools.partial(edm_loss, sigma_data=1.0),
+        steps=steps,
+        lr=1e-3,
+        ema=ema,
+        seed=seed,
+        workdir=workdir,
+    )
+
+
+def teacher_pairs(gm, seed, num_backward, num_forward):
+    """Exact-teacher pairs: backward (Dopri5 from t_max·x1) and forward (Heun, 64 EDM steps,
+    from exact samples), ``({"backward": {x0, x1}, "forward": {x0, x1}}, backward NFE)``."""
+    pair_key = jax.random.key(2000 + seed)
+    x1 = np.asarray(noise_for_indices(pair_key, jnp.arange(num_backward), gm.shape))
+    x0, pair_nfe = exact_solution(gm, x1)
+    stores = {"backward": {"x0": jnp.asarray(x0), "x1": jnp.asarray(x1)}}
+    real = gm.sample(jax.random.key(3000 + seed), num_forward)
+    grid_f = grids.forward_grid("edm", 64, t_min=T_MIN, t_max=T_MAX)
+    fx0, fx1, _ = jax.jit(lambda x: forward_pairs(gm, x, grid_f, solver="heun"))(real)
+    stores["forward"] = {"x0": fx0, "x1": fx1}
+    return stores, pair_nfe
 
 
 def student_loss(m):
@@ -215,31 +286,21 @@ def run_seed(seed, gm, sizes, eval_set, work):
     shape = gm.shape
     x1_eval, x_star, exact_samples = eval_set
     model_def, params = build_student(shape, seed)
-    sample_key = jax.random.key(1000 + seed)
     t = time.perf_counter()
-    init = _train(
+    init = pretrain(
+        gm,
         model_def,
         params,
-        lambda k, _: {"x0": gm.sample(jax.random.fold_in(sample_key, k), sizes["batch"])},
-        None,
-        functools.partial(edm_loss, sigma_data=1.0),
+        seed,
         steps=sizes["pretrain_steps"],
-        lr=1e-3,
+        batch=sizes["batch"],
         ema=0.999,
-        seed=seed,
         workdir=os.path.join(work, f"init_{seed}"),
     )
     timings = {"pretrain_s": time.perf_counter() - t}
     print(f"seed {seed}: network pretrained in {timings['pretrain_s']:.0f} s", flush=True)
     t = time.perf_counter()
-    pair_key = jax.random.key(2000 + seed)
-    x1 = np.asarray(noise_for_indices(pair_key, jnp.arange(sizes["pairs"]), shape))
-    x0, pair_nfe = exact_solution(gm, x1)
-    stores = {"backward": {"x0": jnp.asarray(x0), "x1": jnp.asarray(x1)}}
-    real = gm.sample(jax.random.key(3000 + seed), sizes["forward"])
-    grid_f = grids.forward_grid("edm", 64, t_min=T_MIN, t_max=T_MAX)
-    fx0, fx1, _ = jax.jit(lambda x: forward_pairs(gm, x, grid_f, solver="heun"))(real)
-    stores["forward"] = {"x0": fx0, "x1": fx1}
+    stores, pair_nfe = teacher_pairs(gm, seed, sizes["pairs"], sizes["forward"])
     timings["pairs_s"] = time.perf_counter() - t
     print(
         f"seed {seed}: {sizes['pairs']} backward + {sizes['forward']} forward exact-teacher "
@@ -273,7 +334,7 @@ def run_seed(seed, gm, sizes, eval_set, work):
         def batch_fn(k, d, fractions=fractions, key=key):
             return pair_mixing.mix_pairs(jax.random.fold_in(key, k), d, fractions, sizes["batch"])
 
-        ema = _train(
+        ema = train(
             model_def,
             init,
             batch_fn,
