@@ -678,6 +678,7 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=None, help="student steps")
     parser.add_argument("--pretrain-steps", type=int, default=None)
+    parser.add_argument("--eval-samples", type=int, default=None, help="evaluation noises")
     parser.add_argument("--switches", nargs="+", default=None, choices=sorted(SWITCHES))
     parser.add_argument("--quick", action="store_true", help="8×8×3, tiny budget (minutes)")
     parser.add_argument("--workdir", default=None, help="cache (default: per budget, in tmp)")
@@ -688,6 +689,8 @@ def main():
         sizes["steps"] = args.steps
     if args.pretrain_steps is not None:
         sizes["pretrain_steps"] = args.pretrain_steps
+    if args.eval_samples is not None:
+        sizes["eval_samples"] = args.eval_samples
     modes = MODES if args.mode == "all" else (args.mode,)
     if args.estimate:
         estimate(sizes, modes, args.switches, args.seeds)

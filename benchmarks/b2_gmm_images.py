@@ -62,8 +62,8 @@ from simple_reflow.pairs import forward_pairs, noise_for_indices  # noqa: E402
 from simple_reflow.reference_solver import solve_adaptive  # noqa: E402
 from simple_reflow.teachers import GaussianMixture  # noqa: E402
 from simple_reflow.train import checkpoint  # noqa: E402
-from simple_reflow.train.loop import train_loop  # noqa: E402
-from simple_reflow.train.step import init_state, make_train_step, split_model  # noqa: E402
+from simple_reflow.train.fit import DeviceBatches, fit  # noqa: E402
+from simple_reflow.train.step import split_model  # noqa: E402
 
 T_MAX = paths.EDM_T_MAX
 T_MIN = 0.002 / 1.002
@@ -206,29 +206,29 @@ def train(
 ):
     """Trains from ``params`` with the library's loop and step; returns the final EMA.
 
-    Batches are drawn on the device from the step, ``batch_fn(step, data)``. One step per call:
-    a ``lax.scan`` over UNet steps ran ~10× slower than separate calls on XLA:CPU. The run
-    resumes from ``workdir`` (``train_loop``). ``coupling`` (``couplings.make_coupling``) pairs
-    each batch inside the step. For each step in ``snapshots`` the EMA at that step is written
-    to ``workdir/ema_<step>.npz`` (e.g. AutoGuidance's earlier model).
+    Batches are drawn on the device from the step, ``batch_fn(step, data)``, through the
+    library's one fit loop (``train.fit.fit``), one step per call: a ``lax.scan`` over UNet
+    steps ran ~10× slower than separate calls on XLA:CPU. The run resumes from ``workdir``.
+    ``coupling`` (``couplings.make_coupling``) pairs each batch inside the step. For each step
+    in ``snapshots`` the EMA at that step is written to ``workdir/ema_<step>.npz`` (e.g.
+    AutoGuidance's earlier model).
     """
-    optimizer = optax.adam(lr)
-    params = jax.tree.map(jnp.array, params)  # a copy: the step donates the state's buffers
-    coupling_state = None if coupling is None else coupling.init(jax.random.key(6000 + seed))
-    # Committed to the device like the arrays a checkpoint restores: otherwise resuming (the
-    # second segment below, or a rerun) recompiles the step (measured: 10 s at 8×8×3).
-    state = jax.device_put(init_state(params, optimizer, seed, coupling_state), jax.devices()[0])
-    step = make_train_step(model_def, loss_fn, optimizer, ema_decay=ema, coupling=coupling)
-    one = jax.jit(lambda s, d: step(s, batch_fn(s.step, d)), donate_argnums=(0,))
+    state = None
     for stop in sorted({*(int(k) for k in snapshots if 0 < k < steps), steps}):
         path = os.path.join(workdir, f"ema_{stop}.npz")
         if stop < steps and os.path.exists(path):
             continue  # the loop resumes from the newest checkpoint, past this snapshot
-        state = train_loop(
-            state,
-            lambda s: one(s, data),
+        state = fit(
+            model_def,
+            jax.tree.map(jnp.array, params),  # a copy: the step donates the state's buffers
+            loss_fn=loss_fn,
+            optimizer=optax.adam(lr),
+            batches=DeviceBatches(batch_fn, data),
+            coupling=coupling,
             num_steps=stop,
             workdir=workdir,
+            seed=seed,
+            ema_decay=ema,
             log_every=100,
             ckpt_every=10**9,
             desc=os.path.basename(workdir),

@@ -197,6 +197,7 @@ def memory(args):
     sys.path.insert(0, ROOT)
     from configs import cifar10
     from simple_reflow.train.images import _store_spec, _teacher_sha256
+    from simple_reflow.train.stages import resolve
 
     tmp = tempfile.mkdtemp(dir=args.dir)
     common = [
@@ -221,7 +222,7 @@ def memory(args):
             cfg = cifar10.get_config("reflow,smoke")
             cfg.data.image_size, cfg.pairs.num_backward = 32, n
             cfg.pairs.num_forward, cfg.pairs.rho, cfg.teacher.workdir = 0, 0.0, teacher
-            num, arrays, prov = _store_spec(cfg, "backward", _teacher_sha256(cfg))
+            num, arrays, prov = _store_spec(resolve(cfg), "backward", _teacher_sha256(cfg))
             pairs_dir = os.path.join(tmp, f"pairs_{n}")
             _write_synthetic(
                 os.path.join(pairs_dir, "backward"), num, CIFAR, arrays=arrays, provenance=prov

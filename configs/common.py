@@ -45,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dropout = 0.0
     c.model.label_dropout = 0.0
     c.model.num_classes = 0
+    # σ_data, the one field for it: EDM's preconditioning (image backbones) and EDM's loss
+    # weighting (loss.kind = "edm", any model) both read it.
+    c.model.sigma_data = 0.5
 
     # The teacher: image stages read its EMA snapshot at `teacher.workdir`; the toy pipeline
     # (configs/toy2d.py) adds `teacher.kind` and trains a 1-RF for `teacher.num_steps` steps.
@@ -60,8 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.hpf_weight = 10.0
     c.loss.hpf_sigma = 1.0
     c.loss.p_mean = -1.2  # EDM's log-normal σ distribution (loss.kind = "edm")
-    c.loss.p_std = 1.2
-    c.loss.sigma_data = 0.5
+    c.loss.p_std = 1.2  # (σ_data: model.sigma_data)
 
     c.time = ml_collections.ConfigDict()
     c.time.dist = "uniform"  # uniform | exp10 | u_shape | logit_normal

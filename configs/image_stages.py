@@ -27,7 +27,7 @@ Stages:
 ``smoke`` swaps in a tiny backbone, mock data of the dataset's channels at 8×8 and a few steps,
 so every stage runs on a CPU in seconds.
 
-Extra fields beyond ``configs/common.py``: ``loss.p_mean``, ``loss.p_std``, ``loss.sigma_data``
+Extra fields beyond ``configs/common.py``: ``loss.p_mean``, ``loss.p_std``
 (EDM loss), ``data.source``, ``data.conditional``, ``data.num_classes``, ``data.eval_split``,
 ``data.mock_examples`` (see :mod:`simple_reflow.data`).
 """
@@ -162,8 +162,7 @@ def image_config(
 
     # EDM's loss parameters (read when loss.kind == "edm").
     c.loss.p_mean = -1.2
-    c.loss.p_std = 1.2
-    c.loss.sigma_data = 0.5
+    c.loss.p_std = 1.2  # σ_data: model.sigma_data, the preconditioning's (one source)
 
     # Pair generation: EDM's Heun sampler from σ_max = 80 to σ_min = 0.002.
     c.pairs.num_backward = recipe.num_backward

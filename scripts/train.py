@@ -40,10 +40,10 @@ def main(argv):
     from simple_reflow.errors import MissingInput
     from simple_reflow.pair_store import StoreMismatch
     from simple_reflow.train.loop import NonFiniteLoss, TrainingInterrupted
-    from simple_reflow.train.stages import run_stage, validate_config
+    from simple_reflow.train.stages import resolve, run_stage
 
     cfg = _CONFIG.value
-    validate_config(cfg)  # fails in well under a second, naming the bad field
+    run = resolve(cfg)  # validated once: fails in well under a second, naming the bad field
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
@@ -52,7 +52,7 @@ def main(argv):
     logging.info("stage %s, %d devices, workdir %s", cfg.stage, jax.device_count(), workdir)
     start = time.perf_counter()
     try:
-        summary = run_stage(cfg, workdir)
+        summary = run_stage(run, workdir)
     except TrainingInterrupted as e:  # SIGTERM / Ctrl-C: checkpoint saved, resumable
         print(f"stopped: {e}", flush=True)
         return 143 if "SIGTERM" in str(e) else 130

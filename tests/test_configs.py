@@ -144,12 +144,12 @@ def test_imagenet64_pair_stores_at_the_papers_scale():
     stream at the last step of 500k (batch 1024) over 8M/4M pairs, per host of 8."""
     from simple_reflow import pair_mixing
     from simple_reflow.train.images import _store_spec
-    from simple_reflow.train.stages import validate_config
+    from simple_reflow.train.stages import resolve
 
     cfg = _get("imagenet64", "pairs")
-    validate_config(cfg)
-    back, arrays, prov = _store_spec(cfg, "backward", "sha")
-    fwd = _store_spec(cfg, "forward", "sha")[0]
+    run = resolve(cfg)
+    back, arrays, prov = _store_spec(run, "backward", "sha")
+    fwd = _store_spec(run, "forward", "sha")[0]
     assert (back, fwd) == (8_000_000, 4_000_000)
     assert arrays == {
         "x0": ((64, 64, 3), "float32"),
@@ -171,3 +171,22 @@ def test_imagenet64_pair_stores_at_the_papers_scale():
     )
     assert len(src) == 128 and 0.2 < np.mean(src == 1) < 0.6
     assert np.all(idx < np.where(src == 1, fwd, back))
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagenet64", "digits"])
+def test_sigma_data_and_class_count_have_one_source(name):
+    """σ_data lives in ``model`` only (the EDM loss weights with the preconditioning's σ_data);
+    the class count comes from the data and the model must agree with it."""
+    from simple_reflow.losses_edm import edm_loss
+    from simple_reflow.train.configure import loss_fn_from_config
+    from simple_reflow.train.stages import validate_config
+
+    cfg = importlib.import_module(f"configs.{name}").get_config("teacher,smoke")
+    assert "sigma_data" not in cfg.loss and "sigma_data" in cfg.model
+    cfg.model.sigma_data = 0.37
+    fn = loss_fn_from_config(cfg.loss, cfg.time, sigma_data=cfg.model.sigma_data)
+    assert fn.func is edm_loss and fn.keywords["sigma_data"] == 0.37
+    assert cfg.model.num_classes == data_spec(cfg.data).num_classes
+    cfg.model.num_classes = cfg.model.num_classes + 3
+    with pytest.raises(ValueError, match="model.num_classes"):
+        validate_config(cfg)

@@ -121,13 +121,18 @@ def flow_loss_from_config(loss, time):
     return functools.partial(losses.flow_loss, **flow_loss_kwargs(loss, time))
 
 
-def loss_fn_from_config(loss, time):
+def loss_fn_from_config(loss, time, *, sigma_data=None):
     """``loss_fn(model, batch, key) -> (loss, metrics)`` of ``loss.kind``: EDM's loss
-    (``"edm"``, EDM eq. 2) or the flow-matching loss (``"flow"``, METHOD.md §3)."""
+    (``"edm"``, EDM eq. 2) or the flow-matching loss (``"flow"``, METHOD.md §3).
+
+    ``sigma_data`` is the model's (``model.sigma_data``, the one source of σ_data: EDM's loss
+    weighting must use the σ_data of the preconditioning it trains)."""
     validate_loss_config(loss)
     if loss.get("kind", "flow") == "edm":
+        if sigma_data is None:
+            raise ValueError("loss.kind='edm' needs the model's σ_data (model.sigma_data).")
         return functools.partial(
-            edm_loss, p_mean=loss.p_mean, p_std=loss.p_std, sigma_data=loss.sigma_data
+            edm_loss, p_mean=loss.p_mean, p_std=loss.p_std, sigma_data=sigma_data
         )
     return flow_loss_from_config(loss, time)
 

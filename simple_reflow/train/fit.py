@@ -146,6 +146,8 @@ def fit(
             return jax.lax.with_sharding_constraint(batches.fn(s, data), split)
 
         def multi_step(state, data):
+            if k == 1:  # no loop: a scan kept XLA:CPU from fusing across UNet steps (~10×)
+                return step(state, draw(state.step, data))
             return make_multi_step(step, lambda s: draw(s, data), k)(state)
 
         compiled = jax.jit(multi_step, out_shardings=(repl, repl), donate_argnums=(0,))

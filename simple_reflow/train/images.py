@@ -35,6 +35,7 @@ from simple_reflow.metrics.fid import load_reference
 from simple_reflow.metrics.frechet import frechet_distance_from_stats, gaussian_stats
 from simple_reflow.train import checkpoint, configure, sampling, sharding
 from simple_reflow.train.fit import HostBatches, fit
+from simple_reflow.train.stages import Resolved, resolve
 from simple_reflow.train.step import make_optimizer, split_model
 from simple_reflow.train.streams import stream_key, stream_seed
 from simple_reflow.viz import save_image_grid
@@ -47,10 +48,8 @@ def data_shape_of(cfg_data):
     return tuple(data_spec(cfg_data).shape)
 
 
-def _build(cfg, seed):
-    model = configure.model_from_config(
-        cfg.model, data_shape=data_shape_of(cfg.data), rngs=nnx.Rngs(seed)
-    )
+def _build(run, seed):
+    model = configure.model_from_config(run.cfg.model, data_shape=run.shape, rngs=nnx.Rngs(seed))
     return split_model(model)
 
 
@@ -72,9 +71,10 @@ def _snapshot(workdir, field, make=""):
     return path
 
 
-def _require_inputs(cfg, workdir):
+def _require_inputs(run, workdir):
     """Checks every file input of the stage before anything is built or compiled; each missing
     one is a :class:`MissingInput` naming the path and the command that creates it."""
+    cfg = run.cfg
     conf, stage = _config_file(cfg), cfg.stage
     teacher = (
         f"`python scripts/train.py --config {conf}:teacher --workdir "
@@ -118,7 +118,7 @@ def _require_inputs(cfg, workdir):
         or cfg.pairs.num_forward > 0
         or (stage in ("pairs", "reflow") and cfg.pairs.projection.fraction > 0)
     )
-    if reads_data and data_spec(cfg.data).source not in ("mock", "digits"):
+    if reads_data and run.data.source not in ("mock", "digits"):
         make_image_source(cfg.data)  # TFDS / folder: says how to prepare a missing dataset
 
 
@@ -127,7 +127,9 @@ def _train(cfg, workdir, model_def, params, host_batch_at, desc, coupling=None):
     fit(
         model_def,
         params,
-        loss_fn=configure.loss_fn_from_config(cfg.loss, cfg.time),
+        loss_fn=configure.loss_fn_from_config(
+            cfg.loss, cfg.time, sigma_data=cfg.model.get("sigma_data")
+        ),
         optimizer=make_optimizer(cfg.optim),
         batches=HostBatches(host_batch_at),
         coupling=coupling,
@@ -144,21 +146,22 @@ def _train(cfg, workdir, model_def, params, host_batch_at, desc, coupling=None):
     )
 
 
-def run_teacher(cfg, workdir):
+def run_teacher(run, workdir):
     """Trains a teacher on real images; writes ``workdir/ema.npz``.
 
     ``loss.kind = "edm"``: EDM's loss. ``loss.kind = "flow"``: a 1-rectified flow whose noise
     is paired with each batch by ``cfg.coupling`` inside the jitted step (independent, OT-CFM,
     LOOM-CFM with its per-image state over the whole training set, W-CFM).
     """
+    cfg = run.cfg
     source = make_image_source(cfg.data)
-    model_def, params = _build(cfg, cfg.seed)
+    model_def, params = _build(run, cfg.seed)
     if jax.process_index() == 0:
         checkpoint.save_model_config(workdir, cfg.model)
     coupling, factor, keep = None, 1, ("x0", "cond")
     if cfg.loss.kind == "flow":
         coupling = configure.coupling_from_config(
-            cfg.coupling, data_shape=data_shape_of(cfg.data), num_data=len(source)
+            cfg.coupling, data_shape=run.shape, num_data=len(source)
         )
         factor, keep = coupling.batch_factor, ("x0", "cond", "index")
 
@@ -179,29 +182,23 @@ def run_teacher(cfg, workdir):
     return f"teacher EMA snapshot: {os.path.join(workdir, 'ema.npz')}"
 
 
-def _teacher(cfg):
-    model_def, like = _build(cfg, cfg.seed)
-    params = checkpoint.load_params(_snapshot(cfg.teacher.workdir, "teacher.workdir"), like)
+def _teacher(run):
+    model_def, like = _build(run, run.cfg.seed)
+    params = checkpoint.load_params(_snapshot(run.cfg.teacher.workdir, "teacher.workdir"), like)
     return model_def, params
-
-
-def _pair_grid(p, increasing=False):
-    if increasing:
-        return grids.forward_grid(p.grid, p.steps, t_min=p.t_min, t_max=p.t_max)
-    return grids.make_grid(p.grid, p.steps, t_max=p.t_max)
 
 
 def _teacher_sha256(cfg):
     return pair_store.file_sha256(_snapshot(cfg.teacher.workdir, "teacher.workdir"))
 
 
-def _store_spec(cfg, kind, teacher_sha):
+def _store_spec(run, kind, teacher_sha):
     """``(num, arrays, provenance)`` of one pair store as this config describes it; the
     provenance keys name the config fields, so a mismatch message says what to change."""
+    cfg = run.cfg
     p, q = cfg.pairs, cfg.pairs.projection
-    shape = data_shape_of(cfg.data)
-    arrays = {"x0": (shape, "float32"), "x1": (shape, "float32")}
-    if data_spec(cfg.data).num_classes and kind != "projected":
+    arrays = {"x0": (run.shape, "float32"), "x1": (run.shape, "float32")}
+    if run.num_classes and kind != "projected":
         arrays["cond"] = ((), "int32")
     prov = {
         "kind": kind,
@@ -214,14 +211,14 @@ def _store_spec(cfg, kind, teacher_sha):
         "data.name": cfg.data.name,
     }
     if kind == "backward":
-        prov["nfe"] = sampler.nfe_of(_pair_grid(p), p.solver)
+        prov["nfe"] = sampler.nfe_of(run.pair_grid, p.solver)
         return p.num_backward, arrays, prov
     if kind == "forward":
         prov.update(
             {
                 "pairs.t_min": p.t_min,
                 "data.split": cfg.data.get("split", "train"),
-                "nfe": sampler.nfe_of(_pair_grid(p, increasing=True), p.solver) + 1,
+                "nfe": sampler.nfe_of(run.forward_grid, p.solver) + 1,
             }
         )
         return p.num_forward, arrays, prov
@@ -260,18 +257,18 @@ def _local_data_parallel(fn, chunk):
     return run
 
 
-def run_pairs(cfg, workdir):
+def run_pairs(run, workdir):
     """Backward, forward and projected pair stores from the teacher snapshot, generated by every
     device of every host (each host its own shards; a chunk split over its devices), resumable
     at shard granularity; ``pairs.storage_dtype`` sets the stored precision."""
+    cfg = run.cfg
     p = cfg.pairs
-    model_def, params = _teacher(cfg)
+    model_def, params = _teacher(run)
     teacher_sha = _teacher_sha256(cfg)
-    shape = data_shape_of(cfg.data)
-    num_classes = data_spec(cfg.data).num_classes
+    shape, num_classes = run.shape, run.num_classes
     key = stream_key(cfg.seed, "pairs")
     denoise = model_def.denoiser(params)
-    grid_b = _pair_grid(p)
+    grid_b = run.pair_grid
     kw = dict(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
@@ -292,10 +289,10 @@ def run_pairs(cfg, workdir):
         )
         return {"x0": x0, "x1": x1, **({"cond": cond} if num_classes else {})}
 
-    _write(cfg, workdir, "backward", teacher_sha, _local_data_parallel(gen_backward, p.chunk), kw)
+    _write(run, workdir, "backward", teacher_sha, _local_data_parallel(gen_backward, p.chunk), kw)
     if p.num_forward:
         source = make_image_source(cfg.data)
-        grid_f = _pair_grid(p, increasing=True)
+        grid_f = run.forward_grid
 
         def gen_f(x0, c):
             x0, x1, _ = pairs.forward_pairs(denoise, x0, grid_f, solver=p.solver, cond=c)
@@ -307,9 +304,9 @@ def run_pairs(cfg, workdir):
             data = source.get(np.asarray(idx) % len(source))  # pair i ← training image i
             return gen_f(data["x0"], data.get("cond"))
 
-        _write(cfg, workdir, "forward", teacher_sha, gen_forward, kw)
+        _write(run, workdir, "forward", teacher_sha, gen_forward, kw)
     if p.projection.fraction > 0:
-        _write_projected(cfg, workdir, denoise, grid_b, teacher_sha, kw)
+        _write_projected(run, workdir, denoise, grid_b, teacher_sha, kw)
     nfe_b = sampler.nfe_of(grid_b, p.solver)
     return (
         f"pair stores in {workdir}: {p.num_backward} backward ({nfe_b} NFE each), "
@@ -319,9 +316,9 @@ def run_pairs(cfg, workdir):
     )
 
 
-def _write(cfg, workdir, kind, teacher_sha, generate, kw):
+def _write(run, workdir, kind, teacher_sha, generate, kw):
     """One store: this host's shards, then (all hosts done) the manifest's checksums."""
-    num, arrays, prov = _store_spec(cfg, kind, teacher_sha)
+    num, arrays, prov = _store_spec(run, kind, teacher_sha)
     path = os.path.join(workdir, kind)
     main = jax.process_index() == 0
     with tqdm(
@@ -338,12 +335,13 @@ def _write(cfg, workdir, kind, teacher_sha, generate, kw):
         multihost_utils.sync_global_devices(f"{kind} manifest written")
 
 
-def _write_projected(cfg, workdir, denoise, grid_b, teacher_sha, kw):
+def _write_projected(run, workdir, denoise, grid_b, teacher_sha, kw):
     """Projected pairs (METHOD.md §3): the first ``projection.num`` backward pairs re-paired
     with as many real images (a seeded permutation of the training set) by entropic OT; reads
     only those backward pairs (and, for ``lam='search'``, only the budget's forward pairs)."""
+    cfg = run.cfg
     p, q = cfg.pairs, cfg.pairs.projection
-    num, arrays, prov = _store_spec(cfg, "projected", teacher_sha)
+    num, arrays, prov = _store_spec(run, "projected", teacher_sha)
     path = os.path.join(workdir, "projected")
     if os.path.exists(path) and pair_store.verify_store(path, checksums=False).complete:
         _open_store(path, num, arrays, prov, "projected").close()  # same pairs, or refused
@@ -381,7 +379,7 @@ def _write_projected(cfg, workdir, denoise, grid_b, teacher_sha, kw):
     def take(idx):
         return {k: v[np.minimum(idx, q.num - 1)] for k, v in projected.items()}
 
-    _write(cfg, workdir, "projected", teacher_sha, take, kw)
+    _write(run, workdir, "projected", teacher_sha, take, kw)
 
 
 def _open_store(path, num, arrays, provenance, kind):
@@ -400,17 +398,18 @@ def _open_store(path, num, arrays, provenance, kind):
     return store
 
 
-def run_reflow(cfg, workdir):
+def run_reflow(run, workdir):
     """Trains the student, initialised from the teacher, on pairs streamed from the stores of
     ``pairs.dir``, mixed with ratio ρ (METHOD.md §3): each host reads only its slice of each
     global batch, one batch ahead of the step (:class:`~simple_reflow.data.Prefetcher`)."""
+    cfg = run.cfg
     p = cfg.pairs
     fractions = pair_mixing.pair_fractions(p.rho, p.projection.fraction)
-    stores = _open_stores(cfg)
-    model_def, params = _teacher(cfg)  # the student starts from the teacher's weights
+    stores = _open_stores(run)
+    model_def, params = _teacher(run)  # the student starts from the teacher's weights
     if jax.process_index() == 0:
         checkpoint.save_model_config(workdir, cfg.model)
-    sizes = {name: _store_spec(cfg, name, None)[0] for name in stores}
+    sizes = {name: _store_spec(run, name, None)[0] for name in stores}
     seed = stream_seed(cfg.seed, "reflow_batches")
 
     def host_batch(step):
@@ -433,8 +432,9 @@ def run_reflow(cfg, workdir):
     return f"student EMA snapshot: {os.path.join(workdir, 'ema.npz')}"
 
 
-def _open_stores(cfg):
+def _open_stores(run):
     """The pair stores the reflow stage reads, each checked against the config."""
+    cfg = run.cfg
     p = cfg.pairs
     fractions = pair_mixing.pair_fractions(p.rho, p.projection.fraction)
     sha = _teacher_sha256(cfg)
@@ -442,7 +442,7 @@ def _open_stores(cfg):
     for name in pair_mixing.SOURCES:
         if name == "backward" or fractions[name] > 0:
             stores[name] = _open_store(
-                os.path.join(p.dir, name), *_store_spec(cfg, name, sha), name
+                os.path.join(p.dir, name), *_store_spec(run, name, sha), name
             )
     return stores
 
@@ -478,12 +478,12 @@ def _scorer(cfg, shape):
     return "fd_pixel", jax.jit(sampling.pixel_features), ref.shape[1], mu, sigma, n
 
 
-def run_eval(cfg, workdir):
+def run_eval(run, workdir):
     """FID (or pixel FD) per NFE budget for ``eval.model_dir`` and the teacher (module doc)."""
-    shape = data_shape_of(cfg.data)
-    num_classes = data_spec(cfg.data).num_classes
+    cfg = run.cfg
+    shape, num_classes = run.shape, run.num_classes
     metric, featurize, dim, ref_mu, ref_sigma, num = _scorer(cfg, shape)
-    model_def, like = _build(cfg, cfg.seed)
+    model_def, like = _build(run, cfg.seed)
     model_dir = cfg.eval.get("model_dir") or workdir
     models = {"student": checkpoint.load_params(_snapshot(model_dir, "eval.model_dir"), like)}
     if cfg.teacher.workdir:
@@ -551,7 +551,9 @@ def run_eval(cfg, workdir):
 _RUNNERS = {"teacher": run_teacher, "pairs": run_pairs, "reflow": run_reflow, "eval": run_eval}
 
 
-def run_image_stage(cfg, workdir):
+def run_image_stage(run, workdir):
     """Dispatches an image config to its stage, after checking that its inputs exist."""
-    _require_inputs(cfg, workdir)
-    return _RUNNERS[cfg.stage](cfg, workdir)
+    if not isinstance(run, Resolved):  # a plain config (tests, notebooks)
+        run = resolve(run)
+    _require_inputs(run, workdir)
+    return _RUNNERS[run.cfg.stage](run, workdir)

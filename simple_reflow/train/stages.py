@@ -1,17 +1,26 @@
 """Config validation and dispatch of a stage to its runner.
 
 :func:`validate_config` checks every section before anything is built or compiled, so a bad
-value fails in well under a second with a message naming the field.
+value fails in well under a second with a message naming the field. :func:`resolve` does it once
+at a stage's start and returns the one frozen description the stage's functions read
+(:class:`Resolved`): the config, frozen, and what it implies — the data's shape and class count
+(read once; a folder of images is listed once), the pair grids.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import ml_collections
 
 from simple_reflow import grids, sampler
 from simple_reflow.data.toy import TOY_DATASETS
 from simple_reflow.pair_store import STORAGE_DTYPES
 from simple_reflow.train import configure
 
-__all__ = ["STAGES", "validate_config", "run_stage"]
+__all__ = ["STAGES", "Resolved", "resolve", "validate_config", "run_stage"]
 
 STAGES = ("pipeline", "teacher", "pairs", "reflow", "eval")
 
@@ -120,25 +129,19 @@ def validate_config(cfg):
             cfg.coupling, data_shape=(2,), num_data=num_data or None
         )  # validates it
         return
-    from simple_reflow.data import validate_data_config
+    from simple_reflow.data import data_spec, validate_data_config
+    from simple_reflow.train.checkpoint import check_model_config
 
     _check(not toy, f"data.name={cfg.data.name!r} is toy data: use stage='pipeline'.")
     validate_data_config(cfg.data)
-    if cfg.pairs.projection.fraction > 0:
-        from simple_reflow.data import data_spec
-
-        _check(
-            not data_spec(cfg.data).num_classes,
-            f"pairs.projection.fraction={cfg.pairs.projection.fraction!r}: projected pairs are "
-            "not supported for class-conditional data (they would need OT per class).",
-        )
-    from simple_reflow.data import data_spec
-    from simple_reflow.train.checkpoint import check_model_config
-    from simple_reflow.train.images import data_shape_of
-
-    shape = data_shape_of(cfg.data)
+    spec = data_spec(cfg.data)
+    shape, classes = tuple(spec.shape), spec.num_classes
+    _check(
+        not (cfg.pairs.projection.fraction > 0 and classes),
+        f"pairs.projection.fraction={cfg.pairs.projection.fraction!r}: projected pairs are "
+        "not supported for class-conditional data (they would need OT per class).",
+    )
     configure.validate_model_config(cfg.model, data_shape=shape)
-    classes = data_spec(cfg.data).num_classes
     _check(
         cfg.model.get("num_classes", 0) == classes,
         f"model.num_classes={cfg.model.get('num_classes', 0)!r} does not match the data's "
@@ -198,13 +201,57 @@ def _validate_eval(cfg, shape):
         raise ValueError(f"eval.fid_ref: {err}") from None
 
 
-def run_stage(cfg, workdir):
-    """Runs ``cfg.stage``; returns a printable summary (or None)."""
-    if cfg.stage == "pipeline":
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """A stage's config resolved once (:func:`resolve`): validated, frozen, and the facts it
+    implies, each from one source — shape and class count from the data (the model's class
+    count is checked against it), σ_data from the model (the EDM loss uses the model's)."""
+
+    cfg: Any  # ml_collections.FrozenConfigDict
+    data: Any = None  # data.DataSpec for image stages; None for the toy pipeline
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape)
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    @functools.cached_property
+    def pair_grid(self):
+        """The backward-pair grid, decreasing from ``pairs.t_max`` to 0."""
+        p = self.cfg.pairs
+        return grids.make_grid(p.grid, p.steps, t_max=p.t_max)
+
+    @functools.cached_property
+    def forward_grid(self):
+        """The forward-pair grid, increasing from ``pairs.t_min`` to ``pairs.t_max``."""
+        p = self.cfg.pairs
+        return grids.forward_grid(p.grid, p.steps, t_min=p.t_min, t_max=p.t_max)
+
+
+def resolve(cfg) -> Resolved:
+    """Validates ``cfg`` (:func:`validate_config`) and resolves it into a :class:`Resolved`."""
+    validate_config(cfg)
+    data = None
+    if cfg.stage != "pipeline":
+        from simple_reflow.data import data_spec
+
+        data = data_spec(cfg.data)
+    return Resolved(ml_collections.FrozenConfigDict(cfg), data)
+
+
+def run_stage(run, workdir):
+    """Runs the stage of a :class:`Resolved` config (a plain config is resolved first);
+    returns a printable summary (or None)."""
+    if not isinstance(run, Resolved):
+        run = resolve(run)
+    if run.cfg.stage == "pipeline":
         from simple_reflow.train.toy import run_pipeline
         from simple_reflow.train.toy_eval import format_table
 
-        return format_table(run_pipeline(cfg, workdir))
+        return format_table(run_pipeline(run.cfg, workdir))
     from simple_reflow.train import images
 
-    return images.run_image_stage(cfg, workdir)
+    return images.run_image_stage(run, workdir)
