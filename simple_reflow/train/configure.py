@@ -30,6 +30,7 @@ __all__ = [
     "flow_loss_kwargs",
     "flow_loss_from_config",
     "loss_fn_from_config",
+    "fit_options",
     "default_coupling_config",
     "coupling_from_config",
     "model_kwargs",
@@ -274,3 +275,18 @@ def check_same_architecture(expected, model, *, what: str) -> None:
             raise ValueError(
                 f"model.{field}={got!r} does not match {what}, which has model.{field}={want!r}"
             )
+
+
+# -- training ------------------------------------------------------------------------------------
+
+
+def fit_options(training) -> dict:
+    """:func:`~simple_reflow.train.fit.fit`'s loop options from a ``training`` section."""
+    return dict(
+        ema_decay=training.ema_decay,
+        steps_per_call=training.get("steps_per_call", 1),
+        log_every=training.log_every,
+        ckpt_every=training.ckpt_every,
+        keep=training.keep_checkpoints,
+        batch_size=training.batch_size,
+    )

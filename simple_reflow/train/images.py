@@ -123,7 +123,6 @@ def _require_inputs(run, workdir):
 
 
 def _train(cfg, workdir, model_def, params, host_batch_at, desc, coupling=None):
-    t = cfg.training
     fit(
         model_def,
         params,
@@ -134,15 +133,11 @@ def _train(cfg, workdir, model_def, params, host_batch_at, desc, coupling=None):
         batches=HostBatches(host_batch_at),
         coupling=coupling,
         mesh=sharding.make_mesh(cfg.get("mesh")),
-        num_steps=t.num_steps,
+        num_steps=cfg.training.num_steps,
         workdir=workdir,
         seed=cfg.seed,
-        ema_decay=t.ema_decay,
-        log_every=t.log_every,
-        ckpt_every=t.ckpt_every,
-        keep=t.keep_checkpoints,
-        batch_size=t.batch_size,
         desc=desc,
+        **configure.fit_options(cfg.training),
     )
 
 

@@ -83,7 +83,6 @@ def train_flow(
     model_def, params = build_mlp(cfg.model, seed)
     if init_params is not None:
         params = jax.tree.map(jnp.array, init_params)
-    t = cfg.training
     state = fit(
         model_def,
         params,
@@ -95,13 +94,8 @@ def train_flow(
         num_steps=num_steps,
         workdir=workdir,
         seed=seed,
-        ema_decay=t.ema_decay,
-        steps_per_call=t.steps_per_call,
-        log_every=t.log_every,
-        ckpt_every=t.ckpt_every,
-        keep=t.keep_checkpoints,
-        batch_size=t.batch_size,
         desc=desc,
+        **configure.fit_options(cfg.training),
     )
     return model_def, state
 
