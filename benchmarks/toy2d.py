@@ -54,6 +54,7 @@ import tempfile
 import time
 
 import numpy as np
+import scipy.stats
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -294,9 +295,12 @@ def significance(summary):
 
     A difference counts as significant when the difference of means exceeds the combined
     std √(s_a² + s_b²) of the two entries' (seed, set) values (the spread a single seed and
-    evaluation set would show). ``paired_z`` is the same difference measured on the values of
-    equal (seed, set) — the same teacher, pairs, noise and targets — over its standard error;
-    it is sharper, since the sets' shared target composition cancels.
+    evaluation set would show). The paired view compares the entries on equal seeds (the same
+    teacher, pairs, noise and targets, so the sets' target composition cancels): ``seed_diffs``
+    holds each seed's mean over sets of b − a, ``same_sign`` whether every seed agrees on the
+    sign, ``paired_z`` their mean over its standard error (std over seeds / √seeds) and
+    ``paired_t`` whether |paired_z| exceeds Student's t at 5% two-sided (seeds − 1 degrees of
+    freedom: 4.30 for 3 seeds).
     """
     rows = []
     keys = sorted(k for k in summary if k[3] != "accurate")
@@ -307,10 +311,13 @@ def significance(summary):
             sa, sb = summary[a], summary[b]
             diff = sb["mean"] - sa["mean"]
             combined = float(np.hypot(sa["pooled_std"], sb["pooled_std"]))
-            shared = sorted(set(sa["pooled"]) & set(sb["pooled"]))
-            d = np.asarray([sb["pooled"][k] - sa["pooled"][k] for k in shared])
+            by_seed = collections.defaultdict(list)
+            for k in sorted(set(sa["pooled"]) & set(sb["pooled"])):
+                by_seed[k[0]].append(sb["pooled"][k] - sa["pooled"][k])
+            d = np.asarray([np.mean(v) for v in by_seed.values()])
             se = _std(d) / np.sqrt(len(d)) if len(d) > 1 else 0.0
             same = abs(diff) < 1e-6  # equal samplers up to rounding (1-NFE Heun is Euler)
+            z = float(np.mean(d) / se) if se > 0 and not same else None
             rows.append(
                 {
                     "task": a[0],
@@ -322,7 +329,10 @@ def significance(summary):
                     "diff": diff,
                     "combined_std": combined,
                     "significant": abs(diff) > combined,
-                    "paired_z": float(diff / se) if se > 0 and not same else None,
+                    "seed_diffs": [float(x) for x in d],
+                    "same_sign": not same and bool(np.all(d > 0) or np.all(d < 0)),
+                    "paired_z": z,
+                    "paired_t": z is not None and abs(z) > scipy.stats.t.ppf(0.975, len(d) - 1),
                 }
             )
     return sorted(rows, key=lambda r: (r["task"], int(r["budget"]), r["a"], r["b"]))
@@ -408,17 +418,24 @@ def format_table(records, old=None):
         "## Differences between methods at equal NFE budget",
         "",
         "significant: |difference of means| > combined std √(s_a² + s_b²) of the (seed, set) "
-        "values; paired z: the difference over its standard error on equal (seed, set).",
+        "values; paired, on equal seeds (same teacher, pairs, noise and targets): each seed's "
+        "mean over sets of b − a, whether all seeds agree in sign, their mean over its "
+        "standard error (z), and whether |z| passes Student's t-test at 5% (seeds − 1 degrees "
+        "of freedom; 4.30 for 3 seeds).",
         "",
-        "| task | budget | a | b | W2 a | W2 b | b − a | combined std | significant | paired z |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| task | budget | a | b | W2 a | W2 b | b − a | combined std | significant | "
+        "b − a per seed | all seeds agree | paired z | t-test 5% |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in significance(summary):
         z = "–" if row["paired_z"] is None else f"{row['paired_z']:.1f}"
+        per_seed = ", ".join(f"{x:+.3f}" for x in row["seed_diffs"])
         lines.append(
             f"| {row['task']} | {row['budget']} | {row['a']} | {row['b']} | {row['mean_a']:.4f} | "
             f"{row['mean_b']:.4f} | {row['diff']:+.4f} | {row['combined_std']:.4f} | "
-            f"{'yes' if row['significant'] else 'no'} | {z} |"
+            f"{'yes' if row['significant'] else 'no'} | {per_seed} | "
+            f"{'yes' if row['same_sign'] else 'no'} | {z} | "
+            f"{'yes' if row['paired_t'] else 'no'} |"
         )
     if old is not None:
         rows = compare_runs(old, records)

@@ -108,6 +108,8 @@ def test_significance_separates_far_means_from_near_ones():
     verdict = {(r["a"], r["b"]): r["significant"] for r in rows}
     assert verdict[("a/euler", "b/euler")] and verdict[("b/euler", "c/euler")]
     assert not verdict[("a/euler", "c/euler")]
+    paired = {(r["a"], r["b"]): r for r in rows}[("a/euler", "b/euler")]
+    assert paired["same_sign"] and paired["paired_t"] and len(paired["seed_diffs"]) == 3
     table = toy2d.format_table(_records({"a": 0.5, "b": 0.7}), old=_records({"a": 0.5, "b": 0.7}))
     assert "| 8gaussians | 2 | a/euler | b/euler |" in table
     old = _records({"a": 0.5})
