@@ -9,20 +9,70 @@ imported, before any test module, for every test in this process. A test that dr
 not own and that is not clean under it (a third-party library's internals) opts out with
 ``@pytest.mark.loose_promotion(reason=...)`` naming what breaks; nothing opts out silently.
 Subprocess tests (``scripts/*.py`` run by ``subprocess``) run with JAX's defaults.
+
+One persistent XLA compilation cache serves the whole session: a fresh temporary folder named
+by ``JAX_COMPILATION_CACHE_DIR`` (kept if the caller already set one), set here before JAX is
+imported, so the test processes (pytest-xdist's workers inherit the environment) and every
+subprocess a test starts (they copy ``os.environ``) reuse each other's compiled programs; most
+of the suite's time is XLA compiling the same small programs again. It changes no result: a
+cached executable is the one XLA compiled for the same program, devices and flags, and JAX
+skips the cache for programs with host callbacks. The folder is removed at the end.
 """
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_OWN_CACHE = None
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    _OWN_CACHE = tempfile.mkdtemp(prefix="simple_reflow_xla_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+    # Every program, not only those taking over a second: most here take 0.05-0.5 s.
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# In case a plugin imported JAX before this file (it reads the environment variables then).
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+if os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
+    jax.config.update(
+        "jax_persistent_cache_min_compile_time_secs",
+        float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+    )
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None:  # the process that made the cache folder (xdist's controller)
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook; without xdist, never called
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one pytest-xdist worker per CPU this process may run on (its affinity mask,
+    capped by a cgroup v2 CPU quota), not psutil's count of physical cores, which is 1 on a
+    2-vCPU VM whose vCPUs are hyperthreads of one core."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()
+        if quota != "max":
+            n = min(n, max(1, round(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n or 1)
 
 
 def pytest_configure(config):
+    if (getattr(config.option, "numprocesses", None) or 0) > 1:  # xdist's controller
+        # One BLAS thread per worker (set before the workers start; they inherit it): the
+        # workers already use every core, and OpenBLAS threads spin-waiting for a busy core
+        # make the 2048-d matrix test of tests/test_fid.py ~5× slower.
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
     config.addinivalue_line(
         "markers",
         "loose_promotion(reason): run with JAX's standard dtype promotion and rank "

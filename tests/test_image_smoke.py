@@ -1,8 +1,8 @@
 """Every image config's smoke variant runs teacher → pairs → reflow → eval via scripts/train.py.
 
 The smoke variants use a tiny backbone on 8×8 mock data, so each stage takes seconds; the
-subprocesses share a persistent XLA compilation cache, so datasets with the same smoke network
-(CIFAR10, AFHQv2, FFHQ) compile it once.
+subprocesses share the session's persistent XLA compilation cache (``tests/conftest.py``), so
+datasets with the same smoke network (CIFAR10, AFHQv2, FFHQ) compile it once.
 
 What the FD can show at this size: two training steps teach the networks nothing measurable,
 and a pixel FD from 8 samples in 192 dimensions is dominated by the covariance estimate (8 real
@@ -44,12 +44,7 @@ EVAL_NFE = (1, 3)
 GRID_SIZE = (284, 32)
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("xla_cache"))
-
-
-def _stage(dataset, stage, root, cache_dir, extra=()):
+def _stage(dataset, stage, root, extra=()):
     cmd = [
         sys.executable,
         os.path.join(ROOT, "scripts", "train.py"),
@@ -62,12 +57,7 @@ def _stage(dataset, stage, root, cache_dir, extra=()):
         f"--config.eval.model_dir={root / 'reflow'}",
         *extra,
     ]
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "JAX_COMPILATION_CACHE_DIR": cache_dir,
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    }
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}  # with the session's compilation cache
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert res.returncode == 0, f"{dataset}:{stage}\n{res.stderr[-3000:]}"
     return res
@@ -88,9 +78,9 @@ def _noise_fd(dataset):
     return frechet_distance_from_stats(*gaussian_stats(noise), *gaussian_stats(ref))
 
 
-def _chain(dataset, tmp_path, cache_dir, extra=()):
+def _chain(dataset, tmp_path, extra=()):
     for stage in STAGES:
-        _stage(dataset, stage, tmp_path, cache_dir, (*extra, *(EVAL_ARGS * (stage == "eval"))))
+        _stage(dataset, stage, tmp_path, (*extra, *(EVAL_ARGS * (stage == "eval"))))
     assert (tmp_path / "teacher" / "ema.npz").exists()
     assert pair_store.verify_store(str(tmp_path / "pairs" / "backward")).complete
     assert (tmp_path / "reflow" / "ema.npz").exists()
@@ -106,13 +96,12 @@ def _chain(dataset, tmp_path, cache_dir, extra=()):
                 assert (im.size, im.mode) == (GRID_SIZE, "RGB")
 
 
-def test_cifar10_smoke_stages_with_projected_pairs(tmp_path, cache_dir):
+def test_cifar10_smoke_stages_with_projected_pairs(tmp_path):
     # The pairs stage also writes projected pairs (λ by Algorithm 2, budget from the forward
     # pairs) and the reflow stage mixes backward, forward and projected pairs.
     _chain(
         "cifar10",
         tmp_path,
-        cache_dir,
         (
             "--config.pairs.projection.fraction=0.25",
             "--config.pairs.projection.num=8",
@@ -125,12 +114,12 @@ def test_cifar10_smoke_stages_with_projected_pairs(tmp_path, cache_dir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["afhqv2", "ffhq", "imagenet64"])
-def test_other_smoke_stages(dataset, tmp_path, cache_dir):
-    _chain(dataset, tmp_path, cache_dir)
+def test_other_smoke_stages(dataset, tmp_path):
+    _chain(dataset, tmp_path)
 
 
 @pytest.mark.slow
-def test_loom_cfm_trains_an_image_1rf_through_the_cli(tmp_path, cache_dir):
+def test_loom_cfm_trains_an_image_1rf_through_the_cli(tmp_path):
     """``configs/cifar10.py:loom-cfm,smoke``: a 1-RF with LOOM-CFM's per-image assignment over
     the whole (mock) training set, paired inside the jitted step."""
     cmd = [
@@ -141,12 +130,7 @@ def test_loom_cfm_trains_an_image_1rf_through_the_cli(tmp_path, cache_dir):
         "--workdir",
         str(tmp_path / "loom"),
     ]
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "JAX_COMPILATION_CACHE_DIR": cache_dir,
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    }
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}  # with the session's compilation cache
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "loom" / "metrics.jsonl").open()]
