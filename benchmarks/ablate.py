@@ -83,6 +83,7 @@ from simple_reflow.models import build_model  # noqa: E402
 from simple_reflow.pairs import projected_pairs  # noqa: E402
 from simple_reflow.train import checkpoint  # noqa: E402
 from simple_reflow.train.step import split_model  # noqa: E402
+from simple_reflow.train.streams import stream_key  # noqa: E402
 
 __all__ = [
     "BASE",
@@ -322,11 +323,11 @@ class _Seed:
                 t = time.perf_counter()
                 s = self.sizes
                 stores, _ = b2.teacher_pairs(self.gm, self.seed, s["pairs"], s["forward"])
-                real = self.gm.sample(jax.random.key(5000 + self.seed), s["pairs"])
+                real = self.gm.sample(stream_key(self.seed, "projection_data"), s["pairs"])
                 proj, m = projected_pairs(
-                    jax.random.key(5500 + self.seed), stores["backward"], real
+                    stream_key(self.seed, "projection_plan"), stores["backward"], real
                 )
-                data = self.gm.sample(jax.random.key(6500 + self.seed), s["pairs"])
+                data = self.gm.sample(stream_key(self.seed, "coupling_data"), s["pairs"])
                 arrays = {f"{k}/{a}": v[a] for k, v in stores.items() for a in ("x0", "x1")}
                 arrays.update({f"projected/{a}": proj[a] for a in ("x0", "x1")})
                 arrays["data/x0"] = data
@@ -348,7 +349,7 @@ class _Seed:
         """``(batch_fn(step, data), data)``; the seed's key travels in ``data`` (an argument of
         the compiled step, not a constant), so every seed runs the same compiled step."""
         b = self.sizes["batch"]
-        key = jax.random.key_data(jax.random.key(4000 + self.seed))
+        key = jax.random.key_data(stream_key(self.seed, "reflow_batches"))
         if cfg["coupling"] == "teacher":
             fractions = pair_mixing.pair_fractions(cfg["rho"], cfg["projection"])
             pairs = {k: v for k, v in self.pairs().items() if fractions.get(k, 0) > 0}

@@ -64,6 +64,7 @@ from simple_reflow.teachers import GaussianMixture  # noqa: E402
 from simple_reflow.train import checkpoint  # noqa: E402
 from simple_reflow.train.fit import DeviceBatches, fit  # noqa: E402
 from simple_reflow.train.step import split_model  # noqa: E402
+from simple_reflow.train.streams import stream_key  # noqa: E402
 
 T_MAX = paths.EDM_T_MAX
 T_MIN = 0.002 / 1.002
@@ -240,7 +241,7 @@ def train(
 
 def pretrain(gm, model_def, params, seed, *, steps, batch, ema, workdir):
     """The "teacher network" every student starts from: EDM's loss on exact samples."""
-    sample_key = jax.random.key_data(jax.random.key(1000 + seed))  # an argument, not a
+    sample_key = jax.random.key_data(stream_key(seed, "teacher_batches"))  # an argument, not a
     # constant of the step: one compiled step for every seed (with a persistent cache)
     return train(
         model_def,
@@ -259,11 +260,11 @@ def pretrain(gm, model_def, params, seed, *, steps, batch, ema, workdir):
 def teacher_pairs(gm, seed, num_backward, num_forward):
     """Exact-teacher pairs: backward (Dopri5 from t_max·x1) and forward (Heun, 64 EDM steps,
     from exact samples), ``({"backward": {x0, x1}, "forward": {x0, x1}}, backward NFE)``."""
-    pair_key = jax.random.key(2000 + seed)
+    pair_key = stream_key(seed, "pairs")
     x1 = np.asarray(noise_for_indices(pair_key, jnp.arange(num_backward), gm.shape))
     x0, pair_nfe = exact_solution(gm, x1)
     stores = {"backward": {"x0": jnp.asarray(x0), "x1": jnp.asarray(x1)}}
-    real = gm.sample(jax.random.key(3000 + seed), num_forward)
+    real = gm.sample(stream_key(seed, "forward_data"), num_forward)
     grid_f = grids.forward_grid("edm", 64, t_min=T_MIN, t_max=T_MAX)
     fx0, fx1, _ = jax.jit(lambda x: forward_pairs(gm, x, grid_f, solver="heun"))(real)
     stores["forward"] = {"x0": fx0, "x1": fx1}
@@ -329,7 +330,7 @@ def run_seed(seed, gm, sizes, eval_set, work):
         t = time.perf_counter()
         fractions = pair_mixing.pair_fractions(m["rho"])
         data = {k: v for k, v in stores.items() if k == "backward" or m["rho"] > 0}
-        key = jax.random.key(4000 + seed)
+        key = stream_key(seed, "reflow_batches")
 
         def batch_fn(k, d, fractions=fractions, key=key):
             return pair_mixing.mix_pairs(jax.random.fold_in(key, k), d, fractions, sizes["batch"])
