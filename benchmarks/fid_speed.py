@@ -98,7 +98,8 @@ def main():
     grid, nfe = sampler.grid_for_budget(9, "dpm2", lambda k: grids.sigmoid_grid(k))
     start = time.perf_counter()
     stats, _ = sampling.sample_features(
-        model_def.denoiser(params),
+        model_def.denoiser,
+        params,
         grid,
         solver="dpm2",
         r=0.4,

@@ -68,7 +68,7 @@ def main(argv):
     key = jax.random.key(_SEED.value)
     fn = jax.jit(
         sampling.make_index_sampler(
-            model_def.denoiser(params),
+            model_def.denoiser,
             grid,
             solver=s.solver,
             r=s.r,
@@ -77,6 +77,8 @@ def main(argv):
             key=key,
         )
     )
+    mesh = sharding.make_mesh(cfg.get("mesh"))
+    params = jax.device_put(params, sharding.replicated(mesh))  # an input, not constants
     rows = {"indices": [], "images": []}
 
     def on_batch(idx, out):
@@ -85,10 +87,10 @@ def main(argv):
 
     sampling.stream(
         lambda idx: {"index": idx.astype(np.int32)},
-        lambda b: {"images": fn(b["index"])},
+        lambda b: {"images": fn(params, b["index"])},
         _NUM.value,
         _BATCH.value,
-        sharding.make_mesh(cfg.get("mesh")),
+        mesh,
         on_batch=on_batch,
         desc=f"{s.solver} NFE {nfe}",
     )

@@ -112,3 +112,35 @@ def test_autoguidance_and_cfg_formulas():
     out = guidance.classifier_free(cond_fn, 0.5, null_class=0)(x, t, c)
     expected = cond_fn(x, t, c) + 0.5 * (cond_fn(x, t, c) - x)
     np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+def test_eval_stage_guidance_takes_both_snapshots_as_inputs(tmp_path):
+    """The image eval stage's guided student, ``denoiser(params)``: AutoGuidance reads the weak
+    snapshot from ``guidance.bad_workdir`` and passes both weight sets to the compiled sampler;
+    each equals the guidance formula applied to the two networks, and ``w = 0`` is the plain
+    student."""
+    import ml_collections
+    from flax import nnx
+
+    from simple_reflow.models import build_model
+    from simple_reflow.train import checkpoint
+    from simple_reflow.train.images import _guided
+    from simple_reflow.train.step import split_model
+
+    model_def, good = split_model(build_model("mlp", data_shape=(2,), rngs=nnx.Rngs(0), hidden=8))
+    bad = jax.tree.map(lambda p: p + 0.1, good)  # (the output layer starts at zero)
+    checkpoint.save_params(str(tmp_path / "ema.npz"), bad)
+    x = jax.random.normal(jax.random.key(1), (4, 2))
+    t = jnp.full((4,), 0.5)
+    d_good, d_bad = model_def.denoiser(good)(x, t), model_def.denoiser(bad)(x, t)
+    assert float(jnp.max(jnp.abs(d_good - d_bad))) > 1e-3  # two different networks
+
+    cfg = ml_collections.ConfigDict(
+        {"guidance": {"kind": "autoguidance", "w": 0.6, "bad_workdir": str(tmp_path)}}
+    )
+    denoiser, params = _guided(cfg, model_def, good)
+    out = jax.jit(lambda p: denoiser(p)(x, t))(params)
+    np.testing.assert_allclose(out, d_good + 0.6 * (d_good - d_bad), rtol=1e-5, atol=1e-6)
+    cfg.guidance.w = 0.0
+    denoiser, params = _guided(cfg, model_def, good)
+    np.testing.assert_array_equal(denoiser(params)(x, t), d_good)

@@ -228,13 +228,15 @@ def _store_spec(run, kind, teacher_sha):
     return q.num, arrays, prov
 
 
-def _local_data_parallel(fn, chunk):
-    """``fn`` jitted over this host's devices, its array arguments split along their first axis
-    (padded to a multiple of the device count; the padding is cut from the outputs)."""
+def _local_data_parallel(fn, chunk, params):
+    """``fn(params, *arrays)`` jitted over this host's devices: ``params`` replicated (an input
+    of the compiled program, not constants baked into it), the arrays split along their first
+    axis (padded to a multiple of the device count; the padding is cut from the outputs)."""
     mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
     split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     size = -(-chunk // mesh.size) * mesh.size
     compiled = jax.jit(fn, out_shardings=split)
+    params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
     def run(*args):
         n = len(args[0])
@@ -247,7 +249,7 @@ def _local_data_parallel(fn, chunk):
             )
             for a in args
         ]
-        return {k: np.asarray(v)[:n] for k, v in compiled(*padded).items()}
+        return {k: np.asarray(v)[:n] for k, v in compiled(params, *padded).items()}
 
     return run
 
@@ -262,7 +264,6 @@ def run_pairs(run, workdir):
     teacher_sha = _teacher_sha256(cfg)
     shape, num_classes = run.shape, run.num_classes
     key = stream_key(cfg.seed, "pairs")
-    denoise = model_def.denoiser(params)
     grid_b = run.pair_grid
     kw = dict(
         process_index=jax.process_index(),
@@ -271,7 +272,7 @@ def run_pairs(run, workdir):
         chunk=p.chunk,
     )
 
-    def gen_backward(idx):
+    def gen_backward(params, idx):
         cond = None
         if num_classes:  # each pair's class from its own index, like its noise
             cond = jax.vmap(
@@ -280,20 +281,22 @@ def run_pairs(run, workdir):
                 )
             )(idx)
         x0, x1, _ = pairs.backward_pairs(
-            denoise, key, idx, shape, grid_b, solver=p.solver, cond=cond
+            model_def.denoiser(params), key, idx, shape, grid_b, solver=p.solver, cond=cond
         )
         return {"x0": x0, "x1": x1, **({"cond": cond} if num_classes else {})}
 
-    _write(run, workdir, "backward", teacher_sha, _local_data_parallel(gen_backward, p.chunk), kw)
+    gen_backward = _local_data_parallel(gen_backward, p.chunk, params)
+    _write(run, workdir, "backward", teacher_sha, gen_backward, kw)
     if p.num_forward:
         source = make_image_source(cfg.data)
         grid_f = run.forward_grid
 
-        def gen_f(x0, c):
+        def gen_f(params, x0, c):
+            denoise = model_def.denoiser(params)
             x0, x1, _ = pairs.forward_pairs(denoise, x0, grid_f, solver=p.solver, cond=c)
             return {"x0": x0, "x1": x1, **({"cond": c} if c is not None else {})}
 
-        gen_f = _local_data_parallel(gen_f, p.chunk)
+        gen_f = _local_data_parallel(gen_f, p.chunk, params)
 
         def gen_forward(idx):
             data = source.get(np.asarray(idx) % len(source))  # pair i ← training image i
@@ -301,7 +304,7 @@ def run_pairs(run, workdir):
 
         _write(run, workdir, "forward", teacher_sha, gen_forward, kw)
     if p.projection.fraction > 0:
-        _write_projected(run, workdir, denoise, grid_b, teacher_sha, kw)
+        _write_projected(run, workdir, model_def.denoiser(params), grid_b, teacher_sha, kw)
     nfe_b = sampler.nfe_of(grid_b, p.solver)
     return (
         f"pair stores in {workdir}: {p.num_backward} backward ({nfe_b} NFE each), "
@@ -442,15 +445,26 @@ def _open_stores(run):
     return stores
 
 
-def _guided(cfg, model_def, params, denoise):
+def _guided(cfg, model_def, params):
+    """``(denoiser, params)`` of the student with ``cfg.guidance``: ``denoiser(params)`` is
+    its denoise_fn (:func:`sampling.make_index_sampler`)."""
     g = cfg.guidance
     if g.kind == "none" or g.w == 0:
-        return denoise
+        return model_def.denoiser, params
     if g.kind == "autoguidance":
         bad = checkpoint.load_params(_snapshot(g.bad_workdir, "guidance.bad_workdir"), params)
-        return guidance.autoguidance(denoise, model_def.denoiser(bad), g.w)
+
+        def denoiser(both):
+            main, weak = (model_def.denoiser(both[k]) for k in ("main", "bad"))
+            return guidance.autoguidance(main, weak, g.w)
+
+        return denoiser, {"main": params, "bad": bad}
     if g.kind == "cfg":
-        return guidance.classifier_free(denoise, g.w, null_class=cfg.model.num_classes)
+        return (
+            lambda p: guidance.classifier_free(
+                model_def.denoiser(p), g.w, null_class=cfg.model.num_classes
+            )
+        ), params
     raise ValueError(f"guidance.kind={g.kind!r} is not one of ('none', 'autoguidance', 'cfg').")
 
 
@@ -494,10 +508,8 @@ def run_eval(run, workdir):
 
     results, lines = {}, []
     for name, params in models.items():
-        denoise = (
-            _guided(cfg, model_def, params, model_def.denoiser(params))
-            if name == "student"
-            else model_def.denoiser(params)
+        denoiser, params = (
+            _guided(cfg, model_def, params) if name == "student" else (model_def.denoiser, params)
         )
         done = set()
         for budget in cfg.eval.nfe:
@@ -506,7 +518,8 @@ def run_eval(run, workdir):
                 continue
             done.add(nfe)
             stats, images = sampling.sample_features(
-                denoise,
+                denoiser,
+                params,
                 grid,
                 solver=s.solver,
                 r=s.r,

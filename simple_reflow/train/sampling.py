@@ -46,18 +46,25 @@ def index_labels(key, indices, num_classes: int):
     )(indices)
 
 
-def make_index_sampler(denoise_fn, grid, *, solver: str, r: float, shape, num_classes: int, key):
-    """``fn(indices) -> uint8 images [n, *shape]`` (pure; jit it).
+def make_index_sampler(denoiser, grid, *, solver: str, r: float, shape, num_classes: int, key):
+    """``fn(params, indices) -> uint8 images [n, *shape]`` (pure; jit it).
+
+    The weights are an argument of ``fn``, so a jitted ``fn`` takes them as an input of the
+    compiled program rather than as constants baked into it (a CIFAR10 DDPM++ holds 56M
+    parameters; as constants they would slow compilation, enter the persistent cache's key
+    and make every snapshot compile again).
 
     Args:
-      denoise_fn: ``denoise_fn(x_t, t, cond)``, the model to sample.
+      denoiser: ``denoiser(params) -> denoise_fn(x_t, t, cond)``, the model to sample (e.g.
+        ``ModelDef.denoiser``; ``lambda _: teacher.denoise`` for a closed-form teacher).
       grid, solver, r: the sampler's grid and solver (:func:`simple_reflow.sampler.sample`).
       shape: one image's shape.
       num_classes: class count (0 = unconditional).
       key: the sampling key; sample ``i`` uses ``fold_in(key, i)``.
     """
 
-    def fn(indices):
+    def fn(params, indices):
+        denoise_fn = denoiser(params)
         x1 = pairs.noise_for_indices(key, indices, tuple(shape))
         cond = index_labels(key, indices, num_classes) if num_classes else None
         x0, _ = sampler.sample(denoise_fn, x1, grid, solver=solver, r=r, cond=cond)
@@ -109,7 +116,8 @@ def stream(
 
 
 def sample_features(
-    denoise_fn,
+    denoiser,
+    params,
     grid,
     *,
     solver: str,
@@ -130,18 +138,22 @@ def sample_features(
     ``featurize`` (uint8 images → ``[n, dim]``) runs in its own compiled function, so a
     network such as the Inception compiles once for every sampler it scores.
 
+    ``denoiser(params)`` is the model (:func:`make_index_sampler`); ``params`` are placed once,
+    replicated over ``mesh``, and passed to the compiled sampler on every batch.
+
     Returns:
       ``(FeatureStats, images)``: the statistics of all samples, and this host's first
       ``keep_images`` uint8 images (for grids).
     """
     fn = jax.jit(
         make_index_sampler(
-            denoise_fn, grid, solver=solver, r=r, shape=shape, num_classes=num_classes, key=key
+            denoiser, grid, solver=solver, r=r, shape=shape, num_classes=num_classes, key=key
         )
     )
+    params = jax.device_put(params, sharding.replicated(mesh))
 
     def device_fn(batch):  # features from the device-resident samples, in their own jit
-        images = fn(batch["index"])
+        images = fn(params, batch["index"])
         return {"images": images, "features": featurize(images)}
 
     stats, kept = FeatureStats(dim), []
