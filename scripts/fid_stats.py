@@ -39,11 +39,12 @@ def main(argv):
     from simple_reflow.data import make_image_source
     from simple_reflow.metrics import inception
     from simple_reflow.metrics.fid import save_reference
-    from simple_reflow.train import sampling, sharding
+    from simple_reflow.train import configure, sampling, sharding
 
     cfg = _CONFIG.value
+    spec = configure.data_spec_from_config(cfg.data)  # a bad data field fails before Inception
     featurize = inception.uint8_features(inception.load_fid_inception(_INCEPTION.value or None))
-    source = make_image_source(cfg.data, split=_SPLIT.value)
+    source = make_image_source(spec, split=_SPLIT.value)
     num = min(_NUM.value or len(source), len(source))
     stats = sampling.dataset_features(
         source,

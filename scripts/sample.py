@@ -44,14 +44,13 @@ def main(argv):
     if _MULTIHOST.value:
         jax.distributed.initialize()
     from simple_reflow import grids, sampler
-    from simple_reflow.data import data_spec
     from simple_reflow.train import checkpoint, configure, sampling, sharding
-    from simple_reflow.train.images import data_shape_of
     from simple_reflow.train.step import split_model
     from simple_reflow.viz import save_image_grid
 
     cfg, snap = _CONFIG.value, _SNAPSHOT.value
-    shape = data_shape_of(cfg.data)
+    spec = configure.data_spec_from_config(cfg.data)
+    shape, num_classes = tuple(spec.shape), spec.num_classes
     configure.validate_model_config(cfg.model, data_shape=shape)
     checkpoint.check_model_config(snap, cfg.model, data_shape=shape, field="--snapshot")
     s = cfg.sampler
@@ -64,7 +63,6 @@ def main(argv):
         configure.model_from_config(cfg.model, data_shape=shape, rngs=nnx.Rngs(0))
     )
     params = checkpoint.load_params(os.path.join(snap, "ema.npz"), like)
-    num_classes = data_spec(cfg.data).num_classes
     key = jax.random.key(_SEED.value)
     fn = jax.jit(
         sampling.make_index_sampler(

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("simple_reflow.couplings", reason="configs/common.py needs the couplings")
 
 from configs.image_stages import edm_ema_decay, parse_arg  # noqa: E402
-from simple_reflow.data import data_spec, validate_data_config  # noqa: E402
+from simple_reflow.train.configure import data_spec_from_config, validate_data_config  # noqa: E402
 
 DATASETS = ("cifar10", "afhqv2", "ffhq", "imagenet64", "digits")
 STAGES = ("teacher", "pairs", "reflow", "eval")
@@ -26,7 +26,7 @@ def test_smoke_configs_build_and_validate(name, stage):
     c = _get(name, f"{stage},smoke")
     assert c.stage == stage and c.data.name == name
     validate_data_config(c.data)  # smoke data (mock or digits) needs no download or folder
-    spec = data_spec(c.data)
+    spec = data_spec_from_config(c.data)
     assert spec.num_classes == c.model.num_classes
     assert c.training.num_steps <= 5 and c.training.batch_size <= 8
     from simple_reflow.train.configure import validate_model_config
@@ -186,7 +186,7 @@ def test_sigma_data_and_class_count_have_one_source(name):
     cfg.model.sigma_data = 0.37
     fn = loss_fn_from_config(cfg.loss, cfg.time, sigma_data=cfg.model.sigma_data)
     assert fn.func is edm_loss and fn.keywords["sigma_data"] == 0.37
-    assert cfg.model.num_classes == data_spec(cfg.data).num_classes
+    assert cfg.model.num_classes == data_spec_from_config(cfg.data).num_classes
     cfg.model.num_classes = cfg.model.num_classes + 3
     with pytest.raises(ValueError, match="model.num_classes"):
         validate_config(cfg)

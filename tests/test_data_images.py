@@ -7,16 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simple_reflow.data import (
-    Prefetcher,
-    batch_at,
-    data_spec,
-    make_image_source,
-    validate_data_config,
-)
+from simple_reflow.data import Prefetcher, batch_at, make_image_source
 from simple_reflow.data.digits import digits_arrays
 from simple_reflow.data.images import ArraySource
 from simple_reflow.data.pipeline import flip_bits
+from simple_reflow.train.configure import data_spec_from_config, validate_data_config
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -25,6 +20,10 @@ def _data(**kw):
     base = dict(name="cifar10", data_dir=None, split="train", random_flip=False, image_size=0)
     base.update(kw)
     return ml_collections.ConfigDict(base)
+
+
+def _spec(**kw):
+    return data_spec_from_config(_data(**kw))
 
 
 def _ramp_source(n=37, shape=(4, 6, 2), num_classes=0):
@@ -37,7 +36,7 @@ def _ramp_source(n=37, shape=(4, 6, 2), num_classes=0):
 def test_tfds_mock_data_flows_through_pipeline():
     with tfds.testing.mock_data(num_examples=12):
         raw = tfds.data_source("cifar10", split="train", download=False)
-        source = make_image_source(_data(random_flip=True))
+        source = make_image_source(_spec(random_flip=True))
         batch = batch_at(source, seed=3, step=2, batch_size=8, random_flip=True)
         expected = [np.asarray(raw[int(i)]["image"]) for i in batch["index"]]
     assert source.shape == (32, 32, 3) and len(source) == 12 and source.num_classes == 0
@@ -54,9 +53,9 @@ def test_tfds_mock_data_flows_through_pipeline():
 
 def test_tfds_mock_conditional_imagenet64_and_resize():
     with tfds.testing.mock_data(num_examples=5):
-        source = make_image_source(_data(name="imagenet64"))
+        source = make_image_source(_spec(name="imagenet64"))
         batch = source.get(np.array([4, 0]))
-        small = make_image_source(_data(name="imagenet64", image_size=16))
+        small = make_image_source(_spec(name="imagenet64", image_size=16))
     assert source.shape == (64, 64, 3) and source.num_classes == 1000
     assert batch["cond"].dtype == np.int32 and np.all((0 <= batch["cond"]) & (batch["cond"] < 1000))
     assert small.shape == (16, 16, 3)
@@ -134,8 +133,9 @@ def test_folder_source_crops_resizes_and_labels(tmp_path):
     Image.fromarray(exact).save(tmp_path / "cats" / "a.png")
     wide = rng.integers(0, 256, (10, 14, 3), dtype=np.uint8)
     Image.fromarray(wide).save(tmp_path / "dogs" / "b.png")
-    cfg = _data(name="folder", data_dir=str(tmp_path), image_size=8, conditional=True)
-    source = make_image_source(cfg)
+    source = make_image_source(
+        _spec(name="folder", data_dir=str(tmp_path), image_size=8, conditional=True)
+    )
     batch = source.get(np.array([0, 1]))
     assert source.shape == (8, 8, 3) and source.num_classes == 2 and len(source) == 2
     np.testing.assert_allclose(batch["x0"][0], exact / 127.5 - 1.0, atol=1e-6)  # untouched
@@ -157,7 +157,7 @@ def test_digits_splits_are_disjoint_and_quantised():
     rows = {r.tobytes() for r in full.reshape(len(full), -1)}
     both = np.concatenate([train, test]).reshape(1797, -1)
     assert len({r.tobytes() for r in both}) == len(rows)  # train ∪ test covers every image
-    source = make_image_source(_data(name="digits", split="test"))
+    source = make_image_source(_spec(name="digits", split="test"))
     assert len(source) == 297 and source.shape == (8, 8, 1)
 
 
@@ -181,10 +181,12 @@ def test_bad_data_config_names_the_field(fields, field):
 
 def test_mock_source_is_deterministic_and_shaped():
     cfg = _data(name="imagenet64", source="mock", image_size=16, mock_examples=10)
-    spec = data_spec(cfg)
+    spec = data_spec_from_config(cfg)
     assert spec.shape == (16, 16, 3) and spec.num_classes == 1000
-    a = make_image_source(cfg).get(np.arange(10))
-    b = make_image_source(cfg).get(np.arange(10))
+    a = make_image_source(spec).get(np.arange(10))
+    b = make_image_source(spec).get(np.arange(10))
     np.testing.assert_array_equal(a["x0"], b["x0"])
     assert a["x0"].shape == (10, 16, 16, 3) and a["x0"].min() >= -1 and a["x0"].max() <= 1
     validate_data_config(_data(name="moons"))  # toy names pass through
+    with pytest.raises(TypeError, match="takes a DataSpec, got ConfigDict"):
+        make_image_source(cfg)  # the data layer reads no config

@@ -28,9 +28,10 @@ import pytest
 from PIL import Image
 
 from simple_reflow import pair_store, pairs
-from simple_reflow.data import data_spec, make_image_source
+from simple_reflow.data import make_image_source
 from simple_reflow.metrics.fid import to_uint8
 from simple_reflow.metrics.frechet import frechet_distance_from_stats, gaussian_stats
+from simple_reflow.train.configure import data_spec_from_config
 from simple_reflow.train.sampling import pixel_features
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,12 +69,11 @@ def _noise_fd(dataset):
     quantised to uint8 as the samples are, to the eval stage's reference (the first held-out
     images, as many as samples)."""
     cfg = importlib.import_module(f"configs.{dataset}").get_config("eval,smoke")
-    held_out = make_image_source(cfg.data, split=cfg.data.eval_split)
+    spec = data_spec_from_config(cfg.data)
+    held_out = make_image_source(spec, split=cfg.data.eval_split)
     n = min(cfg.eval.num_samples, len(held_out))
     ref = held_out.get(np.arange(n))["x0"].reshape(n, -1)
-    x1 = pairs.noise_for_indices(
-        jax.random.key(cfg.eval.seed), jnp.arange(n), tuple(data_spec(cfg.data).shape)
-    )
+    x1 = pairs.noise_for_indices(jax.random.key(cfg.eval.seed), jnp.arange(n), tuple(spec.shape))
     noise = np.asarray(pixel_features(to_uint8(x1)))
     return frechet_distance_from_stats(*gaussian_stats(noise), *gaussian_stats(ref))
 

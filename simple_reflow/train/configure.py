@@ -1,9 +1,9 @@
 """The config adapter: config sections as the keyword arguments of the math layer.
 
 Below ``simple_reflow/train/`` every function takes typed arguments and callables; this module
-is the one place where a config's ``loss``, ``time``, ``coupling`` and ``model`` sections become
-them, and where a bad section is reported naming its field (``loss.distance='l1' is not one of
-...``) before anything is built or compiled.
+is the one place where a config's ``data``, ``loss``, ``time``, ``coupling``, ``model`` and
+``training`` sections become them, and where a bad section is reported naming its field
+(``loss.distance='l1' is not one of ...``) before anything is built or compiled.
 
 Where a section's fields are the math function's argument names (``coupling`` →
 :func:`~simple_reflow.couplings.make_coupling`, ``model`` →
@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 
 import ml_collections
 
 from simple_reflow import losses, time_dist
 from simple_reflow.couplings import make_coupling
+from simple_reflow.data import IMAGE_DATASETS, SOURCES, TOY_DATASETS, DataSpec
+from simple_reflow.data.digits import DIGITS_SPLITS
 from simple_reflow.losses_edm import edm_loss
 from simple_reflow.models import MODEL_NAMES, SONGUNET_OPTIONS, build_model, model_options
 
 __all__ = [
+    "data_spec_from_config",
+    "validate_data_config",
     "validate_loss_config",
     "validate_time_config",
     "flow_loss_kwargs",
@@ -54,6 +59,102 @@ def _in_section(section, fn, /, *args, **kwargs):
         return fn(*args, **kwargs)
     except ValueError as e:
         raise ValueError(f"{section}.{e}") from None
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+def _bad_data(field: str, value, valid: str):
+    raise ValueError(f"data.{field}={value!r} {valid}")
+
+
+def data_spec_from_config(cfg_data) -> DataSpec:
+    """The :class:`~simple_reflow.data.DataSpec` an image ``data`` section describes
+    (validated); reads no image (a folder of class sub-folders is listed).
+
+    Fields (``configs/common.py`` and optional ones, read with defaults): ``name`` (a key of
+    :data:`~simple_reflow.data.IMAGE_DATASETS`), ``source`` (``""`` = the dataset's default),
+    ``tfds_name``, ``image_size`` (0 = native), ``random_flip``, ``conditional`` (bool, None =
+    the dataset's default), ``num_classes`` (for ``"tfds"``), ``split``, ``data_dir``,
+    ``image_key``, ``label_key``, ``mock_examples``; ``eval_split`` is read by the eval stage.
+
+    Raises:
+      ValueError: naming the offending ``data.<field>``, for an unknown dataset or source, a
+        bad image size, a missing folder, flips on digits, or a conditional set with no labels.
+    """
+    get = cfg_data.get
+    name = get("name")
+    if name not in IMAGE_DATASETS:
+        _bad_data("name", name, f"is not one of {sorted(TOY_DATASETS) + sorted(IMAGE_DATASETS)}.")
+    default_source, tfds_name, native, channels, classes, cond_default = IMAGE_DATASETS[name]
+    source = get("source", "") or default_source
+    if source not in SOURCES:
+        _bad_data("source", source, f"is not one of {list(SOURCES)} (or '' for the default).")
+    tfds_name = get("tfds_name", "") or tfds_name
+    if name == "tfds" and not tfds_name:
+        _bad_data("tfds_name", tfds_name, "must name a TFDS dataset when data.name='tfds'.")
+    classes = int(get("num_classes", 0) or classes)
+    size = get("image_size", 0)
+    if not isinstance(size, int) or size < 0:
+        _bad_data("image_size", size, "must be a non-negative int (0 = the dataset's native size).")
+    size = size or native
+    if source == "folder" and not size:
+        _bad_data("image_size", 0, f"must be set (> 0) for data.name={name!r}.")
+    if name == "tfds" and not size and source == "mock":
+        _bad_data("image_size", 0, "must be set (> 0) to mock data.name='tfds'.")
+    if source == "digits" and name != "digits":
+        _bad_data("source", source, f"only serves data.name='digits', not {name!r}.")
+    if name == "digits" and source not in ("digits", "mock"):
+        _bad_data("source", source, "must be 'digits' (or 'mock') for data.name='digits'.")
+    flip = get("random_flip", False)
+    if not isinstance(flip, bool):
+        _bad_data("random_flip", flip, "must be a bool.")
+    if name == "digits" and flip:
+        _bad_data("random_flip", flip, "is not allowed for digits (they are not mirror-symmetric).")
+    conditional = get("conditional", None)
+    conditional = cond_default if conditional is None else conditional
+    if not isinstance(conditional, bool):
+        _bad_data("conditional", conditional, "must be a bool (or None for the dataset's default).")
+    if conditional and not classes and source != "folder":
+        _bad_data("conditional", conditional, f"but data.name={name!r} has no class labels.")
+    split = get("split", "train")
+    if name == "digits" and source == "digits" and split not in DIGITS_SPLITS:
+        _bad_data("split", split, f"is not one of {DIGITS_SPLITS} for digits.")
+    data_dir = get("data_dir", None)
+    if source == "folder":
+        if not data_dir:
+            _bad_data(
+                "data_dir",
+                data_dir,
+                f"must name a folder of images for data.name={name!r} "
+                "(TFDS has no builder for it; unzip EDM's dataset_tool.py output there).",
+            )
+        if not os.path.isdir(data_dir):
+            _bad_data("data_dir", data_dir, "is not an existing directory.")
+    if source == "folder" and conditional:
+        classes = len([d for d in os.listdir(data_dir) if os.path.isdir(os.path.join(data_dir, d))])
+    mock_examples = int(get("mock_examples", 256))
+    if source == "mock" and mock_examples < 1:
+        _bad_data("mock_examples", mock_examples, "must be positive.")
+    return DataSpec(
+        name=name,
+        source=source,
+        shape=(size, size, channels),
+        num_classes=classes if conditional else 0,
+        tfds_name=tfds_name,
+        image_key=get("image_key", "image") or "image",
+        label_key=get("label_key", "label") or "label",
+        split=split,
+        data_dir=data_dir,
+        mock_examples=mock_examples,
+    )
+
+
+def validate_data_config(cfg_data) -> None:
+    """Checks a ``data`` section (toy or image); raises ``ValueError`` naming the field."""
+    if cfg_data.get("name") in TOY_DATASETS:
+        return
+    data_spec_from_config(cfg_data)
 
 
 # -- loss and time ------------------------------------------------------------------------------

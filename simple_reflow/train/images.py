@@ -28,7 +28,7 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from simple_reflow import grids, guidance, pair_mixing, pair_store, pairs, sampler
-from simple_reflow.data import batch_at, data_spec, make_image_source
+from simple_reflow.data import batch_at, make_image_source
 from simple_reflow.errors import MissingInput
 from simple_reflow.metrics import inception
 from simple_reflow.metrics.fid import load_reference
@@ -45,7 +45,7 @@ __all__ = ["data_shape_of", "run_image_stage"]
 
 def data_shape_of(cfg_data):
     """One example's shape ``(H, W, C)`` from the data section, reading no image."""
-    return tuple(data_spec(cfg_data).shape)
+    return tuple(configure.data_spec_from_config(cfg_data).shape)
 
 
 def _build(run, seed):
@@ -119,7 +119,7 @@ def _require_inputs(run, workdir):
         or (stage in ("pairs", "reflow") and cfg.pairs.projection.fraction > 0)
     )
     if reads_data and run.data.source not in ("mock", "digits"):
-        make_image_source(cfg.data)  # TFDS / folder: says how to prepare a missing dataset
+        make_image_source(run.data)  # TFDS / folder: says how to prepare a missing dataset
 
 
 def _train(cfg, workdir, model_def, params, host_batch_at, desc, coupling=None):
@@ -149,7 +149,7 @@ def run_teacher(run, workdir):
     LOOM-CFM with its per-image state over the whole training set, W-CFM).
     """
     cfg = run.cfg
-    source = make_image_source(cfg.data)
+    source = make_image_source(run.data)
     model_def, params = _build(run, cfg.seed)
     if jax.process_index() == 0:
         checkpoint.save_model_config(workdir, cfg.model)
@@ -288,7 +288,7 @@ def run_pairs(run, workdir):
     gen_backward = _local_data_parallel(gen_backward, p.chunk, params)
     _write(run, workdir, "backward", teacher_sha, gen_backward, kw)
     if p.num_forward:
-        source = make_image_source(cfg.data)
+        source = make_image_source(run.data)
         grid_f = run.forward_grid
 
         def gen_f(params, x0, c):
@@ -346,7 +346,7 @@ def _write_projected(run, workdir, denoise, grid_b, teacher_sha, kw):
         return
     with pair_store.PairStore(os.path.join(workdir, "backward")) as store:
         backward = store.read(np.arange(q.num), ("x0", "x1"))
-    source = make_image_source(cfg.data)
+    source = make_image_source(run.data)
     order = np.random.default_rng(stream_seed(cfg.seed, "projection_data")).permutation(
         len(source)
     )[: q.num]
@@ -468,11 +468,12 @@ def _guided(cfg, model_def, params):
     raise ValueError(f"guidance.kind={g.kind!r} is not one of ('none', 'autoguidance', 'cfg').")
 
 
-def _scorer(cfg, shape):
+def _scorer(run):
     """``(metric name, featurize, dim, reference μ, Σ, number of samples)``: FID on Inception
     features when weights are given (``eval.inception_weights`` or ``$SIMPLE_REFLOW_INCEPTION``),
     else the pixel-space FD to as many held-out images as there are samples. Every input is
     checked here, before any model is built or sampled."""
+    cfg, shape = run.cfg, run.shape
     weights = cfg.eval.get("inception_weights") or os.environ.get(inception.WEIGHTS_ENV)
     if weights:
         mu, sigma = load_reference(
@@ -480,7 +481,7 @@ def _scorer(cfg, shape):
         )
         featurize = inception.uint8_features(inception.load_fid_inception(weights))
         return "fid", featurize, inception.FEATURE_DIM, mu, sigma, cfg.eval.num_samples
-    held_out = make_image_source(cfg.data, split=cfg.data.eval_split)
+    held_out = make_image_source(run.data, split=cfg.data.eval_split)
     n = min(cfg.eval.num_samples, len(held_out))
     ref = held_out.get(np.arange(n))["x0"].reshape(n, -1)
     mu, sigma = gaussian_stats(ref)
@@ -491,7 +492,7 @@ def run_eval(run, workdir):
     """FID (or pixel FD) per NFE budget for ``eval.model_dir`` and the teacher (module doc)."""
     cfg = run.cfg
     shape, num_classes = run.shape, run.num_classes
-    metric, featurize, dim, ref_mu, ref_sigma, num = _scorer(cfg, shape)
+    metric, featurize, dim, ref_mu, ref_sigma, num = _scorer(run)
     model_def, like = _build(run, cfg.seed)
     model_dir = cfg.eval.get("model_dir") or workdir
     models = {"student": checkpoint.load_params(_snapshot(model_dir, "eval.model_dir"), like)}

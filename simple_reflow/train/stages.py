@@ -129,12 +129,10 @@ def validate_config(cfg):
             cfg.coupling, data_shape=(2,), num_data=num_data or None
         )  # validates it
         return
-    from simple_reflow.data import data_spec, validate_data_config
     from simple_reflow.train.checkpoint import check_model_config
 
     _check(not toy, f"data.name={cfg.data.name!r} is toy data: use stage='pipeline'.")
-    validate_data_config(cfg.data)
-    spec = data_spec(cfg.data)
+    spec = configure.data_spec_from_config(cfg.data)
     shape, classes = tuple(spec.shape), spec.num_classes
     _check(
         not (cfg.pairs.projection.fraction > 0 and classes),
@@ -234,11 +232,7 @@ class Resolved:
 def resolve(cfg) -> Resolved:
     """Validates ``cfg`` (:func:`validate_config`) and resolves it into a :class:`Resolved`."""
     validate_config(cfg)
-    data = None
-    if cfg.stage != "pipeline":
-        from simple_reflow.data import data_spec
-
-        data = data_spec(cfg.data)
+    data = None if cfg.stage == "pipeline" else configure.data_spec_from_config(cfg.data)
     return Resolved(ml_collections.FrozenConfigDict(cfg), data)
 
 
