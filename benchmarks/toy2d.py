@@ -61,7 +61,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import run_metadata, write_json  # noqa: E402
 from configs.toy2d import COUPLINGS, LOOM_NUM_EXAMPLES, get_config  # noqa: E402
 from simple_reflow.data.toy import TOY_DATASETS  # noqa: E402
-from simple_reflow.train import configure  # noqa: E402
+from simple_reflow.train import configure, stages  # noqa: E402
 from simple_reflow.train.streams import stream_key, stream_seed  # noqa: E402
 from simple_reflow.train.toy import (  # noqa: E402
     ONE_RF_LOSS,
@@ -176,8 +176,9 @@ def run_task(task, seed, args, workroot):
     sets = eval_sets(
         cfg, key=stream_key(seed, "eval"), num_sets=args.eval_sets, exact_fn=exact_solution_fn(task)
     )
-    teacher, teacher_params, _ = teacher_fn(cfg, workdir)
-    stores = generate_toy_pairs(teacher, cfg, seed)  # backward, and forward (rho = 0.4)
+    run = stages.resolve(cfg)
+    teacher, teacher_params, _ = teacher_fn(run, workdir)
+    stores = generate_toy_pairs(teacher, run, seed)  # backward, and forward (rho = 0.4)
     records = []
     for name in args.methods:
         spec = METHODS[name]
@@ -190,12 +191,13 @@ def run_task(task, seed, args, workroot):
             mcfg.time = _override(cfg.time, spec["time"])
             mcfg.pairs.rho = spec["rho"]
             mcfg.pairs.projection.fraction = spec.get("projection", 0.0)
+            mrun = stages.resolve(mcfg)
             data = {"backward": stores["backward"]}
             if mcfg.pairs.rho > 0:
                 data["forward"] = stores["forward"]
             if mcfg.pairs.projection.fraction > 0:
-                data["projected"] = toy_projected_pairs(teacher, mcfg, seed, stores)
-            batch_fn = pair_batch_fn(mcfg, seed)
+                data["projected"] = toy_projected_pairs(teacher, mrun, seed, stores)
+            batch_fn = pair_batch_fn(mrun, seed)
             model_def, state = train_flow(
                 mcfg,
                 os.path.join(workdir, name),

@@ -4,7 +4,8 @@
 value fails in well under a second with a message naming the field. :func:`resolve` does it once
 at a stage's start and returns the one frozen description the stage's functions read
 (:class:`Resolved`): the config, frozen, and what it implies — the data's shape and class count
-(read once; a folder of images is listed once), the pair grids.
+(read once; a folder of images is listed once), the pair grids. The toy pipeline and the image
+stages read the same description.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from simple_reflow import grids, sampler
 from simple_reflow.data.toy import TOY_DATASETS
 from simple_reflow.pair_store import STORAGE_DTYPES
 from simple_reflow.train import configure
+from simple_reflow.train.toy import TOY_SHAPE, run_pipeline
 
 __all__ = ["STAGES", "Resolved", "resolve", "validate_config", "run_stage"]
 
@@ -126,7 +128,7 @@ def validate_config(cfg):
             f"training.batch_size={cfg.training.batch_size}.",
         )
         configure.coupling_from_config(
-            cfg.coupling, data_shape=(2,), num_data=num_data or None
+            cfg.coupling, data_shape=TOY_SHAPE, num_data=num_data or None
         )  # validates it
         return
     from simple_reflow.train.checkpoint import check_model_config
@@ -210,11 +212,13 @@ class Resolved:
 
     @property
     def shape(self) -> tuple:
-        return tuple(self.data.shape)
+        """One example's shape: ``(H, W, C)`` for images, ``TOY_SHAPE`` = ``(2,)`` for toys."""
+        return TOY_SHAPE if self.data is None else tuple(self.data.shape)
 
     @property
     def num_classes(self) -> int:
-        return self.data.num_classes
+        """The data's class count (0 = unconditional; toy data has none)."""
+        return 0 if self.data is None else self.data.num_classes
 
     @functools.cached_property
     def pair_grid(self):
@@ -242,10 +246,9 @@ def run_stage(run, workdir):
     if not isinstance(run, Resolved):
         run = resolve(run)
     if run.cfg.stage == "pipeline":
-        from simple_reflow.train.toy import run_pipeline
         from simple_reflow.train.toy_eval import format_table
 
-        return format_table(run_pipeline(run.cfg, workdir))
+        return format_table(run_pipeline(run, workdir))
     from simple_reflow.train import images
 
     return images.run_image_stage(run, workdir)

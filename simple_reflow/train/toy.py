@@ -1,9 +1,11 @@
 """The toy-2D ReFlow pipeline: teacher → pairs → student → evaluation.
 
-Each stage is a function of the config and keyword options; :func:`run_pipeline` chains them
-for ``scripts/train.py --config configs/toy2d.py``. Data, noise and pairs live on the device
-and every batch is drawn inside the compiled step from ``fold_in(key, step)``, so a step never
-waits for the host and a resumed run continues exactly.
+Each stage is a function of the resolved config (``run``, a
+:class:`~simple_reflow.train.stages.Resolved`: the frozen config, the data shape
+:data:`TOY_SHAPE`, the pair grids shared with the image stages) and keyword options;
+:func:`run_pipeline` chains them for ``scripts/train.py --config configs/toy2d.py``. Data,
+noise and pairs live on the device and every batch is drawn inside the compiled step from
+``fold_in(key, step)``, so a step never waits for the host and a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from simple_reflow import grids, losses, pair_mixing, pairs
+from simple_reflow import losses, pair_mixing, pairs
 from simple_reflow.data.toy import make_toy_sampler, toy_mixture
 from simple_reflow.models.mlp import MLPDenoiser
 from simple_reflow.train import configure, sharding
@@ -69,8 +71,12 @@ def train_flow(
 ):
     """Trains the toy MLP with device-side batches; returns ``(model_def, final state)``.
 
+    The one step below the pipeline that takes a config rather than a ``Resolved``: it reads
+    only the ``model``, ``optim``, ``training`` and ``mesh`` sections, so a test or benchmark
+    can call it with a plain config (the pipeline passes ``run.cfg``).
+
     Args:
-      cfg: the full config (model, optim, training sections are read).
+      cfg: a config (ConfigDict or frozen) with those sections.
       workdir: checkpoints, metrics and ``ema.npz`` go here; an existing run resumes.
       batch_fn: ``batch_fn(step, data) -> batch`` pure, evaluated inside the compiled step.
       data: arrays ``batch_fn`` reads (pairs), passed as an argument, not baked into the program.
@@ -132,12 +138,17 @@ def make_data_batch_fn(name, batch_size, seed, num_data=None):
     return finite, sample_data(jax.random.split(key)[1], num_data)
 
 
-def teacher_fn(cfg, workdir):
+def teacher_fn(run, workdir):
     """The teacher: analytic for ``8gaussians`` ("auto" or "analytic"), else a trained 1-RF.
+
+    Args:
+      run: the resolved config (``stages.resolve``).
+      workdir: a trained teacher's run goes to ``workdir/teacher``.
 
     Returns:
       ``(denoise_fn, params or None, model_def or None)``.
     """
+    cfg = run.cfg
     kind = cfg.teacher.kind
     if kind == "auto":
         kind = "analytic" if cfg.data.name == "8gaussians" else "train"
@@ -153,7 +164,7 @@ def teacher_fn(cfg, workdir):
             )
         return toy_mixture(), None, None
     num_data = cfg.data.get("num_examples", 0) or None
-    coupling = configure.coupling_from_config(cfg.coupling, data_shape=TOY_SHAPE, num_data=num_data)
+    coupling = configure.coupling_from_config(cfg.coupling, data_shape=run.shape, num_data=num_data)
     batch_fn, data = make_data_batch_fn(
         cfg.data.name,
         cfg.training.batch_size,
@@ -174,38 +185,38 @@ def teacher_fn(cfg, workdir):
     return model_def.denoiser(state.ema), state.ema, model_def
 
 
-def generate_toy_pairs(denoise_fn, cfg, seed):
+def generate_toy_pairs(denoise_fn, run, seed):
     """Pair stores on the device: ``{"backward", "forward"?, "projected"?: {"x0", "x1"}}``.
 
-    Backward pairs (noise → data) always; forward pairs (data → noise) when ``pairs.rho > 0``
-    or Algorithm 2 needs the teacher's reconstruction error; projected pairs when
-    ``pairs.projection.fraction > 0``.
+    Backward pairs (noise → data, on ``run.pair_grid``) always; forward pairs (data → noise, on
+    ``run.forward_grid``) when ``pairs.rho > 0`` or Algorithm 2 needs the teacher's
+    reconstruction error; projected pairs when ``pairs.projection.fraction > 0``.
     """
+    cfg = run.cfg
     p = cfg.pairs
     proj = p.projection
     key = stream_key(seed, "pairs")
-    grid_b = grids.make_grid(p.grid, p.steps, t_max=p.t_max)
+    grid_b, shape = run.pair_grid, run.shape
     gen_b = jax.jit(
-        lambda idx: pairs.backward_pairs(denoise_fn, key, idx, TOY_SHAPE, grid_b, solver=p.solver)[
-            :2
-        ]
+        lambda idx: pairs.backward_pairs(denoise_fn, key, idx, shape, grid_b, solver=p.solver)[:2]
     )
     x0b, x1b = gen_b(jnp.arange(p.num_backward, dtype=jnp.int32))
     stores = {"backward": {"x0": x0b, "x1": x1b}}
     search = proj.fraction > 0 and proj.lam == "search"
     if p.num_forward and (p.rho > 0 or search):
-        grid_f = grids.forward_grid(p.grid, p.steps, t_min=p.t_min, t_max=p.t_max)
+        grid_f = run.forward_grid
         real = make_toy_sampler(cfg.data.name)(stream_key(seed, "forward_data"), p.num_forward)
         gen_f = jax.jit(lambda x: pairs.forward_pairs(denoise_fn, x, grid_f, solver=p.solver)[:2])
         x0f, x1f = gen_f(real)
         stores["forward"] = {"x0": x0f, "x1": x1f}
     if proj.fraction > 0:
-        stores["projected"] = toy_projected_pairs(denoise_fn, cfg, seed, stores)
+        stores["projected"] = toy_projected_pairs(denoise_fn, run, seed, stores)
     return stores
 
 
-def toy_projected_pairs(denoise_fn, cfg, seed, stores):
+def toy_projected_pairs(denoise_fn, run, seed, stores):
     """The first ``pairs.projection.num`` backward pairs projected onto as many fresh samples."""
+    cfg = run.cfg
     p, proj = cfg.pairs, cfg.pairs.projection
     real = make_toy_sampler(cfg.data.name)(stream_key(seed, "projection_data"), proj.num)
     first = jax.tree.map(lambda a: a[: proj.num], stores["backward"])
@@ -218,15 +229,16 @@ def toy_projected_pairs(denoise_fn, cfg, seed, stores):
         draw=proj.draw,
         denoise_fn=denoise_fn,
         forward=stores.get("forward"),
-        grid=grids.make_grid(p.grid, p.steps, t_max=p.t_max),
+        grid=run.pair_grid,
         solver=p.solver,
     )
     print("projection: " + ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items()), flush=True)
     return projected
 
 
-def pair_batch_fn(cfg, seed):
+def pair_batch_fn(run, seed):
     """``batch_fn(step, stores)``: a mixed batch drawn on the device from ``fold_in(key, step)``."""
+    cfg = run.cfg
     fractions = pair_mixing.pair_fractions(cfg.pairs.rho, cfg.pairs.projection.fraction)
     pair_key = stream_key(seed, "reflow_batches")
     b = cfg.training.batch_size
@@ -237,17 +249,20 @@ def pair_batch_fn(cfg, seed):
     return batch_fn
 
 
-def run_pipeline(cfg, workdir):
+def run_pipeline(run, workdir):
     """Teacher → pairs → Simple ReFlow student → evaluation; returns the metrics dict.
+
+    ``run`` is the resolved config (``stages.resolve``; ``stages.run_stage`` passes it).
 
     The training loop writes each trained model's EMA snapshot: ``workdir/student/ema.npz``
     (and ``workdir/teacher/ema.npz`` for a trained teacher).
     """
     from simple_reflow.train.toy_eval import evaluate_models, write_outputs
 
+    cfg = run.cfg
     clock = time.perf_counter()
-    teacher, teacher_params, _ = teacher_fn(cfg, workdir)
-    stores = jax.block_until_ready(generate_toy_pairs(teacher, cfg, cfg.seed))
+    teacher, teacher_params, _ = teacher_fn(run, workdir)
+    stores = jax.block_until_ready(generate_toy_pairs(teacher, run, cfg.seed))
     print(
         "pairs: "
         + ", ".join(f"{len(v['x0'])} {k}" for k, v in stores.items())
@@ -257,7 +272,7 @@ def run_pipeline(cfg, workdir):
     model_def, state = train_flow(
         cfg,
         os.path.join(workdir, "student"),
-        batch_fn=pair_batch_fn(cfg, cfg.seed),
+        batch_fn=pair_batch_fn(run, cfg.seed),
         data=stores,
         loss_fn=configure.flow_loss_from_config(cfg.loss, cfg.time),
         init_params=teacher_params,
