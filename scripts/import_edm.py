@@ -51,11 +51,9 @@ def main(argv):
     path, workdir, cfg = _CHECKPOINT.value, _WORKDIR.value, _CONFIG.value
     model_cfg = data_shape = None
     if cfg is not None:
-        from simple_reflow.train.images import data_shape_of
         from simple_reflow.train.stages import validate_config
 
-        validate_config(cfg)
-        model_cfg, data_shape = cfg.model, data_shape_of(cfg.data)
+        model_cfg, data_shape = cfg.model, tuple(validate_config(cfg).shape)
     try:
         model_cfg, params = import_edm(path, model_cfg=model_cfg, data_shape=data_shape)
     except (ValueError, FileNotFoundError) as e:

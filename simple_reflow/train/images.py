@@ -40,12 +40,7 @@ from simple_reflow.train.step import make_optimizer, split_model
 from simple_reflow.train.streams import stream_key, stream_seed
 from simple_reflow.viz import save_image_grid
 
-__all__ = ["data_shape_of", "run_image_stage"]
-
-
-def data_shape_of(cfg_data):
-    """One example's shape ``(H, W, C)`` from the data section, reading no image."""
-    return tuple(configure.data_spec_from_config(cfg_data).shape)
+__all__ = ["run_image_stage"]
 
 
 def _build(run, seed):

@@ -103,7 +103,11 @@ def _validate_common(cfg):
 
 
 def validate_config(cfg):
-    """Validates a full config for its stage; raises ``ValueError`` naming the bad field."""
+    """Validates a full config for its stage; raises ``ValueError`` naming the bad field.
+
+    Returns:
+      The data's :class:`~simple_reflow.data.DataSpec` (read once), None for the toy pipeline.
+    """
     _validate_common(cfg)
     toy = cfg.data.name in TOY_DATASETS
     if cfg.stage == "pipeline":
@@ -130,7 +134,7 @@ def validate_config(cfg):
         configure.coupling_from_config(
             cfg.coupling, data_shape=TOY_SHAPE, num_data=num_data or None
         )  # validates it
-        return
+        return None
     from simple_reflow.train.checkpoint import check_model_config
 
     _check(not toy, f"data.name={cfg.data.name!r} is toy data: use stage='pipeline'.")
@@ -169,6 +173,8 @@ def validate_config(cfg):
             configure.coupling_from_config(
                 cfg.coupling, data_shape=shape, num_data=1 if cfg.coupling.name == "loom" else None
             )
+
+    return spec
 
 
 def _validate_eval(cfg, shape):
@@ -235,9 +241,7 @@ class Resolved:
 
 def resolve(cfg) -> Resolved:
     """Validates ``cfg`` (:func:`validate_config`) and resolves it into a :class:`Resolved`."""
-    validate_config(cfg)
-    data = None if cfg.stage == "pipeline" else configure.data_spec_from_config(cfg.data)
-    return Resolved(ml_collections.FrozenConfigDict(cfg), data)
+    return Resolved(ml_collections.FrozenConfigDict(cfg), validate_config(cfg))
 
 
 def run_stage(run, workdir):
