@@ -9,7 +9,8 @@ Measures, in one session and one after the other:
    model FLOPs per step from XLA's cost analysis, and their fraction of the matmul peak;
 3. a forward-only denoiser call (eval mode) at ``--fwd-batch`` (64), the pair generator's cost;
 4. EDM's own PyTorch training step (``training/networks.py`` + ``training/loss.py``: EDMLoss,
-   backward, Adam, EMA) of the same network, run in a subprocess with ``--torch-python`` and
+   backward, Adam, EMA) of the same network and its forward denoiser (eval mode, no_grad, at
+   ``--fwd-batch``), run in a subprocess with ``--torch-python`` and
    an EDM checkout at ``--edm-repo``; skipped with a message if either is missing.
 
 Every figure is the median of ``--repeats`` timed calls after ``--warmup`` untimed ones.
@@ -241,6 +242,17 @@ def torch_worker(args) -> None:
 
     times = _median_time(run_step, repeats=args.repeats, warmup=args.warmup)
     med = statistics.median(times)
+    # The forward denoiser in eval mode (the pair generator's and sampler's cost), as ours.
+    net.eval()
+    fb = args.fwd_batch
+    x = torch.randn(fb, 3, 32, 32) * 10.0
+    sigma = torch.linspace(0.1, 80.0, fb)
+
+    def run_forward():
+        with torch.no_grad():
+            net(x, sigma)
+
+    fwd_times = _median_time(run_forward, repeats=args.repeats, warmup=args.warmup)
     print(
         json.dumps(
             {
@@ -250,6 +262,11 @@ def torch_worker(args) -> None:
                 "batch": args.batch,
                 "seconds": times,
                 "images_per_s": args.batch / med,
+                "forward": {
+                    "batch": fb,
+                    "seconds": fwd_times,
+                    "images_per_s": fb / statistics.median(fwd_times),
+                },
             }
         )
     )
@@ -271,6 +288,8 @@ def bench_torch(args) -> dict:
         args.edm_repo,
         "--batch",
         str(args.batch),
+        "--fwd-batch",
+        str(args.fwd_batch),
         "--dropout",
         str(args.dropout),
         "--repeats",
@@ -285,7 +304,8 @@ def bench_torch(args) -> dict:
         return {"skipped": msg}
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     print(
-        f"EDM PyTorch train step batch {args.batch}: {res['images_per_s']:.2f} img/s "
+        f"EDM PyTorch train step batch {args.batch}: {res['images_per_s']:.2f} img/s, "
+        f"forward batch {args.fwd_batch}: {res['forward']['images_per_s']:.2f} img/s "
         f"(torch {res['torch_version']}, {res['threads']} threads)",
         flush=True,
     )
@@ -336,7 +356,12 @@ def main() -> None:
     if "jax" in result and "images_per_s" in result["edm_pytorch"]:
         ratio = result["jax"]["train"]["images_per_s"] / result["edm_pytorch"]["images_per_s"]
         result["train_speedup_vs_edm_pytorch"] = ratio
-        print(f"JAX / EDM PyTorch training throughput: {ratio:.2f}x")
+        fwd = (
+            result["jax"]["forward"]["images_per_s"]
+            / result["edm_pytorch"]["forward"]["images_per_s"]
+        )
+        result["forward_speedup_vs_edm_pytorch"] = fwd
+        print(f"JAX / EDM PyTorch throughput: training {ratio:.2f}x, forward {fwd:.2f}x")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
