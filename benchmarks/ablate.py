@@ -6,18 +6,18 @@
 
 Benchmark: B2 (``b2_gmm_images.py``: 10-component mixture in 16×16×3, analytic teacher, exact
 backward pairs by Dopri5, forward pairs, the reduced DDPM++ student). A *variant* is the base
-config (2-RF) with named switches applied, each a small dict delta (:data:`SWITCHES`); its
-training keys decide the *student* it trains, its sampler keys how that student is sampled, so
+config (2-RF) with named switches applied, each a small dict delta (``ablate_plan.SWITCHES``);
+its training keys decide the *student* it trains, its sampler keys how that student is sampled, so
 every student is trained once per seed and evaluated with every sampler its variants name.
 
 Modes (``--mode``, default ``all``):
 
 - ``cumulative``: base, then each variant adds one switch to the previous, in the order of
-  METHOD.md §3–§5 (:data:`PAPER_ORDER`: loss normalisation, 10^t, HPF, dropout 0.13 → 0.09,
-  forward pairs ρ = 0.4, coupling projection, sigmoid grid κ = 20, DPM-Solver-2 r = 0.4,
-  AutoGuidance w = 0.6);
+  METHOD.md §3–§5 (``ablate_plan.PAPER_ORDER``: loss normalisation, 10^t, HPF, dropout
+  0.13 → 0.09, forward pairs ρ = 0.4, coupling projection, sigmoid grid κ = 20,
+  DPM-Solver-2 r = 0.4, AutoGuidance w = 0.6);
 - ``one-at-a-time``: base + one switch, including the alternatives U-shaped t (a = 4),
-  pseudo-Huber and Heun (:data:`ALTERNATIVES`);
+  pseudo-Huber and Heun (``ablate_plan.ALTERNATIVES``);
 - ``contenders``: the pretrained network alone (``1rf_init``: the 1-RF teacher network),
   ``2rf`` (= base), ``2rf++`` (U-shaped t, pseudo-Huber), ``simple_reflow`` (every switch of
   the cumulative chain), ``ot_cfm`` and ``loom_cfm`` (1-RF from the same init with the base
@@ -76,11 +76,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import ablate_report  # noqa: E402
 from benchmarks import b2_gmm_images as b2  # noqa: E402
 from benchmarks.ablate_plan import (  # noqa: E402
-    ALTERNATIVES,
     BASE,
     FULL,
     MODES,
-    PAPER_ORDER,
     QUICK,
     RUN_KEYS,
     SWITCHES,
@@ -97,18 +95,7 @@ from simple_reflow.train import checkpoint  # noqa: E402
 from simple_reflow.train.step import split_model  # noqa: E402
 from simple_reflow.train.streams import stream_key  # noqa: E402
 
-__all__ = [
-    "BASE",
-    "SWITCHES",
-    "PAPER_ORDER",
-    "ALTERNATIVES",
-    "MODES",
-    "FULL",
-    "QUICK",
-    "plan",
-    "run",
-    "estimate",
-]
+__all__ = ["run", "estimate"]  # the plan (variants, budgets): benchmarks/ablate_plan.py
 
 
 def build_network(shape, seed, dropout, network="ddpmpp"):

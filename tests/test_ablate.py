@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from benchmarks import ablate, ablate_report
+from benchmarks import ablate, ablate_plan, ablate_report
 
 TINY = dict(
-    ablate.FULL,
+    ablate_plan.FULL,
     size=4,
     pretrain_steps=4,
     steps=4,
@@ -25,21 +25,21 @@ SWITCHES = ["norm", "dpm2", "autoguidance"]
 
 
 def test_cumulative_variants_are_nested_in_paper_order():
-    p = ablate.plan()
+    p = ablate_plan.plan()
     names = p["modes"]["cumulative"]
-    assert names == ["base"] + ["+" + s for s in ablate.PAPER_ORDER]
-    for prev, name, switch in zip(names, names[1:], ablate.PAPER_ORDER, strict=False):
+    assert names == ["base"] + ["+" + s for s in ablate_plan.PAPER_ORDER]
+    for prev, name, switch in zip(names, names[1:], ablate_plan.PAPER_ORDER, strict=False):
         # each variant is the previous one with exactly this switch's delta applied
-        assert p["variants"][name] == {**p["variants"][prev], **ablate.SWITCHES[switch]}
-        changed = {k for k in ablate.BASE if p["variants"][name][k] != p["variants"][prev][k]}
-        assert changed == set(ablate.SWITCHES[switch])
+        assert p["variants"][name] == {**p["variants"][prev], **ablate_plan.SWITCHES[switch]}
+        changed = {k for k in ablate_plan.BASE if p["variants"][name][k] != p["variants"][prev][k]}
+        assert changed == set(ablate_plan.SWITCHES[switch])
         assert p["refs"][name] == (prev, switch)
     assert p["variants"]["+autoguidance"] == p["variants"]["simple_reflow"]
     for name in p["modes"]["one-at-a-time"][1:]:
         s = name.removeprefix("base+")
-        assert p["variants"][name] == {**ablate.BASE, **ablate.SWITCHES[s]}
+        assert p["variants"][name] == {**ablate_plan.BASE, **ablate_plan.SWITCHES[s]}
     # 17 trained students: 7 cumulative, 7 more one-at-a-time, 2-RF++, OT-CFM, LOOM-CFM
-    trained = {ablate.student_id(c) for c in p["variants"].values() if c["coupling"] != "init"}
+    trained = {ablate_plan.student_id(c) for c in p["variants"].values() if c["coupling"] != "init"}
     assert len(trained) == 17
 
 
