@@ -77,7 +77,7 @@ def _files(path):
         os.path.join(root, f)
         for root, _, files in os.walk(path)
         for f in files
-        if f.endswith(".npy")
+        if f.endswith(".array_record")
     )
 
 

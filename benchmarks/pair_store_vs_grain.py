@@ -1,13 +1,19 @@
-"""Random 256-pair reads: Grain's ArrayRecord data source vs the library's pair store.
+"""The pair store's reader and loader vs Grain's, on the same ArrayRecord shards.
 
   python -m venv --system-site-packages /tmp/grainvenv
-  /tmp/grainvenv/bin/pip install grain array-record      # not dependencies of the library
+  /tmp/grainvenv/bin/pip install grain                 # not a dependency of the library
   /tmp/grainvenv/bin/python benchmarks/pair_store_vs_grain.py [--dir SCRATCH]
 
-The same 20,000 CIFAR-shaped pairs (x0, x1 float32) are written as pair-store shards and as
-ArrayRecord files (one per 1,024-pair shard, one record per pair, group size 1: random
-access), checked equal, then read in random 256-pair batches by both, alternating twice:
-median pairs/s from the page cache and cold (pages evicted with posix_fadvise(DONTNEED)).
+One store of 20,000 CIFAR-shaped pairs (x0, x1 float32; 1,024 per ArrayRecord shard) is read
+in the same run, alternating twice, from the page cache and cold (pages evicted with
+posix_fadvise(DONTNEED)), median pairs/s:
+
+- ``source``: random 256-pair batches — ``PairStore.read`` vs Grain's
+  ``ArrayRecordDataSource.__getitems__`` over the store's shard files (+ the same decoding);
+- ``loader``: an epoch-shuffled stream of 256-pair batches — the reflow stage's
+  (``pair_mixing.stream_indices`` + ``read_mixed``, one batch at a time; the stage reads it in a
+  background thread) vs Grain's ``MapDataset.source(store).shuffle(seed).batch(256)``
+  ``.to_iter_dataset()`` (16 reader threads, 500 prefetched elements), batches per second.
 """
 
 import argparse
@@ -17,11 +23,12 @@ import statistics
 import sys
 import time
 
+import grain
 import numpy as np
-from array_record.python import array_record_data_source, array_record_module
+from array_record.python import array_record_data_source
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from simple_reflow import pair_store  # noqa: E402
+from simple_reflow import pair_mixing, pair_store  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--dir", default="/tmp/pair_store_vs_grain")
@@ -53,41 +60,57 @@ def write(root):
             arrays={"x0": (SHAPE, "float32"), "x1": (SHAPE, "float32")},
         )
         pair_store.finalize_store(store)
-    files = []
-    for s in range(0, N, 1024):  # one ArrayRecord file per shard; a record = x0 and x1 bytes
-        f = os.path.join(root, f"ar_{s:06d}.array_record")
-        files.append(f)
-        if not os.path.exists(f):
-            d = gen(np.arange(s, s + 1024))
-            w = array_record_module.ArrayRecordWriter(f, "group_size:1")
-            for i in range(min(1024, N - s)):
-                w.write(d["x0"][i].tobytes() + d["x1"][i].tobytes())
-            w.close()
+    files = sorted(
+        os.path.join(store, d, "pairs.array_record")
+        for d in os.listdir(store)
+        if d.startswith("shard_")
+    )
     return store, files
+
+
+def decode(records):
+    """Grain's records → (x0, x1): the store's layout, x0 | x1 | index."""
+    a = np.frombuffer(b"".join(records), np.uint8).reshape(len(records), -1)
+    n = int(np.prod(SHAPE)) * 4
+    return (
+        a[:, :n].copy().view(np.float32).reshape(-1, *SHAPE),
+        a[:, n : 2 * n].copy().view(np.float32).reshape(-1, *SHAPE),
+    )
+
+
+def evict(files):
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
+
+def warm(files):
+    for f in files:
+        with open(f, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
 
 
 def main():
     os.makedirs(args.dir, exist_ok=True)
-    store, files = write(args.dir)
+    path, files = write(args.dir)
+    ps = pair_store.PairStore(path)
     src = array_record_data_source.ArrayRecordDataSource(files)
-    ps = pair_store.PairStore(store)
+    rng = np.random.default_rng(0)
 
-    def read_grain(idx):
-        recs = src.__getitems__([int(i) for i in idx])
-        a = np.frombuffer(b"".join(recs), np.float32).reshape(len(idx), 2, *SHAPE)
-        return a[:, 0], a[:, 1]
+    def source_grain(idx):
+        return decode(src.__getitems__([int(i) for i in idx]))
 
-    def read_store(idx):
+    def source_store(idx):
         d = ps.read(idx)
         return d["x0"], d["x1"]
 
-    rng = np.random.default_rng(0)
     i = rng.integers(0, N, B)
-    for a, b in zip(read_grain(i), read_store(i), strict=True):
+    for a, b in zip(source_grain(i), source_store(i), strict=True):
         assert np.array_equal(a, b)  # the same pairs from both
-    on_disk = files + [os.path.join(r, x) for r, _, fs in os.walk(store) for x in fs]
 
-    def timed(fn, n):
+    def timed_source(fn, n):
         times = []
         for _ in range(n):
             idx = rng.integers(0, N, B)
@@ -96,21 +119,59 @@ def main():
             times.append(time.perf_counter() - start)
         return B / statistics.median(times)
 
-    out = {}
-    for name, fn in (("grain_array_record", read_grain), ("pair_store", read_store)) * 2:
-        for f in on_disk:  # everything into the page cache (the previous round evicted it)
-            with open(f, "rb") as fh:
-                while fh.read(1 << 22):
-                    pass
-        timed(fn, 5)  # warm-up
-        cached = timed(fn, 40)
-        for f in on_disk:  # evict: the next reads go to the disk
-            fd = os.open(f, os.O_RDONLY)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            os.close(fd)
-        cold = timed(fn, 10)
-        out.setdefault(name, []).append({"cached_pairs_per_s": cached, "cold_pairs_per_s": cold})
-        print(name, out[name][-1], flush=True)
+    fractions = {"backward": 1.0, "forward": 0.0, "projected": 0.0}
+
+    def loader_store(first, n):
+        start = time.perf_counter()
+        for step in range(first, first + n):
+            s, idx = pair_mixing.stream_indices(0, step, B, {"backward": N}, fractions)
+            batch = pair_mixing.read_mixed({"backward": ps}, s, idx)
+        assert batch["x0"].shape == (B, *SHAPE)
+        return n * B / (time.perf_counter() - start)
+
+    def stack(items):
+        return {k: np.stack([it[k] for it in items]) for k in ("x0", "x1")}
+
+    grain_ds = (
+        grain.MapDataset.source(ps)
+        .shuffle(seed=0)
+        .batch(B, drop_remainder=True, batch_fn=stack)
+        .to_iter_dataset(grain.ReadOptions(num_threads=16, prefetch_buffer_size=500))
+    )
+    grain_it = iter(grain_ds)
+
+    def loader_grain(first, n):
+        del first
+        start = time.perf_counter()
+        for _ in range(n):
+            batch = next(grain_it)
+        assert batch["x0"].shape == (B, *SHAPE)
+        return n * B / (time.perf_counter() - start)
+
+    out = {"pairs": N, "batch": B, "pair_bytes": 2 * int(np.prod(SHAPE)) * 4}
+    first = 0
+    for round_ in range(2):
+        for name, fn in (("grain_source", source_grain), ("store_source", source_store)):
+            warm(files)
+            timed_source(fn, 5)
+            cached = timed_source(fn, 40)
+            evict(files)
+            cold = timed_source(fn, 10)
+            out.setdefault(name, []).append(
+                {"cached_pairs_per_s": cached, "cold_pairs_per_s": cold}
+            )
+            print(round_, name, out[name][-1], flush=True)
+        for name, fn in (("grain_loader", loader_grain), ("store_loader", loader_store)):
+            warm(files)
+            fn(first, 3)
+            cached = fn(first + 3, 30)
+            evict(files)
+            cold = fn(first + 33, 15)
+            first += 48
+            out.setdefault(name, []).append(
+                {"cached_pairs_per_s": cached, "cold_pairs_per_s": cold}
+            )
+            print(round_, name, out[name][-1], flush=True)
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
     print("wrote", args.out)

@@ -12,6 +12,7 @@ import time
 import ml_dtypes
 import numpy as np
 import pytest
+from array_record.python import array_record_module
 
 from simple_reflow import pair_store
 
@@ -56,14 +57,33 @@ def test_round_trip_in_any_order_with_storage_dtypes(tmp_path, dtype, rtol):
         many = store.read(perm)
     np.testing.assert_allclose(many["x0"], _gen(perm)["x0"], rtol=rtol, atol=0)
     np.testing.assert_array_equal(many["cond"], _gen(perm)["cond"])
-    raw = np.load(tmp_path / "s" / "shard_0000000008" / "x0.npy")
-    expect = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}[dtype]
-    assert raw.dtype == expect and raw.shape == (8, *SHAPE)
-    if dtype == "bfloat16":  # the bits are bfloat16's
-        np.testing.assert_array_equal(
-            raw.view(ml_dtypes.bfloat16).astype(np.float32),
-            _gen(np.arange(8, 16))["x0"].astype(ml_dtypes.bfloat16).astype(np.float32),
-        )
+    # on disk: one ArrayRecord record per pair, x0 | x1 | cond | index as raw little-endian bytes
+    reader = array_record_module.ArrayRecordReader(
+        str(tmp_path / "s" / "shard_0000000008" / "pairs.array_record")
+    )
+    records = reader.read_all()
+    reader.close()
+    storage = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}[dtype]
+    size = 6 * np.dtype(storage).itemsize
+    assert len(records) == 8 and {len(r) for r in records} == {2 * size + 4 + 8}
+    raw = np.frombuffer(b"".join(r[:size] for r in records), storage).reshape(8, *SHAPE)
+    np.testing.assert_array_equal(raw, _gen(np.arange(8, 16))["x0"].astype(storage))
+    index = np.frombuffer(b"".join(r[-8:] for r in records), "<i8")
+    np.testing.assert_array_equal(index, np.arange(8, 16))
+
+
+def test_a_store_is_a_grain_random_access_source_with_bounded_open_readers(tmp_path):
+    _write(tmp_path / "s")
+    with pair_store.PairStore(str(tmp_path / "s"), max_open=2, threads=1) as store:
+        one = store[17]
+        items = store.__getitems__([3, 49, 17])
+        assert len(store._readers) <= 2
+        store.read(np.arange(50))  # every shard, readers evicted as it goes
+        assert len(store._readers) <= 2
+    ref = _gen(np.array([3, 49, 17]))
+    np.testing.assert_array_equal(one["x0"], ref["x0"][2])
+    assert [int(i["cond"]) for i in items] == list(ref["cond"])
+    np.testing.assert_array_equal(np.stack([i["x1"] for i in items]), ref["x1"])
 
 
 def test_interrupted_write_resumes_without_loss_or_duplicates(tmp_path):
@@ -127,15 +147,16 @@ def test_a_store_of_other_pairs_is_refused_naming_the_field(tmp_path):
 def test_truncated_and_bit_flipped_shards_are_named_and_repaired(tmp_path):
     path = str(tmp_path / "s")
     _write(tmp_path / "s")
-    flipped = os.path.join(path, "shard_0000000016", "x1.npy")
-    with open(flipped, "r+b") as f:  # one bit in the data, past the header
-        f.seek(os.path.getsize(flipped) - 5)
-        b = f.read(1)
-        f.seek(-1, 1)
-        f.write(bytes([b[0] ^ 0x10]))
-    truncated = os.path.join(path, "shard_0000000032", "x0.npy")
+    flipped = os.path.join(path, "shard_0000000016", "pairs.array_record")
+    with open(flipped, "r+b") as f:  # one bit in the first record's data
+        data = f.read()
+        at = data.index(np.float32(16.1).tobytes())
+        f.seek(at)
+        f.write(bytes([data[at] ^ 0x10]))
+    truncated = os.path.join(path, "shard_0000000032", "pairs.array_record")
+    size = os.path.getsize(truncated)
     with open(truncated, "r+b") as f:
-        f.truncate(os.path.getsize(truncated) - 24)
+        f.truncate(size - 24)
     os.rename(os.path.join(path, "shard_0000000040"), os.path.join(path, "shard_0000000041"))
     report = pair_store.verify_store(path)
     assert [f for f, _ in report.corrupt] == [flipped, truncated]
@@ -143,7 +164,8 @@ def test_truncated_and_bit_flipped_shards_are_named_and_repaired(tmp_path):
     assert report.missing == ["shard_0000000040"] and report.unexpected == ["shard_0000000041"]
     assert report.regenerate == [(16, 8), (32, 8), (40, 8)] and not report.complete
     # named when a reader opens the store, before any training
-    with pytest.raises(ValueError, match="shard_0000000032/x0.npy is 296 bytes, expected 320"):
+    message = f"shard_0000000032/pairs.array_record is {size - 24} bytes, expected {size}"
+    with pytest.raises(ValueError, match=message):
         pair_store.PairStore(path).close()
     out = subprocess.run(
         [sys.executable, "scripts/verify_pairs.py", path], capture_output=True, text=True
