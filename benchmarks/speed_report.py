@@ -26,6 +26,7 @@ from common import run_metadata, write_json
 from flax import nnx
 
 from configs import backbones
+from simple_reflow import compile_options
 from simple_reflow.losses_edm import edm_loss
 from simple_reflow.train.configure import model_from_config
 from simple_reflow.train.step import init_state, make_train_step, split_model
@@ -97,7 +98,7 @@ def bench(name, dtype, batch, repeats):
     batch_data = {"x0": jax.random.uniform(jax.random.key(1), (batch, *shape), minval=-1, maxval=1)}
     if cfg.get("num_classes", 0):
         batch_data["cond"] = jnp.arange(batch, dtype=jnp.int32) % cfg.num_classes
-    step = jax.jit(
+    step = compile_options.jit(
         make_train_step(model_def, edm_loss, optimizer, ema_decay=0.999), donate_argnums=0
     )
     t0 = time.perf_counter()
@@ -117,7 +118,7 @@ def bench(name, dtype, batch, repeats):
     x_t = jax.random.normal(jax.random.key(2), (batch, *shape))
     t = jnp.linspace(0.1, 0.9, batch)
     cond = batch_data.get("cond")
-    fwd = jax.jit(lambda p, x, s, c: model_def.merge(p)(x, s, c))
+    fwd = compile_options.jit(lambda p, x, s, c: model_def.merge(p)(x, s, c))
     t0 = time.perf_counter()
     forward = fwd.lower(params, x_t, t, cond).compile()
     compile_fwd = time.perf_counter() - t0

@@ -14,7 +14,8 @@ Measures, in one session and one after the other:
    an EDM checkout at ``--edm-repo``; skipped with a message if either is missing.
 
 Every figure is the median of ``--repeats`` timed calls after ``--warmup`` untimed ones.
-XLA options are taken from the ``XLA_FLAGS`` environment variable and recorded in the JSON.
+XLA options are taken from the ``XLA_FLAGS`` environment variable and recorded in the JSON,
+with the compiler options the library's programs get (:mod:`simple_reflow.compile_options`).
 
 Run (exclusive lock: nothing else may use the CPU while timing)::
 
@@ -36,6 +37,12 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _compiler_options():
+    from simple_reflow import compile_options
+
+    return compile_options.cpu_conv_options()
 
 
 def _median_time(fn, *, repeats: int, warmup: int):
@@ -77,7 +84,7 @@ def bench_jax(args) -> dict:
 
     sys.path.insert(0, REPO)
     from configs import backbones
-    from simple_reflow import losses_edm
+    from simple_reflow import compile_options, losses_edm
     from simple_reflow.train.configure import model_from_config
     from simple_reflow.train.step import init_state, make_train_step, split_model
 
@@ -95,6 +102,7 @@ def bench_jax(args) -> dict:
 
     # 2. Training step.
     cfg = backbones.ddpmpp_cifar10(dropout=args.dropout)
+    cfg.conv_grad = args.conv_grad
     shape = (32, 32, 3)
     start = time.perf_counter()
     model = model_from_config(cfg, data_shape=shape, rngs=nnx.Rngs(0))
@@ -104,7 +112,7 @@ def bench_jax(args) -> dict:
     out["num_params"] = int(num_params)
     optimizer = optax.adam(2e-4)
     loss_fn = functools.partial(losses_edm.edm_loss)
-    step = jax.jit(
+    step = compile_options.jit(
         make_train_step(model_def, loss_fn, optimizer, ema_decay=0.9999), donate_argnums=0
     )
     state = init_state(params, optimizer, seed=0)
@@ -149,8 +157,8 @@ def bench_jax(args) -> dict:
         def loss_only(p):
             return loss_fn(model_def.merge(p), batch, key)[0]
 
-        grad_fn = jax.jit(jax.value_and_grad(loss_only))
-        loss_jit = jax.jit(loss_only)
+        grad_fn = compile_options.jit(jax.value_and_grad(loss_only))
+        loss_jit = compile_options.jit(loss_only)
         grads = grad_fn(params)[1]
         opt_state = optimizer.init(params)
 
@@ -179,7 +187,7 @@ def bench_jax(args) -> dict:
     x_t = jax.random.normal(jax.random.key(2), (fb, *shape))
     t = jnp.linspace(0.1, 0.9, fb)
     start = time.perf_counter()
-    fwd = jax.jit(forward).lower(params, x_t, t).compile()
+    fwd = compile_options.jit(forward).lower(params, x_t, t).compile()
     out["forward_compile_seconds"] = time.perf_counter() - start
     fwd_flops = _flops(fwd)
     times = _median_time(lambda: fwd(params, x_t, t).block_until_ready(), **rep)
@@ -318,6 +326,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--fwd-batch", type=int, default=64)
     p.add_argument("--dropout", type=float, default=0.13)
+    p.add_argument("--conv-grad", default="auto", help="model.conv_grad: auto | chunked | xla")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--matmul-n", type=int, default=2048)
@@ -341,6 +350,7 @@ def main() -> None:
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "compiler_options": _compiler_options(),
         "args": vars(args),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from simple_reflow import compile_options
 from simple_reflow.errors import MissingInput
 from simple_reflow.models.params import flat_params, unflatten_params
 from simple_reflow.models.torch_files import load_torch_file
@@ -357,5 +358,5 @@ def uint8_features(model: FIDInception):
     """``fn(images_u8) -> [N, 2048]``, compiled once, the weights passed as an argument (not
     baked into the program as constants): what FID feeds its generated and reference images."""
     graphdef, state = nnx.split(model)
-    fn = jax.jit(lambda st, u8: nnx.merge(graphdef, st)(u8.astype(jnp.float32) / 255.0))
+    fn = compile_options.jit(lambda st, u8: nnx.merge(graphdef, st)(u8.astype(jnp.float32) / 255.0))
     return lambda images_u8: fn(state, images_u8)

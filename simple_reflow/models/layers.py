@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from simple_reflow import compile_options
+
 _DN = ("NHWC", "HWIO", "NHWC")
 
 __all__ = [
@@ -235,7 +237,9 @@ class Conv2d(nnx.Module):
     ``kernel // 2 + (len(f) − 1) // 2`` and then resamples without padding, as EDM's fused path
     does. ``conv_grad`` picks the weight gradient of k×k kernels: ``"chunked"``
     (:func:`conv3x3`), ``"xla"`` (XLA's own), or ``"auto"`` (chunked iff the default backend
-    is the CPU and in·out channels ≥ 128²).
+    is the CPU, in·out channels ≥ 128², and the CPU convolutions are YNNPACK's — with the
+    library's compiler options (:mod:`simple_reflow.compile_options`) they are Eigen's, whose
+    own weight gradient is faster: 2.19 vs 1.94 img/s for the CIFAR10 DDPM++ training step).
     Shapes: ``[B, H, W, in_channels] -> [B, H', W', out_channels]``.
     """
 
@@ -288,6 +292,7 @@ class Conv2d(nnx.Module):
         if self.conv_grad == "chunked" or (
             self.conv_grad == "auto"
             and jax.default_backend() == "cpu"
+            and not compile_options.cpu_conv_options()  # Eigen's convolutions: XLA's is faster
             and w.shape[2] * w.shape[3] >= _AUTO_MIN_CHANNELS_SQ
         ):
             return conv3x3(x, w)

@@ -30,6 +30,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from simple_reflow import compile_options
 from simple_reflow.data.pipeline import Prefetcher
 from simple_reflow.train import sharding
 from simple_reflow.train.loop import train_loop
@@ -150,7 +151,7 @@ def fit(
                 return step(state, draw(state.step, data))
             return make_multi_step(step, lambda s: draw(s, data), k)(state)
 
-        compiled = jax.jit(multi_step, out_shardings=(repl, repl), donate_argnums=(0,))
+        compiled = compile_options.jit(multi_step, out_shardings=(repl, repl), donate_argnums=(0,))
         data = jax.device_put(batches.data, repl)
         return train_loop(state, lambda s: compiled(s, data), **loop)
 
@@ -165,7 +166,7 @@ def fit(
 
         run, spec = make_scan_step(step), PartitionSpec(None, "data")
     split = NamedSharding(mesh, spec)
-    compiled = jax.jit(
+    compiled = compile_options.jit(
         run, in_shardings=(repl, split), out_shardings=(repl, repl), donate_argnums=(0,)
     )
 

@@ -27,7 +27,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from simple_reflow import grids, guidance, pair_mixing, pair_store, pairs, sampler
+from simple_reflow import compile_options, grids, guidance, pair_mixing, pair_store, pairs, sampler
 from simple_reflow.data import batch_at, make_image_source
 from simple_reflow.errors import MissingInput
 from simple_reflow.metrics import inception
@@ -230,7 +230,7 @@ def _local_data_parallel(fn, chunk, params):
     mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
     split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     size = -(-chunk // mesh.size) * mesh.size
-    compiled = jax.jit(fn, out_shardings=split)
+    compiled = compile_options.jit(fn, out_shardings=split)
     params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
     def run(*args):

@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 from tqdm.auto import tqdm
 
-from simple_reflow import pairs, sampler
+from simple_reflow import compile_options, pairs, sampler
 from simple_reflow.metrics.fid import FeatureStats, to_uint8
 from simple_reflow.train import sharding
 
@@ -145,7 +145,7 @@ def sample_features(
       ``(FeatureStats, images)``: the statistics of all samples, and this host's first
       ``keep_images`` uint8 images (for grids).
     """
-    fn = jax.jit(
+    fn = compile_options.jit(
         make_index_sampler(
             denoiser, grid, solver=solver, r=r, shape=shape, num_classes=num_classes, key=key
         )
