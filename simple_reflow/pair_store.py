@@ -367,15 +367,15 @@ class PairStore:
                 self._readers.move_to_end(start)
             return reader
 
-    def _read_shard(self, start, rows):
-        records = self._reader(start).read(rows)
-        raw = np.frombuffer(b"".join(records), np.uint8)
-        if raw.size != len(rows) * self._record:
-            raise OSError(
-                f"{self._file(start)} returned records of {raw.size // max(len(rows), 1)} "
-                f"bytes, the manifest describes {self._record}: the file changed on disk."
-            )
-        return raw.reshape(len(rows), self._record)
+    def _read_shard(self, start, positions, dest, where):
+        """Records ``positions`` of shard ``start`` into ``dest[where]`` (one copy each)."""
+        for j, record in zip(where, self._reader(start).read(positions), strict=True):
+            if len(record) != self._record:
+                raise OSError(
+                    f"{self._file(start)} returned a record of {len(record)} bytes, the "
+                    f"manifest describes {self._record}: the file changed on disk."
+                )
+            dest[j] = np.frombuffer(record, np.uint8)
 
     def read(self, indices, keys=None) -> dict:
         """Pairs ``indices`` (any order, repeats allowed): ``{name: [n, ...]}``."""
@@ -389,7 +389,7 @@ class PairStore:
 
         def fill(job):
             s, where = job
-            rows[where] = self._read_shard(s, [int(r) for r in idx[where] - s])
+            self._read_shard(s, (idx[where] - s).tolist(), rows, where.tolist())
 
         if self._pool is None or len(jobs) < 2:
             for job in jobs:
@@ -400,9 +400,9 @@ class PairStore:
         for k in keys:
             spec = self.arrays[k]
             at, n = self._layout[k]
-            x = np.ascontiguousarray(rows[:, at : at + n]).view(_disk_dtype(spec["dtype"]))
-            x = x.reshape(len(idx), *spec["shape"])
-            out[k] = x.astype(np.float32) if spec["dtype"] in STORAGE_DTYPES else x
+            x = rows[:, at : at + n].view(_disk_dtype(spec["dtype"]))  # rows stay contiguous
+            x = x.reshape(len(idx), *spec["shape"])  # the one copy per array
+            out[k] = x.astype(np.float32, copy=False) if spec["dtype"] in STORAGE_DTYPES else x
         return out
 
     def close(self):
@@ -426,11 +426,12 @@ class PairStore:
 
 
 def _open_reader(file, record_bytes):
-    """A random-access reader of one shard (no read-ahead; a buffer of about one record)."""
+    """A random-access reader of one shard: no read-ahead, a buffer of one record (random
+    256-pair CIFAR reads from the page cache: ≈ 95k pairs/s vs 85k with a 64 KiB buffer)."""
     return array_record_module.ArrayRecordReader(
         file,
         "readahead_buffer_size:0,max_parallelism:0",
-        file_reader_buffer_size=max(1 << 16, record_bytes + 1024),
+        file_reader_buffer_size=record_bytes + 1024,  # measured: smaller reads faster
     )
 
 
