@@ -158,6 +158,7 @@ def main():
         "meta": run_metadata(vars(args)),
         "backend": backend,
         "device": jax.devices()[0].device_kind,
+        "compiler_options": compile_options.cpu_conv_options(),
         "results": {},
     }
     peaks = matmul_peaks(2048 if cpu else 8192, repeats)

@@ -12,11 +12,14 @@ on the CPU with YNNPACK kept for dots and reductions only, as a per-program comp
 as before instead of aborting on an unknown flag).
 
 :func:`jit` is ``jax.jit`` with these options; :func:`cpu_conv_options` says whether they apply.
+``SIMPLE_REFLOW_CPU_CONV=xla`` in the environment turns them off (XLA's default routing), e.g.
+to compare both on another CPU: ``SIMPLE_REFLOW_CPU_CONV=xla python benchmarks/speed_report.py``.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import numpy as np
@@ -45,7 +48,10 @@ def _supported() -> bool:
 def cpu_conv_options() -> dict:
     """The compiler options for convolutional programs on the default backend: the CPU ones
     when the default backend is the CPU and this jaxlib knows them, else none."""
-    if jax.default_backend() != "cpu" or not _supported():
+    choice = os.environ.get("SIMPLE_REFLOW_CPU_CONV", "eigen")
+    if choice not in ("eigen", "xla"):
+        raise ValueError(f"SIMPLE_REFLOW_CPU_CONV={choice!r} must be 'eigen' or 'xla'.")
+    if choice == "xla" or jax.default_backend() != "cpu" or not _supported():
         return {}
     return dict(CPU_CONV_OPTIONS)
 

@@ -54,3 +54,11 @@ def test_user_options_are_kept_and_only_the_cpu_gets_them(monkeypatch):
     seen.clear()
     compile_options.jit(abs, donate_argnums=0)
     assert seen == {"donate_argnums": 0}
+
+
+def test_the_environment_can_turn_the_options_off(monkeypatch):
+    monkeypatch.setenv("SIMPLE_REFLOW_CPU_CONV", "xla")
+    assert compile_options.cpu_conv_options() == {}
+    monkeypatch.setenv("SIMPLE_REFLOW_CPU_CONV", "onednn")
+    with pytest.raises(ValueError, match="SIMPLE_REFLOW_CPU_CONV='onednn'"):
+        compile_options.cpu_conv_options()
