@@ -361,8 +361,8 @@ class PairStore:
             if reader is None:
                 reader = _open_reader(self._file(start), self._record)
                 self._readers[start] = reader
-                if len(self._readers) > self._max_open:
-                    self._readers.popitem(last=False)[1].close()
+                if len(self._readers) > self._max_open:  # dropped, not closed: a thread may
+                    self._readers.popitem(last=False)  # still read it; freed (closed) after
             else:
                 self._readers.move_to_end(start)
             return reader

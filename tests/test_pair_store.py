@@ -78,8 +78,10 @@ def test_a_store_is_a_grain_random_access_source_with_bounded_open_readers(tmp_p
         one = store[17]
         items = store.__getitems__([3, 49, 17])
         assert len(store._readers) <= 2
-        store.read(np.arange(50))  # every shard, readers evicted as it goes
+        open_files = len(os.listdir("/proc/self/fd"))
+        store.read(np.arange(50))  # every shard (7), readers evicted and freed as it goes
         assert len(store._readers) <= 2
+        assert len(os.listdir("/proc/self/fd")) <= open_files
     ref = _gen(np.array([3, 49, 17]))
     np.testing.assert_array_equal(one["x0"], ref["x0"][2])
     assert [int(i["cond"]) for i in items] == list(ref["cond"])
