@@ -81,6 +81,14 @@ def matmul_peak(n=2048, repeats=10):
     return 2.0 * n**3 / time_fn(f, a, b, repeats=repeats)
 
 
+def evict_page_cache(files):
+    """Drops ``files`` from the page cache (``posix_fadvise``): the next reads hit the disk."""
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
+
 def write_json(path, obj):
     """Writes ``obj`` as indented JSON, creating the parent folder."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -37,7 +37,7 @@ import tempfile
 import time
 
 import numpy as np
-from common import run_metadata, write_json
+from common import evict_page_cache, run_metadata, write_json
 
 from simple_reflow import pair_mixing, pair_store
 
@@ -127,10 +127,7 @@ def throughput(args):
 
         read_batches(0, 5)  # warm-up: permutations, file handles
         med = statistics.median(read_batches(5, args.batches))
-        for f in files:  # evict the store from the page cache: the next reads hit the disk
-            fd = os.open(f, os.O_RDONLY)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            os.close(fd)
+        evict_page_cache(files)
         cold = statistics.median(read_batches(10_000, 20))
         pair_bytes = 2 * int(np.prod(CIFAR)) * 4
         result = {

@@ -27,6 +27,7 @@ import time
 import grain
 import numpy as np
 from array_record.python import array_record_data_source
+from common import evict_page_cache
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from simple_reflow import pair_mixing, pair_store  # noqa: E402
@@ -77,13 +78,6 @@ def decode(records):
         a[:, :n].copy().view(np.float32).reshape(-1, *SHAPE),
         a[:, n : 2 * n].copy().view(np.float32).reshape(-1, *SHAPE),
     )
-
-
-def evict(files):
-    for f in files:
-        fd = os.open(f, os.O_RDONLY)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
 
 
 def warm(files):
@@ -145,7 +139,7 @@ def main():
         warm(files)
         fn(first, 3)
         cached = fn(first + 3, 30)
-        evict(files)
+        evict_page_cache(files)
         cold = fn(first + 33, 15)
         out.setdefault(name, []).append({"cached_pairs_per_s": cached, "cold_pairs_per_s": cold})
         print(name, out[name][-1], flush=True)
@@ -156,7 +150,7 @@ def main():
             warm(files)
             timed_source(fn, 5)
             cached = timed_source(fn, 40)
-            evict(files)
+            evict_page_cache(files)
             cold = timed_source(fn, 10)
             out.setdefault(name, []).append(
                 {"cached_pairs_per_s": cached, "cold_pairs_per_s": cold}

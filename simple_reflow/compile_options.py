@@ -1,6 +1,6 @@
 """XLA compiler options of the library's compiled programs: convolutions on XLA:CPU.
 
-XLA:CPU (jaxlib 0.10) hands every 2-D float32 NHWC convolution to YNNPACK by default
+XLA:CPU (jaxlib 0.10) hands 2-D float32 NHWC convolutions to YNNPACK by default
 (``xla_cpu_experimental_ynn_fusion_type`` = individual dot, individual convolution, reduce).
 Eigen's convolution, its fallback, is faster on the CIFAR10 DDPM++ here: measured with
 ``benchmarks/unet_speed.py`` on a 2-core AMD EPYC (same session, one process per setting), the
