@@ -13,6 +13,12 @@ are exactly 2×2 average pooling and nearest-neighbour upsampling, which we comp
 the attention projection, sin/cos order) follow EDM's so that checkpoints map one to one
 (:mod:`simple_reflow.models.edm_import`).
 
+Two pieces are written for speed, with the same results: group normalisation has a hand-written
+derivative in per-channel form (:func:`group_norm`), and the block's dropout draws
+``nnx.Dropout``'s exact mask with an unrolled Threefry (:mod:`simple_reflow.models.dropout`).
+Together they took the CIFAR10 DDPM++ training step on the 2-core CPU from 3.78 to 3.40 s
+(alternating runs in one process, ``benchmarks/unet_speed.py`` for the side-by-side figures).
+
 Mixed precision: every layer computes in the dtype of its input (weights are cast to it, as
 EDM's layers do); group normalisation computes its statistics and attention its softmax in
 float32. Parameters stay float32.
@@ -20,6 +26,7 @@ float32. Parameters stay float32.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -28,6 +35,7 @@ import numpy as np
 from flax import nnx
 
 from simple_reflow import compile_options
+from simple_reflow.models.dropout import Dropout
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -38,6 +46,7 @@ __all__ = [
     "Linear",
     "Conv2d",
     "GroupNorm",
+    "group_norm",
     "positional_embedding",
     "FourierEmbedding",
     "class_labels",
@@ -326,8 +335,71 @@ class Conv2d(nnx.Module):
         return x
 
 
+def _group_mean(v, groups: int):
+    """Per-(sample, channel) values ``[B, C]`` -> their group means, repeated per channel."""
+    b, c = v.shape
+    m = v.reshape(b, groups, c // groups).mean(axis=-1, keepdims=True)
+    return jnp.broadcast_to(m, (b, groups, c // groups)).reshape(b, c)
+
+
+def _per_sample_channel(v):
+    return v[:, None, None, :]  # [B, C] -> [B, 1, 1, C]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def group_norm(x, weight, bias, groups: int, eps: float):
+    """Group normalisation of ``x [B, H, W, C]`` in float32, returned in ``x``'s dtype.
+
+    ``μ, σ²`` are the mean and (biased) variance over each sample's group of ``C / groups``
+    channels and all positions (two passes: the variance is the mean of ``(x − μ)²``), and
+    ``y = (x − μ) · (γ / √(σ² + ε)) + β``. Statistics are formed per channel and averaged within
+    each group, so that every full-size operation broadcasts a ``[B, 1, 1, C]`` vector along the
+    channel axis, which XLA vectorises well.
+
+    The reverse-mode derivative is written out (Ioffe & Szegedy 2015, eq. for the batch-norm
+    gradient, applied per group): with ``x̂ = (x − μ) r``, ``r = 1/√(σ² + ε)``, ``N`` elements per
+    group and ``g`` the output cotangent,
+    ``∂β = Σ g``, ``∂γ = Σ g x̂``, ``∂x = r (γ g − mean_group(γ g) − x̂ · mean_group(γ g x̂))``,
+    computed from two per-channel sums over positions (``Σ g`` and ``Σ g (x − μ)``) and one
+    elementwise pass. Tested against autodiff of the direct formula. Only reverse mode is defined.
+    """
+    return _group_norm_fwd(x, weight, bias, groups, eps)[0]
+
+
+def _group_norm_fwd(x, weight, bias, groups, eps):
+    x32 = x.astype(jnp.float32)
+    mean = _group_mean(x32.mean(axis=(1, 2)), groups)  # [B, C]
+    centred = x32 - _per_sample_channel(mean)
+    rstd = jax.lax.rsqrt(_group_mean(jnp.square(centred).mean(axis=(1, 2)), groups) + eps)
+    y = centred * _per_sample_channel(rstd * weight[None, :]) + _per_channel(bias, centred)
+    return y.astype(x.dtype), (x, mean, rstd, weight)
+
+
+def _group_norm_bwd(groups, eps, res, g):
+    del eps
+    x, mean, rstd, weight = res
+    positions = x.shape[1] * x.shape[2]
+    g32 = g.astype(jnp.float32)
+    centred = x.astype(jnp.float32) - _per_sample_channel(mean)
+    sum_g = g32.sum(axis=(1, 2))  # [B, C]
+    sum_gc = (g32 * centred).sum(axis=(1, 2))  # [B, C]
+    w = weight[None, :]
+    mean_dxhat = _group_mean(w * sum_g, groups) / positions
+    mean_dxhat_xhat = _group_mean(w * sum_gc * rstd, groups) / positions
+    dx = (
+        g32 * _per_sample_channel(w * rstd)
+        - centred * _per_sample_channel(rstd * rstd * mean_dxhat_xhat)
+        - _per_sample_channel(rstd * mean_dxhat)
+    )
+    return dx.astype(x.dtype), (sum_gc * rstd).sum(axis=0), sum_g.sum(axis=0)
+
+
+group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
+
+
 class GroupNorm(nnx.Module):
-    """Group normalisation with EDM's rule ``groups = min(32, C // 4)``. ``[B,H,W,C] -> same``."""
+    """Group normalisation with EDM's rule ``groups = min(32, C // 4)`` (:func:`group_norm`).
+    ``[B,H,W,C] -> same``."""
 
     def __init__(
         self,
@@ -343,14 +415,7 @@ class GroupNorm(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((num_channels,)))
 
     def __call__(self, x):
-        b, h, w, c = x.shape
-        g = x.astype(jnp.float32).reshape(b, h, w, self.num_groups, c // self.num_groups)
-        mean = g.mean(axis=(1, 2, 4), keepdims=True)
-        var = jnp.square(g - mean).mean(axis=(1, 2, 4), keepdims=True)
-        g = (g - mean) * jax.lax.rsqrt(var + self.eps)
-        g = g.reshape(b, h, w, c)
-        g = g * _per_channel(self.weight[...], g) + _per_channel(self.bias[...], g)
-        return g.astype(x.dtype)
+        return group_norm(x, self.weight[...], self.bias[...], self.num_groups, self.eps)
 
 
 def class_labels(cond, num_classes: int, batch: int, *, label_dropout: float = 0.0, key=None):
@@ -472,7 +537,7 @@ class UNetBlock(nnx.Module):
             emb_channels, out_channels * (2 if adaptive_scale else 1), rngs=rngs, **init
         )
         self.norm1 = GroupNorm(out_channels, eps=eps)
-        self.dropout = nnx.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.conv1 = Conv2d(
             out_channels, out_channels, 3, conv_grad=conv_grad, rngs=rngs, **init_zero
         )

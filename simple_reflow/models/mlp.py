@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from simple_reflow import paths
+from simple_reflow.models.dropout import Dropout
 
 __all__ = ["MLPDenoiser", "fourier_time_features"]
 
@@ -45,7 +46,7 @@ class MLPDenoiser(nnx.Module):
             [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
         )
         self.out = nnx.Linear(hidden, dim, kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
-        self.dropout = nnx.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def velocity(self, x_t, t, *, key=None):
         """v_θ(x_t, t): ``[B, ...], [B] -> [B, ...]``."""
