@@ -55,16 +55,13 @@ def _fast_path(key, shape) -> bool:
         jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
         and str(jax.random.key_impl(key)) == "threefry2x32"
         and key.shape == ()
-        and jax.config.jax_threefry_partitionable
+        # A future JAX without the flag has only the partitionable mode.
+        and getattr(jax.config, "jax_threefry_partitionable", True)
         and math.prod(shape) < 2**32
     )
 
 
-def random_bits(key, shape):
-    """``jax.random.bits(key, shape)`` (``uint32``) for a scalar Threefry key, computed unrolled."""
-    shape = tuple(shape)
-    if not _fast_path(key, shape):
-        return jax.random.bits(key, shape, jnp.uint32)
+def _unrolled_bits(key, shape):
     k1, k2 = (w for w in jax.random.key_data(key))
     strides = np.cumprod((1,) + shape[::-1])[:-1][::-1]
     index = jnp.zeros(shape, jnp.uint32)  # the row-major flat index of each element
@@ -74,13 +71,21 @@ def random_bits(key, shape):
     return hi ^ lo
 
 
+def random_bits(key, shape):
+    """``jax.random.bits(key, shape)`` (``uint32``) for a scalar Threefry key, computed unrolled."""
+    shape = tuple(shape)
+    if not _fast_path(key, shape):
+        return jax.random.bits(key, shape, jnp.uint32)
+    return _unrolled_bits(key, shape)
+
+
 def bernoulli(key, p: float, shape):
     """``jax.random.bernoulli(key, p, shape)``: ``uniform(key, shape) < p`` with JAX's mapping of
     the 23 high bits to ``[0, 1)``."""
     shape = tuple(shape)
     if not _fast_path(key, shape):
         return jax.random.bernoulli(key, p, shape)
-    bits = random_bits(key, shape)
+    bits = _unrolled_bits(key, shape)
     one = np.array(1.0, np.float32).view(np.uint32)
     u = jax.lax.bitcast_convert_type((bits >> np.uint32(9)) | one, jnp.float32) - 1.0
     return u < jnp.float32(p)
