@@ -3,7 +3,7 @@
 ``nnx.Dropout`` draws its mask with ``jax.random.bernoulli``: 32 Threefry-2x32 bits per element.
 On the CPU JAX lowers Threefry as a rolled loop (five iterations of four rounds), so XLA writes
 the two 32-bit words of every element to memory ten times. In the CIFAR10 DDPM++ training step
-that cost 7.7 ms per 2M-element mask, 0.15–0.19 s of a 3.7 s step. Here the same hash runs
+that cost 7.7 ms per 2M-element mask, 0.17–0.18 s of a 3.7–3.8 s step. Here the same hash runs
 unrolled in plain ``jnp`` integer ops, which XLA fuses into one loop with the mask's use: 1.7 ms
 for the same mask.
 
