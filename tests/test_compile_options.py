@@ -1,14 +1,20 @@
 """The library's compiler options on the CPU: convolutions leave YNNPACK for Eigen, with the
-same results to float32 rounding; a jaxlib without the option compiles as plain ``jax.jit``."""
+same results to float32 rounding; fusion barriers survive and stop XLA from recomputing a
+tensor in each of its consumers; an option this jaxlib lacks is left out, the others kept."""
 
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 
-from simple_reflow import compile_options
+from configs import backbones
+from simple_reflow import compile_options, losses_edm
+from simple_reflow.train.configure import model_from_config
+from simple_reflow.train.step import init_state, make_train_step, split_model
 
 
 def _conv(x, w):
@@ -62,3 +68,67 @@ def test_the_environment_can_turn_the_options_off(monkeypatch):
     monkeypatch.setenv("SIMPLE_REFLOW_CPU_CONV", "onednn")
     with pytest.raises(ValueError, match="SIMPLE_REFLOW_CPU_CONV='onednn'"):
         compile_options.cpu_conv_options()
+
+
+def _smoke_train_step(monkeypatch, barriers: bool):
+    """The compiled training step of the DDPM++ smoke network (dropout on), its first result."""
+    if not barriers:
+        monkeypatch.setattr(compile_options, "fusion_barrier", lambda x: x)
+    cfg = backbones.ddpmpp_smoke()
+    cfg.dropout = 0.1
+    model = model_from_config(cfg, data_shape=(16, 16, 3), rngs=nnx.Rngs(0))
+    model_def, params = split_model(model)
+    opt = optax.adam(1e-3)
+    state = init_state(params, opt, seed=0)
+    batch = {"x0": jax.random.uniform(jax.random.key(1), (2, 16, 16, 3), minval=-1, maxval=1)}
+    step = make_train_step(model_def, losses_edm.edm_loss, opt, ema_decay=0.999)
+    compiled = compile_options.jit(step).lower(state, batch).compile()
+    monkeypatch.undo()
+    return compiled.as_text(), compiled(state, batch)
+
+
+def test_fusion_barriers_stop_recomputation_and_change_no_result(monkeypatch):
+    if "xla_disable_hlo_passes" not in compile_options.cpu_conv_options():
+        pytest.skip("this jaxlib has no xla_disable_hlo_passes compiler option")
+    text, (state, metrics) = _smoke_train_step(monkeypatch, barriers=True)
+    plain_text, (plain_state, plain_metrics) = _smoke_train_step(monkeypatch, barriers=False)
+
+    def wide_fusions(t):  # fusions reading 20 or more arrays: long chains fused into a consumer
+        ops = re.findall(r"= \S+ fusion\((.*?)\), kind", t)
+        return sum(o.count("%") >= 20 for o in ops)
+
+    assert "opt-barrier" in text and "opt-barrier" not in plain_text
+    # Measured: 28 wide fusions without the barriers, 3 with them; the Threefry rounds of the
+    # dropout masks (logical right shifts), hashed in each use of a mask without them: 1570 vs 308.
+    assert 4 * wide_fusions(text) < wide_fusions(plain_text)
+    hashes = [len(re.findall(r" shift-right-logical\(", t)) for t in (text, plain_text)]
+    assert 3 * hashes[0] < hashes[1]
+    # Same step: only the order of float32 sums may differ.
+    np.testing.assert_allclose(metrics["train/loss"], plain_metrics["train/loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(plain_state), strict=True):
+        if jnp.issubdtype(a.dtype, jnp.floating):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * (float(jnp.abs(b).max()) + 1e-6))
+
+
+def test_fusion_barrier_is_the_identity_and_absent_without_the_options(monkeypatch):
+    x = {"a": jnp.arange(6.0).reshape(2, 3), "mask": jnp.array([True, False])}
+    out = jax.jit(compile_options.fusion_barrier)(x)
+    np.testing.assert_array_equal(out["a"], x["a"])
+    np.testing.assert_array_equal(out["mask"], x["mask"])
+    grad = jax.grad(lambda v: jnp.sum(compile_options.fusion_barrier(v) ** 2))(x["a"])
+    np.testing.assert_array_equal(grad, 2 * x["a"])
+    monkeypatch.setenv("SIMPLE_REFLOW_CPU_CONV", "xla")
+    assert compile_options.fusion_barrier(x) is x
+
+
+def test_an_option_this_jaxlib_lacks_is_left_out(monkeypatch):
+    options = {**compile_options.CPU_CONV_OPTIONS, "xla_cpu_scheduler_type": "NO_SUCH_SCHEDULER"}
+    monkeypatch.setattr(compile_options, "CPU_CONV_OPTIONS", options)
+    compile_options._supported.cache_clear()
+    try:
+        kept = compile_options.cpu_conv_options()
+    finally:
+        compile_options._supported.cache_clear()
+    assert "xla_cpu_scheduler_type" not in kept
+    assert kept == {k: v for k, v in compile_options._supported().items() if k in kept}
+    assert set(kept) == set(compile_options._supported()) - {"xla_cpu_scheduler_type"}

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from simple_reflow import compile_options
+
 __all__ = ["threefry2x32", "random_bits", "bernoulli", "Dropout"]
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -109,5 +111,7 @@ class Dropout(nnx.Module):
         if rngs is None:
             raise ValueError("Dropout needs a key (rngs=...) when deterministic is False")
         keep = 1.0 - self.rate
-        mask = bernoulli(rngs, keep, x.shape)
+        # Hashed once: without the barrier XLA:CPU fuses the hash into each use of the mask
+        # (the forward select, the backward one, transposing copies of either).
+        mask = compile_options.fusion_barrier(bernoulli(rngs, keep, x.shape))
         return jax.lax.select(mask, x / keep, jnp.zeros_like(x))

@@ -13,11 +13,15 @@ are exactly 2×2 average pooling and nearest-neighbour upsampling, which we comp
 the attention projection, sin/cos order) follow EDM's so that checkpoints map one to one
 (:mod:`simple_reflow.models.edm_import`).
 
-Two pieces are written for speed, with the same results: group normalisation has a hand-written
-derivative in per-channel form (:func:`group_norm`), and the block's dropout draws
-``nnx.Dropout``'s exact mask with an unrolled Threefry (:mod:`simple_reflow.models.dropout`).
-Together they took the CIFAR10 DDPM++ training step on the 2-core CPU from 3.78 to 3.40 s
-(alternating runs in one process, ``benchmarks/unet_speed.py`` for the side-by-side figures).
+Three pieces are written for speed, with the same results: group normalisation has a
+hand-written derivative in per-channel form (:func:`group_norm`), the block's dropout draws
+``nnx.Dropout``'s exact mask with an unrolled Threefry (:mod:`simple_reflow.models.dropout`),
+and a block's output and a convolution's input and output are fusion barriers
+(:func:`simple_reflow.compile_options.fusion_barrier`: XLA:CPU computes them and their
+gradients once instead of in every consumer). Measured on the CIFAR10 DDPM++ training step on
+the 2-core CPU in alternating runs in one process (``benchmarks/unet_speed.py`` for the
+side-by-side figures): the first two took it from 3.78 to 3.40 s, the barriers (with the
+dropout masks' and :mod:`simple_reflow.compile_options`' scheduler) from 3.41 to 3.07 s.
 
 Mixed precision: every layer computes in the dtype of its input (weights are cast to it, as
 EDM's layers do); group normalisation computes its statistics and attention its softmax in
@@ -298,10 +302,15 @@ class Conv2d(nnx.Module):
     def _conv(self, x, w):
         if self.kernel == 1:
             return x @ w[0, 0]
+        barrier = compile_options.fusion_barrier
+        return barrier(self._conv_kxk(barrier(x), w))
+
+    def _conv_kxk(self, x, w):
         if self.conv_grad == "chunked" or (
             self.conv_grad == "auto"
             and jax.default_backend() == "cpu"
-            and not compile_options.cpu_conv_options()  # Eigen's convolutions: XLA's is faster
+            # With the library's options they are Eigen's, whose own weight gradient is faster.
+            and "xla_cpu_experimental_ynn_fusion_type" not in compile_options.cpu_conv_options()
             and w.shape[2] * w.shape[3] >= _AUTO_MIN_CHANNELS_SQ
         ):
             return conv3x3(x, w)
@@ -587,4 +596,4 @@ class UNetBlock(nnx.Module):
             weights = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
             a = jnp.einsum("bhqk,bkhc->bqhc", weights, v).reshape(b, h, w, c)
             x = (self.proj(a) + x) * self.skip_scale
-        return x
+        return compile_options.fusion_barrier(x)
