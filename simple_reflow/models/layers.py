@@ -20,8 +20,8 @@ and a block's output and a convolution's input and output are fusion barriers
 (:func:`simple_reflow.compile_options.fusion_barrier`: XLA:CPU computes them and their
 gradients once instead of in every consumer). Measured on the CIFAR10 DDPM++ training step on
 the 2-core CPU in alternating runs in one process (``benchmarks/unet_speed.py`` for the
-side-by-side figures): the first two took it from 3.78 to 3.40 s, the barriers (with the
-dropout masks' and :mod:`simple_reflow.compile_options`' scheduler) from 3.41 to 3.07 s.
+side-by-side figures): the barriers (with the dropout masks' and
+:mod:`simple_reflow.compile_options`' scheduler) took it from 3.41 to 3.07 s.
 
 Mixed precision: every layer computes in the dtype of its input (weights are cast to it, as
 EDM's layers do); group normalisation computes its statistics and attention its softmax in
