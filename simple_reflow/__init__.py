@@ -2,14 +2,22 @@
 
 The conventions (data at t = 0, noise at t = 1, denoiser outputs) are those of METHOD.md §1;
 ``simple_reflow.paths`` holds every conversion.
+
+Importing it first sets glibc's allocator to keep freed memory (:mod:`simple_reflow.host_memory`:
+XLA:CPU's per-step temporary block is then reused instead of faulted in again each step).
 """
 
-from simple_reflow import grids, guidance, losses, pairs, paths, sampler, teachers, time_dist
-from simple_reflow.sampler import sample
+from simple_reflow import host_memory
+
+host_memory.keep_freed_memory()
+
+from simple_reflow import grids, guidance, losses, pairs, paths, sampler, teachers, time_dist  # noqa: E402
+from simple_reflow.sampler import sample  # noqa: E402
 
 __all__ = [
     "grids",
     "guidance",
+    "host_memory",
     "losses",
     "pairs",
     "paths",

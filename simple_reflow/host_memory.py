@@ -1,0 +1,58 @@
+"""Host memory: keep the blocks XLA:CPU frees for the next execution instead of unmapping them.
+
+XLA:CPU allocates each execution's temporary buffers as one block on one of its worker
+threads: 1.48 GB for the CIFAR10 DDPM++ training step at batch 8. glibc's malloc serves a block
+that large with a fresh ``mmap`` (always, from a worker thread's arena) and returns it with
+``munmap`` when the execution ends, so every step faults in 1.48 GB of new zeroed pages:
+367,000 minor page faults per step, measured with ``getrusage`` (and the ``mmap``/``munmap``
+pair seen with ``strace``). :func:`keep_freed_memory` sets three of glibc's ``mallopt``
+tunables so that the block comes from the main heap and stays there once freed:
+
+- ``M_ARENA_MAX = 1``: every thread allocates from the main arena (a worker thread's arena
+  would fall back to ``mmap`` for a block larger than its 64 MB heaps, whatever else is set);
+- ``M_MMAP_MAX = 0``: no block is served by its own ``mmap``;
+- ``M_TRIM_THRESHOLD`` = the largest ``size_t``: free memory at the top of the heap is never
+  returned to the system.
+
+Then the steady-state step takes no page faults, and on the 2-core CPU the DDPM++ training step
+took 3.1 % less time: medians of 10 steps in three alternating pairs of processes, 3.163 /
+2.927 / 2.998 s against 3.250 / 3.047 / 3.081 s with ``SIMPLE_REFLOW_MALLOC=system``. The cost: the process's resident memory
+stays at its peak (freed memory is reused, not given back), and threads share one arena.
+
+``import simple_reflow`` applies it (Linux with glibc only; elsewhere nothing changes). It
+reaches only threads that have not allocated yet, so it takes effect when ``simple_reflow`` is
+imported before JAX's CPU backend starts (before the first array or computation); the same
+setting from the environment, which works in any order, is ``MALLOC_ARENA_MAX=1
+MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=18446744073709551615``. ``SIMPLE_REFLOW_MALLOC=system``
+in the environment leaves glibc's defaults alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+__all__ = ["keep_freed_memory"]
+
+# glibc's mallopt parameter numbers (<malloc.h>).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
+# mallopt takes an int; glibc stores the trim threshold as a size_t, so -1 is SIZE_MAX (never trim).
+_NEVER = -1
+
+
+def keep_freed_memory() -> dict:
+    """Sets the ``mallopt`` tunables of the module docstring; returns ``{name: value}`` of those
+    set, empty where this is not glibc or ``SIMPLE_REFLOW_MALLOC=system``."""
+    choice = os.environ.get("SIMPLE_REFLOW_MALLOC", "keep")
+    if choice not in ("keep", "system"):
+        raise ValueError(f"SIMPLE_REFLOW_MALLOC={choice!r} must be 'keep' or 'system'.")
+    if choice == "system" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return {}
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    wanted = {"M_ARENA_MAX": (_M_ARENA_MAX, 1), "M_MMAP_MAX": (_M_MMAP_MAX, 0)}
+    wanted["M_TRIM_THRESHOLD"] = (_M_TRIM_THRESHOLD, _NEVER)
+    return {name: value for name, (param, value) in wanted.items() if mallopt(param, value) == 1}
