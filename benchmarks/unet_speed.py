@@ -13,10 +13,11 @@ Measures, in one session and one after the other:
    ``--fwd-batch``), run in a subprocess with ``--torch-python`` and
    an EDM checkout at ``--edm-repo``; skipped with a message if either is missing. By default
    (``--edm-malloc both``) each EDM run is made twice: with glibc's default allocator settings
-   (``edm_pytorch``, EDM as it ships) and with the ones ``import simple_reflow`` gives the JAX
-   process (``edm_pytorch_library_malloc``: :data:`simple_reflow.host_memory.ENVIRONMENT`),
-   which make EDM's forward pass much faster here (7.8 -> 10.0 img/s), so that the comparison
-   does not rest on the allocator.
+   (``edm_pytorch``, EDM as it ships) and with those of the library's opt-in
+   ``SIMPLE_REFLOW_MALLOC=keep`` (``edm_pytorch_library_malloc``:
+   :data:`simple_reflow.host_memory.ENVIRONMENT`), which make EDM's forward pass much faster
+   here (7.8 -> 10.0 img/s), so that the comparison does not rest on the allocator. Run this
+   script with ``SIMPLE_REFLOW_MALLOC=keep`` to give the JAX process the same settings.
 
 Every figure is the median of ``--repeats`` timed calls after ``--warmup`` untimed ones. EDM's
 subprocess runs ``--edm-runs`` times (default 2), alternately before and after the JAX
@@ -391,8 +392,8 @@ def main() -> None:
         "--edm-malloc",
         choices=("default", "library", "both"),
         default="both",
-        help="glibc allocator settings of EDM's process: glibc's defaults, the library's "
-        "(simple_reflow.host_memory.ENVIRONMENT), or a run of each per slot",
+        help="glibc allocator settings of EDM's process: glibc's defaults, those of "
+        "SIMPLE_REFLOW_MALLOC=keep (simple_reflow.host_memory.ENVIRONMENT), or a run of each",
     )
     p.add_argument("--skip-jax", action="store_true")
     p.add_argument(
@@ -406,7 +407,7 @@ def main() -> None:
         torch_worker(args)
         return
     sys.path.insert(0, REPO)
-    from simple_reflow import host_memory  # sets the allocator before JAX's backend starts
+    from simple_reflow import host_memory  # SIMPLE_REFLOW_MALLOC=keep, if set, before JAX starts
 
     result = {
         "benchmark": "unet_speed",

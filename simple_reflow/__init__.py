@@ -3,8 +3,9 @@
 The conventions (data at t = 0, noise at t = 1, denoiser outputs) are those of METHOD.md §1;
 ``simple_reflow.paths`` holds every conversion.
 
-Importing it first sets glibc's allocator to keep freed memory (:mod:`simple_reflow.host_memory`:
-XLA:CPU's per-step temporary block is then reused instead of faulted in again each step).
+Importing it first applies ``SIMPLE_REFLOW_MALLOC=keep`` when that is set
+(:mod:`simple_reflow.host_memory`: glibc then reuses XLA:CPU's per-step temporary block instead of
+faulting it in again each step).
 """
 
 from simple_reflow import host_memory

@@ -1,4 +1,5 @@
-"""Host memory: keep the blocks XLA:CPU frees for the next execution instead of unmapping them.
+"""Host memory: an opt-in glibc setting that keeps the blocks XLA:CPU frees for the next
+execution instead of unmapping them (``SIMPLE_REFLOW_MALLOC=keep``; off by default).
 
 XLA:CPU allocates each execution's temporary buffers as one block on one of its worker
 threads: 1.48 GB for the CIFAR10 DDPM++ training step at batch 8. glibc's malloc serves a block
@@ -16,20 +17,22 @@ tunables so that the block comes from the main heap and stays there once freed:
 
 Then the steady-state step takes no page faults, and on the 2-core CPU the DDPM++ training step
 took 3.1 % less time: medians of 10 steps in three alternating pairs of processes, 3.163 /
-2.927 / 2.998 s against 3.250 / 3.047 / 3.081 s with ``SIMPLE_REFLOW_MALLOC=system``. The
-forward pass at batch 64 (570 MB of temporaries) did not change (8.55 vs 8.56 img/s). The cost:
-the process's resident memory stays at its peak (freed memory is reused, not given back), and
-threads share one arena. Other programs pay the same faults: EDM's PyTorch DDPM++ took 20
-million minor faults in one ``benchmarks/unet_speed.py`` worker run, and with these settings
-(:data:`ENVIRONMENT`) 0.9 million, its forward pass at batch 64 rising from 7.79 to 9.94-10.03
-img/s and its training step from 2.79-2.84 to 2.85-2.90 img/s.
+2.927 / 2.998 s against 3.250 / 3.047 / 3.081 s with glibc's defaults. But one arena for every
+thread slows programs whose threads allocate at once: ``benchmarks/speed_report.py`` measured
+the ADM 64² sampling step at 1.31 / 1.11 / 1.45 img/s with it against 1.63 / 1.64 / 1.62 without
+(``M_ARENA_MAX=1`` alone: 1.28; the other two alone: 1.66), and the DDPM++ 32² sampling step
+varied as much as it gained (7.73 / 9.53 vs 10.04 / 8.50 img/s). So it is off by default, for a
+training job to opt into: ``SIMPLE_REFLOW_MALLOC=keep`` in the environment, read by
+``import simple_reflow`` (Linux with glibc only; elsewhere nothing changes). It reaches only
+threads that have not allocated yet, so it takes effect when ``simple_reflow`` is imported
+before JAX's CPU backend starts (before the first array or computation); the same setting from
+the environment, which works in any order and for any program, is :data:`ENVIRONMENT`:
+``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=18446744073709551615``.
 
-``import simple_reflow`` applies it (Linux with glibc only; elsewhere nothing changes). It
-reaches only threads that have not allocated yet, so it takes effect when ``simple_reflow`` is
-imported before JAX's CPU backend starts (before the first array or computation); the same
-setting from the environment, which works in any order and for any program (:data:`ENVIRONMENT`),
-is ``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=18446744073709551615``.
-``SIMPLE_REFLOW_MALLOC=system`` in the environment leaves glibc's defaults alone.
+Other programs pay the same faults: EDM's PyTorch DDPM++ took 20 million minor faults in one
+``benchmarks/unet_speed.py`` worker run and 0.9 million with :data:`ENVIRONMENT`, its forward
+pass at batch 64 rising from 7.79 to 9.94-10.03 img/s and its training step from 2.79-2.84 to
+2.85-2.90 img/s; ``unet_speed.py`` reports the side-by-side ratios under both settings.
 """
 
 from __future__ import annotations
@@ -56,9 +59,10 @@ _NEVER = -1
 
 
 def keep_freed_memory() -> dict:
-    """Sets the ``mallopt`` tunables of the module docstring; returns ``{name: value}`` of those
-    set, empty where this is not glibc or ``SIMPLE_REFLOW_MALLOC=system``."""
-    choice = os.environ.get("SIMPLE_REFLOW_MALLOC", "keep")
+    """With ``SIMPLE_REFLOW_MALLOC=keep``, sets the ``mallopt`` tunables of the module docstring;
+    returns ``{name: value}`` of those set, empty otherwise (the default ``system``, or not glibc).
+    """
+    choice = os.environ.get("SIMPLE_REFLOW_MALLOC", "system")
     if choice not in ("keep", "system"):
         raise ValueError(f"SIMPLE_REFLOW_MALLOC={choice!r} must be 'keep' or 'system'.")
     if choice == "system" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
