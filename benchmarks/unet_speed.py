@@ -434,6 +434,8 @@ def main() -> None:
             result["jax"] = bench_jax(args)
         for name, env in settings.items():
             edm_runs[name].append(bench_torch(args, env, name))
+        if any("images_per_s" not in runs[-1] for runs in edm_runs.values()):
+            break  # no EDM checkout, or its run failed: the message is in the JSON
     if "jax" not in result and not args.skip_jax:
         result["jax"] = bench_jax(args)
     for name, runs in edm_runs.items():
