@@ -17,8 +17,8 @@ tunables so that the block comes from the main heap and stays there once freed:
 
 Then the steady-state step takes no page faults, and on the 2-core CPU the DDPM++ training step
 took 3.1 % less time: medians of 10 steps in three alternating pairs of processes, 3.163 /
-2.927 / 2.998 s against 3.250 / 3.047 / 3.081 s with glibc's defaults. But one arena for every
-thread slows programs whose threads allocate at once: ``benchmarks/speed_report.py`` measured
+2.927 / 2.998 s against 3.250 / 3.047 / 3.081 s with glibc's defaults. But sampling got slower
+with one arena for every thread (why was not measured): ``benchmarks/speed_report.py`` measured
 the ADM 64² sampling step at 1.31 / 1.11 / 1.45 img/s with it against 1.63 / 1.64 / 1.62 without
 (``M_ARENA_MAX=1`` alone: 1.28; the other two alone: 1.66), and the DDPM++ 32² sampling step
 varied as much as it gained (7.73 / 9.53 vs 10.04 / 8.50 img/s). So it is off by default, for a
@@ -48,7 +48,7 @@ import ctypes
 import os
 import platform
 
-__all__ = ["ENVIRONMENT", "keep_freed_memory"]
+__all__ = ["ENVIRONMENT", "glibc", "keep_freed_memory"]
 
 # The same tunables as glibc environment variables, read when a process starts.
 ENVIRONMENT = {
@@ -65,6 +65,11 @@ _M_ARENA_MAX = -8
 _NEVER = -1
 
 
+def glibc() -> bool:
+    """Whether this process runs on Linux with glibc (the only allocator these tunables reach)."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def keep_freed_memory() -> dict:
     """With ``SIMPLE_REFLOW_MALLOC=keep``, sets the ``mallopt`` tunables of the module docstring;
     returns ``{name: value}`` of those set, empty otherwise (the default ``system``, or not glibc).
@@ -72,10 +77,13 @@ def keep_freed_memory() -> dict:
     choice = os.environ.get("SIMPLE_REFLOW_MALLOC", "system")
     if choice not in ("keep", "system"):
         raise ValueError(f"SIMPLE_REFLOW_MALLOC={choice!r} must be 'keep' or 'system'.")
-    if choice == "system" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if choice == "system" or not glibc():
         return {}
     mallopt = ctypes.CDLL(None).mallopt
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    wanted = {"M_ARENA_MAX": (_M_ARENA_MAX, 1), "M_MMAP_MAX": (_M_MMAP_MAX, 0)}
-    wanted["M_TRIM_THRESHOLD"] = (_M_TRIM_THRESHOLD, _NEVER)
+    wanted = {
+        "M_ARENA_MAX": (_M_ARENA_MAX, 1),
+        "M_MMAP_MAX": (_M_MMAP_MAX, 0),
+        "M_TRIM_THRESHOLD": (_M_TRIM_THRESHOLD, _NEVER),
+    }
     return {name: value for name, (param, value) in wanted.items() if mallopt(param, value) == 1}

@@ -6,7 +6,6 @@ block in again."""
 
 import json
 import os
-import platform
 import subprocess
 import sys
 
@@ -14,10 +13,7 @@ import pytest
 
 from simple_reflow import host_memory
 
-pytestmark = pytest.mark.skipif(
-    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-    reason="the malloc tunables are glibc's",
-)
+pytestmark = pytest.mark.skipif(not host_memory.glibc(), reason="the tunables are glibc's")
 
 # What XLA:CPU does each step: a worker thread allocates a block larger than its arena's 64 MB
 # heaps (1.48 GB for the DDPM++ train step), writes it, frees it; then the next step again.
