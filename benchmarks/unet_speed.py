@@ -112,7 +112,7 @@ def bench_jax(args) -> dict:
 
     # 2. Training step.
     cfg = backbones.ddpmpp_cifar10(dropout=args.dropout)
-    cfg.conv_grad = args.conv_grad
+    cfg.conv_algorithm = args.conv_algorithm
     shape = (32, 32, 3)
     start = time.perf_counter()
     model = model_from_config(cfg, data_shape=shape, rngs=nnx.Rngs(0))
@@ -374,7 +374,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--fwd-batch", type=int, default=64)
     p.add_argument("--dropout", type=float, default=0.13)
-    p.add_argument("--conv-grad", default="auto", help="model.conv_grad: auto | chunked | xla")
+    p.add_argument(
+        "--conv-algorithm",
+        default="auto",
+        help="model.conv_algorithm: auto | xla | chunked | winograd",
+    )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--matmul-n", type=int, default=2048)

@@ -27,8 +27,10 @@ checked by ``validate_model_config`` there before anything is compiled):
 - ``sigma_data``: σ_d of EDM's preconditioning.
 - ``dtype``: the backbone's compute dtype, ``"float32"`` (default) or ``"bfloat16"`` (mixed
   precision for accelerators: parameters, optimizer state and preconditioning stay float32).
-- ``conv_grad``: how the 3×3 convolutions' weight gradient is computed: ``"auto"`` (batch-chunked
-  on the CPU, where XLA's own is ~3× slower at 32², XLA's elsewhere), ``"chunked"``, ``"xla"``.
+- ``conv_algorithm``: how the 3×3 convolutions and their gradients are computed: ``"auto"``
+  (on the CPU Winograd F(4×4, 3×3) for the large ones and XLA's convolution for the rest;
+  XLA's on accelerators), ``"xla"``, ``"chunked"`` (batch-chunked weight gradient),
+  ``"winograd"`` (float32 only). See :class:`simple_reflow.models.layers.Conv2d`.
 
 Parameter counts (with EDM's preconditioning) equal EDM's own networks: CIFAR10 DDPM++
 55,733,891, NCSN++ 56,397,827; AFHQv2/FFHQ 64² DDPM++ 61,805,571, NCSN++ 62,761,091;
@@ -66,7 +68,7 @@ def _image_model(**fields) -> ml_collections.ConfigDict:
     c.augment_dim = 0
     c.sigma_data = 0.5
     c.dtype = "float32"
-    c.conv_grad = "auto"
+    c.conv_algorithm = "auto"
     c.embedding_type = "positional"
     c.channel_mult_noise = 1
     c.encoder_type = "standard"

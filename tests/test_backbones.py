@@ -280,7 +280,14 @@ def _set(**fields):
         (backbones.ddpmpp_smoke, _set(), (16, 12, 3), "model.name"),
         (backbones.ddpmpp_smoke, _set(model_channels=34), (16, 16, 3), "model.model_channels"),
         (backbones.adm_smoke, _set(channels_per_head=0), (16, 16, 3), "model.channels_per_head"),
-        (backbones.adm_smoke, _set(conv_grad="fast"), (16, 16, 3), "model.conv_grad"),
+        (backbones.adm_smoke, _set(conv_algorithm="fast"), (16, 16, 3), "model.conv_algorithm"),
+        (
+            backbones.ddpmpp_smoke,
+            _set(conv_algorithm="winograd", dtype="bfloat16"),
+            (16, 16, 3),
+            "model.conv_algorithm",
+        ),
+        (backbones.ddpmpp_smoke, _set(conv_grad="auto"), (16, 16, 3), "model.conv_grad"),
     ],
 )
 def test_validation_names_the_field(preset, edit, data_shape, field):

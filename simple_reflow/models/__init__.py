@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from simple_reflow.models.dhariwal_unet import DhariwalUNet
-from simple_reflow.models.layers import Buffer
+from simple_reflow.models.layers import CONV_ALGORITHMS, Buffer
 from simple_reflow.models.mlp import MLPDenoiser
 from simple_reflow.models.precond import COMPUTE_DTYPES, EDMDenoiser, edm_coefficients
 from simple_reflow.models.song_unet import (
@@ -63,7 +63,6 @@ SONGUNET_VARIANTS = {
     ),
 }
 SONGUNET_OPTIONS = tuple(SONGUNET_VARIANTS["ddpmpp"])
-_CONV_GRADS = ("auto", "chunked", "xla")
 
 
 def count_parameters(model: nnx.Module) -> int:
@@ -181,8 +180,13 @@ def _check_image(name, o, data_shape) -> None:
     )
     _check(o["augment_dim"] >= 0, f"augment_dim must be >= 0, got {o['augment_dim']}")
     _check(
-        o["conv_grad"] in _CONV_GRADS,
-        f"conv_grad must be one of {_CONV_GRADS}, got {o['conv_grad']!r}",
+        o["conv_algorithm"] in CONV_ALGORITHMS,
+        f"conv_algorithm must be one of {CONV_ALGORITHMS}, got {o['conv_algorithm']!r}",
+    )
+    _check(
+        o["conv_algorithm"] != "winograd" or o["dtype"] == "float32",
+        f"conv_algorithm='winograd' needs dtype='float32' (its rounding error in "
+        f"{o['dtype']} would be ~1e-1), got dtype={o['dtype']!r}",
     )
     _check(o["sigma_data"] > 0, f"sigma_data must be positive, got {o['sigma_data']}")
 

@@ -44,7 +44,8 @@ class DhariwalUNet(nnx.Module):
       channels_per_head: attention head width (heads = width // channels_per_head).
       dropout: dropout probability inside each residual block.
       label_dropout: probability of dropping the class label to the null class in training.
-      conv_grad: weight gradient of the 3×3 convolutions, "auto" | "chunked" | "xla"
+      conv_algorithm: how the 3×3 convolutions are computed, "auto" | "xla" | "chunked" |
+        "winograd"
         (:class:`~simple_reflow.models.layers.Conv2d`).
       rngs: parameter initialisation.
     """
@@ -65,7 +66,7 @@ class DhariwalUNet(nnx.Module):
         channels_per_head: int = 64,
         dropout: float = 0.10,
         label_dropout: float = 0.0,
-        conv_grad: str = "auto",
+        conv_algorithm: str = "auto",
         rngs: nnx.Rngs,
     ):
         self.num_classes, self.augment_dim = num_classes, augment_dim
@@ -81,7 +82,7 @@ class DhariwalUNet(nnx.Module):
             dropout=dropout,
             init=init,
             init_zero=init_zero,
-            conv_grad=conv_grad,
+            conv_algorithm=conv_algorithm,
             rngs=rngs,
         )
 
@@ -113,7 +114,7 @@ class DhariwalUNet(nnx.Module):
             res = img_resolution >> level
             if level == 0:
                 enc[f"{res}x{res}_conv"] = Conv2d(
-                    cout, model_channels * mult, 3, conv_grad=conv_grad, rngs=rngs, **init
+                    cout, model_channels * mult, 3, conv_algorithm=conv_algorithm, rngs=rngs, **init
                 )
                 cout = model_channels * mult
             else:
@@ -146,7 +147,9 @@ class DhariwalUNet(nnx.Module):
         self.dec = dec
         self.dec_order = tuple(dec.keys())
         self.out_norm = GroupNorm(cout)
-        self.out_conv = Conv2d(cout, out_channels, 3, conv_grad=conv_grad, rngs=rngs, **init_zero)
+        self.out_conv = Conv2d(
+            cout, out_channels, 3, conv_algorithm=conv_algorithm, rngs=rngs, **init_zero
+        )
 
     def __call__(self, x, noise_labels, cond=None, *, key=None, augment_labels=None):
         """Applies the network.

@@ -39,12 +39,13 @@ import numpy as np
 from flax import nnx
 
 from simple_reflow import compile_options
+from simple_reflow.models import winograd
 from simple_reflow.models.dropout import Dropout
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
 __all__ = [
-    "CONV_GRADS",
+    "CONV_ALGORITHMS",
     "Buffer",
     "edm_init",
     "Linear",
@@ -192,7 +193,7 @@ def upsample_2x(x, resample_filter=(1, 1)):
     )
 
 
-CONV_GRADS = ("auto", "chunked", "xla")
+CONV_ALGORITHMS = ("auto", "xla", "chunked", "winograd")
 _WGRAD_CONTRACTION = 1024  # batch·H·W per weight-gradient convolution on the CPU
 _WGRAD_MAX_CHUNKS = 16  # at most this many (unrolled) chunks per layer
 _AUTO_MIN_CHANNELS_SQ = 128 * 128  # "auto" chunks only wide layers (16–32 ch: XLA's is faster)
@@ -248,11 +249,18 @@ class Conv2d(nnx.Module):
     stored HWIO. ``resample_filter`` is EDM's 1-D resampling filter; ``fused_resample`` (down
     only, as NCSN++'s residual encoder uses it) convolves first with padding
     ``kernel // 2 + (len(f) − 1) // 2`` and then resamples without padding, as EDM's fused path
-    does. ``conv_grad`` picks the weight gradient of k×k kernels: ``"chunked"``
-    (:func:`conv3x3`), ``"xla"`` (XLA's own), or ``"auto"`` (chunked iff the default backend
-    is the CPU, in·out channels ≥ 128², and the CPU convolutions are YNNPACK's — with the
-    library's compiler options (:mod:`simple_reflow.compile_options`) they are Eigen's, whose
-    own weight gradient is faster: 2.19 vs 1.94 img/s for the CIFAR10 DDPM++ training step).
+    does. ``conv_algorithm`` picks how k×k kernels are computed: ``"xla"`` (XLA's own
+    convolution and gradients), ``"chunked"`` (XLA's forward pass and input gradient, the weight
+    gradient summed over batch chunks, :func:`conv3x3`), ``"winograd"`` (float32: Winograd
+    F(4×4, 3×3) for the forward pass and the input gradient of 3×3 kernels,
+    :func:`~simple_reflow.models.winograd.winograd_conv3x3`; other kernels XLA's), or
+    ``"auto"``: on the CPU Winograd where it is faster
+    (:func:`~simple_reflow.models.winograd.winograd_pays`), else chunked iff in·out channels
+    ≥ 128² and the CPU convolutions are YNNPACK's (with the library's compiler options,
+    :mod:`simple_reflow.compile_options`, they are Eigen's, whose own weight gradient is
+    faster: 2.19 vs 1.94 img/s for the CIFAR10 DDPM++ training step), else XLA's; on
+    accelerators always XLA's. All compute the same convolution; Winograd's
+    float32 rounding is ~20× larger (:mod:`simple_reflow.models.winograd`).
     Shapes: ``[B, H, W, in_channels] -> [B, H', W', out_channels]``.
     """
 
@@ -270,19 +278,21 @@ class Conv2d(nnx.Module):
         mode: str = "kaiming_normal",
         init_weight: float = 1.0,
         init_bias: float = 0.0,
-        conv_grad: str = "auto",
+        conv_algorithm: str = "auto",
         rngs: nnx.Rngs,
     ):
         if up and down:
             raise ValueError("Conv2d cannot both upsample and downsample")
-        if conv_grad not in CONV_GRADS:
-            raise ValueError(f"conv_grad must be one of {CONV_GRADS}, got {conv_grad!r}")
+        if conv_algorithm not in CONV_ALGORITHMS:
+            raise ValueError(
+                f"conv_algorithm must be one of {CONV_ALGORITHMS}, got {conv_algorithm!r}"
+            )
         if fused_resample and (up or not kernel):
             raise ValueError("fused_resample is defined for a downsampling k×k convolution only")
         self.up, self.down, self.kernel = up, down, kernel
         self.resample_filter = tuple(int(v) for v in resample_filter)
         self.fused_resample = fused_resample and down
-        self.conv_grad = conv_grad
+        self.conv_algorithm = conv_algorithm
         fan_in, fan_out = in_channels * kernel * kernel, out_channels * kernel * kernel
         self.weight = (
             nnx.Param(
@@ -306,13 +316,21 @@ class Conv2d(nnx.Module):
         return barrier(self._conv_kxk(barrier(x), w))
 
     def _conv_kxk(self, x, w):
-        if self.conv_grad == "chunked" or (
-            self.conv_grad == "auto"
-            and jax.default_backend() == "cpu"
-            # With the library's options they are Eigen's, whose own weight gradient is faster.
-            and "xla_cpu_experimental_ynn_fusion_type" not in compile_options.cpu_conv_options()
-            and w.shape[2] * w.shape[3] >= _AUTO_MIN_CHANNELS_SQ
-        ):
+        algorithm = self.conv_algorithm
+        if algorithm == "auto":
+            backend = jax.default_backend()
+            if winograd.winograd_pays(x.shape, w.shape, x.dtype, backend):
+                algorithm = "winograd"
+            elif (
+                backend == "cpu"
+                # With the library's options they are Eigen's, whose own weight gradient is faster.
+                and "xla_cpu_experimental_ynn_fusion_type" not in compile_options.cpu_conv_options()
+                and w.shape[2] * w.shape[3] >= _AUTO_MIN_CHANNELS_SQ
+            ):
+                algorithm = "chunked"
+        if algorithm == "winograd" and w.shape[:2] == (3, 3):
+            return winograd.winograd_conv3x3(x, w)
+        if algorithm == "chunked":
             return conv3x3(x, w)
         return _conv_same(x, w)
 
@@ -517,7 +535,7 @@ class UNetBlock(nnx.Module):
         init: dict | None = None,
         init_zero: dict | None = None,
         init_attn: dict | None = None,
-        conv_grad: str = "auto",
+        conv_algorithm: str = "auto",
         rngs: nnx.Rngs,
     ):
         init = init or {}
@@ -538,7 +556,7 @@ class UNetBlock(nnx.Module):
             up=up,
             down=down,
             resample_filter=resample_filter,
-            conv_grad=conv_grad,
+            conv_algorithm=conv_algorithm,
             rngs=rngs,
             **init,
         )
@@ -548,7 +566,7 @@ class UNetBlock(nnx.Module):
         self.norm1 = GroupNorm(out_channels, eps=eps)
         self.dropout = Dropout(dropout)
         self.conv1 = Conv2d(
-            out_channels, out_channels, 3, conv_grad=conv_grad, rngs=rngs, **init_zero
+            out_channels, out_channels, 3, conv_algorithm=conv_algorithm, rngs=rngs, **init_zero
         )
         needs_skip = out_channels != in_channels or up or down
         kernel = 1 if resample_proj or out_channels != in_channels else 0

@@ -69,7 +69,8 @@ class SongUNet(nnx.Module):
       decoder_type: ``"standard"`` | ``"skip"``.
       resample_filter: 1-D up/downsampling filter, ``(1, 1)`` or ``(1, 3, 3, 1)``.
       fourier_scale: std of the Fourier frequencies at initialisation (EDM: 16).
-      conv_grad: weight gradient of the 3×3 convolutions, "auto" | "chunked" | "xla"
+      conv_algorithm: how the 3×3 convolutions are computed, "auto" | "xla" | "chunked" |
+        "winograd"
         (:class:`~simple_reflow.models.layers.Conv2d`).
       rngs: parameter initialisation.
     """
@@ -95,7 +96,7 @@ class SongUNet(nnx.Module):
         decoder_type: str = "standard",
         resample_filter: Sequence[int] = (1, 1),
         fourier_scale: float = 16.0,
-        conv_grad: str = "auto",
+        conv_algorithm: str = "auto",
         rngs: nnx.Rngs,
     ):
         if embedding_type not in EMBEDDING_TYPES:
@@ -128,10 +129,10 @@ class SongUNet(nnx.Module):
             init=init,
             init_zero=init_zero,
             init_attn=init_attn,
-            conv_grad=conv_grad,
+            conv_algorithm=conv_algorithm,
             rngs=rngs,
         )
-        conv_kw = dict(conv_grad=conv_grad, rngs=rngs)
+        conv_kw = dict(conv_algorithm=conv_algorithm, rngs=rngs)
 
         # Mapping network.
         self.map_noise = (

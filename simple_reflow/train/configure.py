@@ -280,10 +280,10 @@ _IMAGE_FIELDS = (
     "sigma_data",
     "dtype",
 )
-# Every image preset of configs/backbones.py has these (conv_grad is optional).
+# Every image preset of configs/backbones.py has these (conv_algorithm is optional).
 _REQUIRED_IMAGE_FIELDS = ("resolution", *_IMAGE_FIELDS, "channels_per_head", *SONGUNET_OPTIONS)
 
-# Fields that define the function a snapshot computes (dropout, dtype and conv_grad do not).
+# Fields that define the function a snapshot computes (dropout, dtype and conv_algorithm do not).
 ARCHITECTURE_FIELDS = (
     "name",
     "resolution",
@@ -308,7 +308,7 @@ def model_kwargs(model) -> dict:
     else:
         fields = (
             *_IMAGE_FIELDS,
-            "conv_grad",
+            "conv_algorithm",
             *(("channels_per_head",) if name == "adm" else SONGUNET_OPTIONS),
         )
     return {k: model[k] for k in fields if k in model}
@@ -326,6 +326,10 @@ def validate_model_config(model, *, data_shape) -> None:
         ``model.resolution``, ``model.channel_mult``, ...) and what would be valid.
     """
     name = model.get("name")
+    _check(
+        "conv_grad" not in model,
+        "model.conv_grad is now model.conv_algorithm (same values, plus 'winograd')",
+    )
     if name in MODEL_NAMES and name != "mlp":
         for field in _REQUIRED_IMAGE_FIELDS:
             _check(

@@ -23,7 +23,9 @@ __all__ = ["edm_model_config", "model_params", "import_edm"]
 
 def edm_model_config(net: EDMNetwork, *, dtype: str = "float32") -> ml_collections.ConfigDict:
     """The ``model`` config section of an EDM network (fields of ``configs/backbones.py``)."""
-    return ml_collections.ConfigDict({**edm_architecture(net), "dtype": dtype, "conv_grad": "auto"})
+    return ml_collections.ConfigDict(
+        {**edm_architecture(net), "dtype": dtype, "conv_algorithm": "auto"}
+    )
 
 
 def model_params(state: dict, model_cfg, *, data_shape, source: str = "state_dict"):
