@@ -6,11 +6,12 @@
 For the toy MLP and the image backbones (CIFAR10 DDPM++ 32², AFHQv2/FFHQ DDPM++ 64², ImageNet-64
 ADM) it times one training step (``make_train_step`` with EDM's loss and Adam, the library's own
 step) and one sampling step (one denoiser call = 1 NFE), compiled once, medians after a warm-up.
-MFU = XLA's FLOP count of the compiled step ÷ time ÷ the measured peak of a large matmul on the
-same device in the step's compute dtype. float32 always; bfloat16 (``model.dtype``, parameters
-float32) on accelerators, or on the CPU with ``--bf16``. Batch sizes are small on the CPU and
-accelerator-sized elsewhere (``--scale`` multiplies them). On a 2-core CPU it runs in under
-5 minutes.
+MFU = the model's FLOPs (XLA's count with direct convolutions, ``common.model_flops``; the JSON
+also has the executed count, lower where the CPU runs Winograd) ÷ time ÷ the measured peak of a
+large matmul on the same device in the step's compute dtype. float32 always; bfloat16
+(``model.dtype``, parameters float32) on accelerators, or on the CPU with ``--bf16``. Batch sizes
+are small on the CPU and accelerator-sized elsewhere (``--scale`` multiplies them). On a 2-core
+CPU it runs in under 5 minutes.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 import jax
 import jax.numpy as jnp
 import optax
-from common import run_metadata, write_json
+from common import model_flops, run_metadata, write_json
 from flax import nnx
 
 from configs import backbones
@@ -98,11 +99,15 @@ def bench(name, dtype, batch, repeats):
     batch_data = {"x0": jax.random.uniform(jax.random.key(1), (batch, *shape), minval=-1, maxval=1)}
     if cfg.get("num_classes", 0):
         batch_data["cond"] = jnp.arange(batch, dtype=jnp.int32) % cfg.num_classes
-    step = compile_options.jit(
-        make_train_step(model_def, edm_loss, optimizer, ema_decay=0.999), donate_argnums=0
-    )
+
+    def train_step(model_def):
+        return compile_options.jit(
+            make_train_step(model_def, edm_loss, optimizer, ema_decay=0.999), donate_argnums=0
+        )
+
+    train_flops = model_flops(cfg, shape, lambda m: train_step(m).lower(state, batch_data))
     t0 = time.perf_counter()
-    train = step.lower(state, batch_data).compile()
+    train = train_step(model_def).lower(state, batch_data).compile()
     compile_train = time.perf_counter() - t0
     holder = [state]
 
@@ -111,19 +116,23 @@ def bench(name, dtype, batch, repeats):
         jax.block_until_ready(metrics["train/loss"])
 
     train_s = _median_seconds(run_train, repeats)
-    train_flops = _flops(train)
+    train_executed = _flops(train)
     params = holder[0].params
     holder[0] = state = None
 
     x_t = jax.random.normal(jax.random.key(2), (batch, *shape))
     t = jnp.linspace(0.1, 0.9, batch)
     cond = batch_data.get("cond")
-    fwd = compile_options.jit(lambda p, x, s, c: model_def.merge(p)(x, s, c))
+
+    def fwd(model_def):
+        return compile_options.jit(lambda p, x, s, c: model_def.merge(p)(x, s, c))
+
+    fwd_flops = model_flops(cfg, shape, lambda m: fwd(m).lower(params, x_t, t, cond))
     t0 = time.perf_counter()
-    forward = fwd.lower(params, x_t, t, cond).compile()
+    forward = fwd(model_def).lower(params, x_t, t, cond).compile()
     compile_fwd = time.perf_counter() - t0
     fwd_s = _median_seconds(lambda: forward(params, x_t, t, cond).block_until_ready(), repeats)
-    fwd_flops = _flops(forward)
+    fwd_executed = _flops(forward)
     return {
         "batch": batch,
         "dtype": dtype,
@@ -131,12 +140,14 @@ def bench(name, dtype, batch, repeats):
             "seconds": train_s,
             "images_per_s": batch / train_s,
             "gflop_per_step": train_flops / 1e9,
+            "executed_gflop_per_step": train_executed / 1e9,
             "compile_seconds": compile_train,
         },
         "sample_step": {
             "seconds": fwd_s,
             "images_per_s": batch / fwd_s,
             "gflop_per_call": fwd_flops / 1e9,
+            "executed_gflop_per_call": fwd_executed / 1e9,
             "compile_seconds": compile_fwd,
         },
     }

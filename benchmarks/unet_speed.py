@@ -6,7 +6,8 @@ Measures, in one session and one after the other:
 2. one training step of EDM's CIFAR10 DDPM++ (55.7M parameters) behind EDM's preconditioning,
    at ``--batch`` (8): the library's ``make_train_step`` with EDM's loss (``losses_edm``),
    Adam (optax) and the EMA update, ``value_and_grad`` inside one ``jax.jit`` — images/s,
-   model FLOPs per step from XLA's cost analysis, and their fraction of the matmul peak;
+   model FLOPs per step (XLA's cost analysis with direct convolutions, ``common.model_flops``;
+   the executed count is recorded too), and their fraction of the matmul peak;
 3. a forward-only denoiser call (eval mode) at ``--fwd-batch`` (64), the pair generator's cost;
 4. EDM's own PyTorch training step (``training/networks.py`` + ``training/loss.py``: EDMLoss,
    backward, Adam, EMA) of the same network and its forward denoiser (eval mode, no_grad, at
@@ -93,6 +94,8 @@ def bench_jax(args) -> dict:
     from flax import nnx
 
     sys.path.insert(0, REPO)
+    from common import model_flops
+
     from configs import backbones
     from simple_reflow import compile_options, losses_edm
     from simple_reflow.train.configure import model_from_config
@@ -122,16 +125,19 @@ def bench_jax(args) -> dict:
     out["num_params"] = int(num_params)
     optimizer = optax.adam(2e-4)
     loss_fn = functools.partial(losses_edm.edm_loss)
-    step = compile_options.jit(
-        make_train_step(model_def, loss_fn, optimizer, ema_decay=0.9999), donate_argnums=0
-    )
+
+    def step(model_def):
+        return compile_options.jit(
+            make_train_step(model_def, loss_fn, optimizer, ema_decay=0.9999), donate_argnums=0
+        )
+
     state = init_state(params, optimizer, seed=0)
     x0 = jax.random.uniform(jax.random.key(1), (args.batch, *shape), minval=-1.0, maxval=1.0)
     batch = {"x0": x0}
+    train_flops = model_flops(cfg, shape, lambda m: step(m).lower(state, batch))
     start = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
+    compiled = step(model_def).lower(state, batch).compile()
     out["train_compile_seconds"] = time.perf_counter() - start
-    train_flops = _flops(compiled)
 
     holder = [state]
 
@@ -147,6 +153,7 @@ def bench_jax(args) -> dict:
         "seconds": times,
         "images_per_s": args.batch / med,
         "flops_per_step": train_flops,
+        "executed_flops_per_step": _flops(compiled),
         "gflops_per_s": train_flops / med / 1e9,
         "fraction_of_matmul_peak": train_flops / med / peak,
         "step": "simple_reflow.train.step.make_train_step + losses_edm.edm_loss + optax.adam",
@@ -190,16 +197,16 @@ def bench_jax(args) -> dict:
             print(f"  {name}: {med_part:.3f} s", flush=True)
 
     # 3. Forward-only denoiser call (eval mode, no dropout).
-    def forward(p, x_t, t):
-        return model_def.merge(p)(x_t, t)
+    def forward(model_def):
+        return compile_options.jit(lambda p, x_t, t: model_def.merge(p)(x_t, t))
 
     fb = args.fwd_batch
     x_t = jax.random.normal(jax.random.key(2), (fb, *shape))
     t = jnp.linspace(0.1, 0.9, fb)
+    fwd_flops = model_flops(cfg, shape, lambda m: forward(m).lower(params, x_t, t))
     start = time.perf_counter()
-    fwd = compile_options.jit(forward).lower(params, x_t, t).compile()
+    fwd = forward(model_def).lower(params, x_t, t).compile()
     out["forward_compile_seconds"] = time.perf_counter() - start
-    fwd_flops = _flops(fwd)
     times = _median_time(lambda: fwd(params, x_t, t).block_until_ready(), **rep)
     med = statistics.median(times)
     out["forward"] = {
@@ -207,6 +214,7 @@ def bench_jax(args) -> dict:
         "seconds": times,
         "images_per_s": fb / med,
         "flops_per_call": fwd_flops,
+        "executed_flops_per_call": _flops(fwd),
         "gflops_per_s": fwd_flops / med / 1e9,
         "fraction_of_matmul_peak": fwd_flops / med / peak,
     }

@@ -124,6 +124,7 @@ def test_rejects_other_kernels():
     "x_shape, channels, dtype, backend, expected",
     [
         ((8, 32, 32, 256), 256, jnp.float32, "cpu", True),  # 2^29: CIFAR10 DDPM++ at 32²
+        ((4, 32, 32, 256), 256, jnp.float32, "cpu", True),  # 2^28
         ((8, 16, 16, 256), 256, jnp.float32, "cpu", False),  # 2^27
         ((64, 16, 16, 256), 256, jnp.float32, "cpu", True),
         ((8, 32, 32, 256), 256, jnp.bfloat16, "cpu", False),
