@@ -34,7 +34,7 @@ def _cpu_model():
 def model_flops(cfg, data_shape, lower) -> float:
     """FLOPs of the model as defined: XLA's cost analysis of the program built with
     ``model.conv_algorithm = "xla"`` (3×3 convolutions counted as direct convolutions), so
-    that utilisation means the same whichever algorithm runs (Winograd does 2.25× fewer
+    that utilisation means the same whichever algorithm runs (Winograd does 4× fewer
     multiplications, :mod:`simple_reflow.models.winograd`).
 
     Args:

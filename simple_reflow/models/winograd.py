@@ -7,7 +7,7 @@ cut into 4×4 tiles; each needs the 6×6 input tile ``d`` around it, and
 
 with the matrices ``Bᵀ`` (6×6), ``G`` (6×3) and ``Aᵀ`` (4×6) below (interpolation points
 0, ±1, ±2, ∞). The channel sum is one batched matmul ``[36, tiles, I] @ [36, I, O]``: 36
-products per 16 outputs instead of 9·16, so 2.25× fewer multiply-adds than the direct
+products per 16 outputs instead of 9·16, so 4× fewer multiply-adds than the direct
 convolution, at the price of the transforms (memory-bound passes) and a larger rounding error.
 
 Speed (XLA:CPU, jaxlib 0.10, the 2-core EPYC, library compiler options, run with
