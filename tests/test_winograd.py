@@ -115,9 +115,11 @@ def test_the_bound_catches_a_wrong_transform(monkeypatch):
     assert np.any(err > _gamma(44) * _envelope(x64, w64))
 
 
-def test_rejects_other_kernels():
+def test_rejects_other_kernels_and_dtypes():
     with pytest.raises(ValueError, match="3×3 kernel"):
         winograd.winograd_conv3x3(jnp.zeros((1, 4, 4, 2)), jnp.zeros((5, 5, 2, 2)))
+    with pytest.raises(ValueError, match="float32 only"):
+        winograd.winograd_conv3x3(jnp.zeros((1, 4, 4, 2), jnp.bfloat16), jnp.zeros((3, 3, 2, 2)))
 
 
 @pytest.mark.parametrize(

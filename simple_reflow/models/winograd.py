@@ -25,8 +25,8 @@ Accuracy: the products are formed from transformed values up to ~10× and ~20× 
 inputs (the rows of ``Bᵀ`` and ``Aᵀ``), so float32 rounding is ~20× that of the direct
 convolution (measured: 1.5e-5 vs 6.5e-7 relative to the largest output on random data). The
 bound tested in ``tests/test_winograd.py`` is the standard one for sums of products,
-``n·u·E`` with ``E`` the same algorithm on absolute values. Float32 only: in bfloat16 that
-error would be ~1e-1.
+``n·u·E`` with ``E`` the same algorithm on absolute values. Float32 only: in bfloat16 the error
+was 0.13 of the largest output, against 0.0034 for the direct convolution (``[2, 16, 16, 256]``).
 """
 
 from __future__ import annotations
@@ -141,6 +141,8 @@ def winograd_conv3x3(x, w):
     """
     if w.shape[:2] != (3, 3):
         raise ValueError(f"winograd_conv3x3 needs a 3×3 kernel, got {w.shape[:2]}")
+    if x.dtype != jnp.float32 or w.dtype != jnp.float32:
+        raise ValueError(f"winograd_conv3x3 is float32 only, got {x.dtype} and {w.dtype}")
     return _forward(x, w)
 
 
