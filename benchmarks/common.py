@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-__all__ = ["run_metadata", "matmul_peak", "model_flops", "time_fn", "write_json"]
+__all__ = ["run_metadata", "matmul_peak", "model_flops", "xla_flops", "time_fn", "write_json"]
 
 
 def _cpu_model():
@@ -29,6 +29,13 @@ def _cpu_model():
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def xla_flops(stage) -> float:
+    """FLOPs in XLA's cost analysis of a lowered or compiled program."""
+    cost = stage.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
 
 
 def model_flops(cfg, data_shape, lower) -> float:
@@ -55,9 +62,7 @@ def model_flops(cfg, data_shape, lower) -> float:
     model = nnx.eval_shape(
         lambda: model_from_config(direct, data_shape=data_shape, rngs=nnx.Rngs(0))
     )
-    cost = lower(split_model(model)[0]).cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost["flops"])
+    return xla_flops(lower(split_model(model)[0]))
 
 
 def run_metadata(config=None):

@@ -23,7 +23,7 @@ import time
 import jax
 import jax.numpy as jnp
 import optax
-from common import model_flops, run_metadata, write_json
+from common import model_flops, run_metadata, write_json, xla_flops
 from flax import nnx
 
 from configs import backbones
@@ -55,12 +55,6 @@ def _median_seconds(fn, repeats):
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def _flops(compiled):
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost["flops"])
 
 
 def matmul_peaks(n, repeats):
@@ -116,7 +110,7 @@ def bench(name, dtype, batch, repeats):
         jax.block_until_ready(metrics["train/loss"])
 
     train_s = _median_seconds(run_train, repeats)
-    train_executed = _flops(train)
+    train_executed = xla_flops(train)
     params = holder[0].params
     holder[0] = state = None
 
@@ -132,7 +126,7 @@ def bench(name, dtype, batch, repeats):
     forward = fwd(model_def).lower(params, x_t, t, cond).compile()
     compile_fwd = time.perf_counter() - t0
     fwd_s = _median_seconds(lambda: forward(params, x_t, t, cond).block_until_ready(), repeats)
-    fwd_executed = _flops(forward)
+    fwd_executed = xla_flops(forward)
     return {
         "batch": batch,
         "dtype": dtype,

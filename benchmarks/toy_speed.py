@@ -30,7 +30,13 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import matmul_peak, run_metadata, time_fn, write_json  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    matmul_peak,
+    run_metadata,
+    time_fn,
+    write_json,
+    xla_flops,
+)
 from configs.toy2d import get_config  # noqa: E402
 from simple_reflow import grids, losses, pair_mixing, sampler  # noqa: E402
 from simple_reflow.train.configure import flow_loss_kwargs  # noqa: E402
@@ -47,12 +53,6 @@ SWEEP = {
     "default": "",
     "single-thread eigen": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
 }
-
-
-def _flops(compiled):
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost.get("flops", 0.0))
 
 
 def train_figures(peak):
@@ -79,7 +79,7 @@ def train_figures(peak):
     state = init_state(params, optimizer, 0)
     batch = batch_fn(0, data)
     single = jax.jit(step).lower(state, batch).compile()
-    flops = _flops(single)
+    flops = xla_flops(single)
     out = {"flops_per_step": flops, "batch": BATCH}
     for k in (1, 10, 100):
         multi = jax.jit(lambda st, d, k=k: make_multi_step(step, lambda s: batch_fn(s, d), k)(st))

@@ -68,13 +68,6 @@ def _median_time(fn, *, repeats: int, warmup: int):
     return times
 
 
-def _flops(compiled) -> float:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0]
-    return float(cost.get("flops", float("nan")))
-
-
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -94,7 +87,7 @@ def bench_jax(args) -> dict:
     from flax import nnx
 
     sys.path.insert(0, REPO)
-    from common import model_flops
+    from common import model_flops, xla_flops
 
     from configs import backbones
     from simple_reflow import compile_options, losses_edm
@@ -153,7 +146,7 @@ def bench_jax(args) -> dict:
         "seconds": times,
         "images_per_s": args.batch / med,
         "flops_per_step": train_flops,
-        "executed_flops_per_step": _flops(compiled),
+        "executed_flops_per_step": xla_flops(compiled),
         "gflops_per_s": train_flops / med / 1e9,
         "fraction_of_matmul_peak": train_flops / med / peak,
         "step": "simple_reflow.train.step.make_train_step + losses_edm.edm_loss + optax.adam",
@@ -214,7 +207,7 @@ def bench_jax(args) -> dict:
         "seconds": times,
         "images_per_s": fb / med,
         "flops_per_call": fwd_flops,
-        "executed_flops_per_call": _flops(fwd),
+        "executed_flops_per_call": xla_flops(fwd),
         "gflops_per_s": fwd_flops / med / 1e9,
         "fraction_of_matmul_peak": fwd_flops / med / peak,
     }
