@@ -8,7 +8,9 @@
 or one image stage ("teacher", "pairs", "reflow", "eval"). The resolved config is written to
 ``workdir/config.json``; a job restarted with the same workdir resumes. SIGTERM (preemption) or
 Ctrl-C saves a checkpoint and exits with status 143 / 130; a non-finite loss stops with
-status 1, keeping the last good checkpoint.
+status 1, keeping the last good checkpoint. A missing or damaged input (snapshot, pair store
+shard, FID statistics, Inception weights) stops with status 2 and one line naming the file and
+the command that makes or repairs it; ``SIMPLE_REFLOW_DEBUG=1`` shows the full traceback.
 """
 
 from __future__ import annotations
@@ -37,21 +39,21 @@ def main(argv):
 
     if _MULTIHOST.value:
         jax.distributed.initialize()
-    from simple_reflow.errors import MissingInput
+    from simple_reflow.errors import DamagedInput, MissingInput, show_traceback
     from simple_reflow.pair_store import StoreMismatch
     from simple_reflow.train.loop import NonFiniteLoss, TrainingInterrupted
     from simple_reflow.train.stages import resolve, run_stage
 
     cfg = _CONFIG.value
-    run = resolve(cfg)  # validated once: fails in well under a second, naming the bad field
     workdir = _WORKDIR.value
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(cfg.to_json_best_effort(indent=1, sort_keys=True))
-    logging.info("stage %s, %d devices, workdir %s", cfg.stage, jax.device_count(), workdir)
     start = time.perf_counter()
     try:
+        run = resolve(cfg)  # validated once: fails in well under a second, naming the bad field
+        os.makedirs(workdir, exist_ok=True)
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                f.write(cfg.to_json_best_effort(indent=1, sort_keys=True))
+        logging.info("stage %s, %d devices, workdir %s", cfg.stage, jax.device_count(), workdir)
         summary = run_stage(run, workdir)
     except TrainingInterrupted as e:  # SIGTERM / Ctrl-C: checkpoint saved, resumable
         print(f"stopped: {e}", flush=True)
@@ -61,6 +63,11 @@ def main(argv):
         return 1
     except MissingInput as e:  # a missing input: one line saying what creates it
         print(f"missing input: {e}", file=sys.stderr, flush=True)
+        return 2
+    except DamagedInput as e:  # a damaged file: one line naming it and its repair
+        if show_traceback():
+            raise
+        print(f"damaged input: {e}", file=sys.stderr, flush=True)
         return 2
     except StoreMismatch as e:  # pairs of another teacher / shape / grid: one line
         print(f"pair store mismatch: {e}", file=sys.stderr, flush=True)

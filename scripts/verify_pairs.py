@@ -18,6 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from simple_reflow.errors import DamagedInput, show_traceback  # noqa: E402
 from simple_reflow.pair_store import read_manifest, verify_store  # noqa: E402
 
 
@@ -47,8 +48,15 @@ def main(argv=None):
         raise SystemExit(f"verify_pairs: {args.path} does not exist.")
     sound = True
     for store in _stores(args.path):
-        m = read_manifest(store)
-        report = verify_store(store, checksums=not args.fast, repair=args.repair)
+        try:
+            m = read_manifest(store)
+            report = verify_store(store, checksums=not args.fast, repair=args.repair)
+        except DamagedInput as e:  # the manifest itself: one line naming it and the repair
+            if show_traceback():
+                raise
+            print(f"{store}: DAMAGED: {e}")
+            sound = False
+            continue
         state = "complete" if report.complete else "INCOMPLETE"
         print(f"{store}: {m['num']} pairs in shards of {m['chunk']}, {state}: {report.summary()}")
         for name in report.missing[:20]:
@@ -61,6 +69,12 @@ def main(argv=None):
                 "temporary folder is removed by the next run)"
             )
         sound &= report.complete
+        if report.regenerate:
+            workdir = os.path.dirname(os.path.normpath(store)) or "."
+            print(
+                f"  to repair: {'' if args.repair else 'rerun with --repair, then '}rerun the "
+                f"pairs stage with --workdir {workdir} (it regenerates only these shards)"
+            )
     return 0 if sound else 1
 
 

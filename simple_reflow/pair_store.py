@@ -6,8 +6,9 @@ One store per pair kind (``<pairs.dir>/backward``, ``forward``, ``projected``)::
                          dtype) and provenance (teacher snapshot SHA-256, solver, grid, NFE,
                          seed); once every shard exists, also each shard's checksum
   shard_0000000000/      pairs [0, chunk): ``pairs.array_record`` (one record per pair) and
-  shard_0000001024/      ``done.json`` (count, size, SHA-256); written in a temporary folder
-  …                      and renamed, so a shard exists whole or not at all
+  shard_0000001024/      ``done.json`` (count, size, SHA-256 of the file and of its first
+  …                      4 KiB); written in a temporary folder and renamed, so a shard exists
+                         whole or not at all
 
 The shards are ArrayRecord files (the format of TFDS's and Grain's random-access sources),
 uncompressed, one record per pair (group size 1, so a pair is one read): the record is the raw
@@ -27,6 +28,13 @@ Chunk ``c`` (pairs ``[c·chunk, (c+1)·chunk)``) belongs to host ``c mod process
 hosts generate with no coordination; a restarted writer skips the finished shards and removes
 the temporary folders a killed one left. :func:`verify_store` checks a store against its
 manifest (missing, corrupt, unexpected shards) and says what a resume would regenerate.
+
+Damage is never read silently: opening a :class:`PairStore` checks each shard file's size and
+first 4 KiB against the manifest (cheap: a stat and one small read per shard), and every read
+goes through Riegeli's block and chunk hashes and checks each record's size and pair index.
+Whatever fails — the reader, the OS, a record — raises a :class:`DamagedPairStore` naming the
+store, the shard file, its pairs and the repair (``scripts/verify_pairs.py STORE --repair``,
+then the pairs stage again); ``tests/test_store_faults.py`` sweeps every class of position.
 """
 
 from __future__ import annotations
@@ -44,9 +52,13 @@ import ml_dtypes
 import numpy as np
 from array_record.python import array_record_module
 
+from simple_reflow.errors import DamagedInput, reason
+
 __all__ = [
     "STORAGE_DTYPES",
     "StoreMismatch",
+    "DamagedPairStore",
+    "repair_command",
     "write_store",
     "finalize_store",
     "read_manifest",
@@ -62,10 +74,39 @@ _MANIFEST = "manifest.json"
 _DONE = "done.json"
 _FILE = "pairs.array_record"
 _WRITER_OPTIONS = "group_size:1,uncompressed"  # a record per pair: random access
+_HEAD = 4096  # bytes of a shard file hashed for the cheap check at open (see PairStore)
 
 
 class StoreMismatch(ValueError):
     """A store on disk describes other pairs than the ones asked for."""
+
+
+def repair_command(store: str) -> str:
+    """What a user runs to repair the pair store at ``store``: drop the damaged shards, then
+    regenerate exactly those with the pairs stage (its workdir is the store's parent)."""
+    return (
+        f"run `python scripts/verify_pairs.py {store} --repair`, then rerun the pairs stage "
+        f"with --workdir {os.path.dirname(os.path.normpath(store)) or '.'} (it regenerates "
+        "only the removed shards)"
+    )
+
+
+class DamagedPairStore(DamagedInput):
+    """A shard of a pair store cannot be read as its manifest describes it (corrupt, truncated,
+    missing, moved, or another store's): names the store, the shard file, the pairs it holds
+    and the repair command. Never skipped: a skipped shard would change the data silently.
+
+    Attributes:
+      store: the store's folder; ``path``: the shard file; ``start``, ``count``: its pairs.
+    """
+
+    def __init__(self, store: str, file: str, start: int, count: int, why: str):
+        self.store, self.start, self.count = store, start, count
+        super().__init__(
+            file,
+            f"pairs {start}–{start + count - 1} of the pair store {store}: {why}",
+            repair_command(store),
+        )
 
 
 def _shard_name(start: int) -> str:
@@ -87,6 +128,13 @@ def _layout(spec: dict) -> tuple[dict, int]:
         out[name] = (at, n)
         at += n
     return out, at
+
+
+def _head_sha256(path: str) -> str:
+    """SHA-256 of a file's first :data:`_HEAD` bytes: its Riegeli signature and the headers
+    (with their data hashes) of its first records, a fingerprint of the shard's content."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read(_HEAD)).hexdigest()
 
 
 def file_sha256(path: str, block: int = 1 << 22) -> str:
@@ -141,9 +189,26 @@ def _write_json(path: str, obj) -> None:
 
 
 def read_manifest(path: str) -> dict:
-    """The manifest of the store at ``path`` (FileNotFoundError when there is none)."""
-    with open(os.path.join(path, _MANIFEST)) as f:
-        return json.load(f)
+    """The manifest of the store at ``path`` (FileNotFoundError when there is none; a
+    :class:`~simple_reflow.errors.DamagedInput` naming it when it is not a manifest)."""
+    file = os.path.join(path, _MANIFEST)
+    try:
+        with open(file, "rb") as f:
+            manifest = json.loads(f.read().decode("utf-8"))
+        if not isinstance(manifest, dict) or not {"num", "chunk", "arrays"} <= set(manifest):
+            raise ValueError("not a pair store manifest")
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as e:  # JSON, UTF-8 and I/O errors
+        raise DamagedInput(
+            file,
+            reason(e),
+            f"remove it and rerun the pairs stage with --workdir "
+            f"{os.path.dirname(os.path.normpath(path)) or '.'} (it rewrites the manifest and "
+            f"keeps the shards), then check the store with `python scripts/verify_pairs.py "
+            f"{path}`",
+        ) from e
+    return manifest
 
 
 def _starts(num: int, chunk: int) -> range:
@@ -206,6 +271,10 @@ def write_store(
         n = min(chunk, num - start)
         final = os.path.join(path, _shard_name(start))
         if os.path.exists(os.path.join(final, _DONE)):
+            problem = _check_shard(final, n, start, desc["arrays"], None, checksums=False)
+            if problem is not None:  # cheap: done.json and the file's size, never skipped
+                file, why = _named(problem, final)
+                raise DamagedPairStore(path, file, start, n, why)
             if progress:
                 progress(n)
             continue
@@ -246,7 +315,12 @@ def _write_shard(final, out, spec, n):
         os.fsync(fd)
     finally:
         os.close(fd)
-    done = {"count": n, "bytes": os.path.getsize(file), "sha256": file_sha256(file)}
+    done = {
+        "count": n,
+        "bytes": os.path.getsize(file),
+        "sha256": file_sha256(file),
+        "head_sha256": _head_sha256(file),
+    }
     _write_json(os.path.join(tmp, _DONE), done)
     if os.path.exists(final):  # a partial folder without done.json (cannot happen via rename)
         shutil.rmtree(final)
@@ -305,16 +379,10 @@ class PairStore:
         self.arrays = manifest["arrays"]
         self.provenance = manifest["provenance"]
         self._layout, self._record = _layout(self.arrays)
-        for start in _starts(self.num, self.chunk):
-            file = self._file(start)
-            want = manifest["shards"][_shard_name(start)]["bytes"]
-            size = os.path.getsize(file) if os.path.exists(file) else None
-            if size != want:
-                what = "missing" if size is None else f"{size} bytes, expected {want}"
-                raise ValueError(
-                    f"pair store shard file {file} is {what}: run `python "
-                    f"scripts/verify_pairs.py {path} --repair` and rerun the pairs stage."
-                )
+        for start in _starts(self.num, self.chunk):  # cheap: a stat and a 4 KiB read each
+            why = _file_problem(self._file(start), manifest["shards"][_shard_name(start)])
+            if why:
+                raise self._damaged(start, why)
         self._readers = collections.OrderedDict()
         self._max_open = max_open
         self._threads = threads
@@ -369,15 +437,43 @@ class PairStore:
                 self._readers.move_to_end(start)
             return reader
 
+    def _damaged(self, start, why):
+        return DamagedPairStore(
+            self.path, self._file(start), start, min(self.chunk, self.num - start), why
+        )
+
     def _read_shard(self, start, positions, dest, where):
-        """Records ``positions`` of shard ``start`` into ``dest[where]`` (one copy each)."""
-        for j, record in zip(where, self._reader(start).read(positions), strict=True):
+        """Records ``positions`` of shard ``start`` into ``dest[where]`` (one copy each).
+
+        Any failure — the reader's (Riegeli hash mismatches, a bad index), the OS's (EIO, a
+        file gone), a record of the wrong size, a record of another pair — is a
+        :class:`DamagedPairStore` naming the shard: fatal, never skipped."""
+        try:
+            records = self._reader(start).read(positions)
+            if len(records) != len(positions):
+                raise ValueError(f"{len(records)} records for {len(positions)} positions")
+        except Exception as e:  # noqa: BLE001 (the reader's errors are untyped RuntimeErrors)
+            with self._lock:
+                reader = self._readers.pop(start, None)
+            if reader is not None:
+                _close_quietly(reader)
+            raise self._damaged(start, f"reading records failed: {reason(e)}") from e
+        for j, position, record in zip(where, positions, records, strict=True):
             if len(record) != self._record:
-                raise OSError(
-                    f"{self._file(start)} returned a record of {len(record)} bytes, the "
-                    f"manifest describes {self._record}: the file changed on disk."
+                raise self._damaged(
+                    start,
+                    f"record {position} has {len(record)} bytes, the manifest describes "
+                    f"{self._record}",
                 )
             dest[j] = np.frombuffer(record, np.uint8)
+        at, size = self._layout["index"]  # every record carries its pair's global index
+        got = np.ascontiguousarray(dest[where, at : at + size]).view("<i8").reshape(-1)
+        want = start + np.asarray(positions, np.int64)
+        if not np.array_equal(got, want):
+            k = int(np.flatnonzero(got != want)[0])
+            raise self._damaged(
+                start, f"record {positions[k]} holds pair {got[k]}, not pair {want[k]}"
+            )
 
     def read(self, indices, keys=None) -> dict:
         """Pairs ``indices`` (any order, repeats allowed): ``{name: [n, ...]}``."""
@@ -412,7 +508,7 @@ class PairStore:
             self._pool.shutdown()
             self._pool = None
         while getattr(self, "_readers", None):
-            self._readers.popitem()[1].close()
+            _close_quietly(self._readers.popitem()[1])
 
     def __enter__(self):
         return self
@@ -425,6 +521,45 @@ class PairStore:
             self.close()
         except Exception:  # noqa: BLE001 (interpreter shutdown)
             pass
+
+
+def _file_problem(file, recorded) -> str | None:
+    """Why the shard ``file`` is not the one the manifest recorded (``recorded``: its
+    ``done.json`` entry) by the cheap checks — existence, size, the first 4 KiB's SHA-256
+    (when recorded) — or None. A shard moved from another position or another store fails
+    the last; damage further in is caught when a record is read (Riegeli's chunk hashes)."""
+    try:
+        size = os.path.getsize(file)
+    except FileNotFoundError:
+        return "the file is missing"
+    except OSError as e:
+        return f"cannot stat it ({reason(e)})"
+    if size != recorded["bytes"]:
+        return f"{size} bytes, the manifest records {recorded['bytes']} (truncated or padded)"
+    if "head_sha256" in recorded:
+        try:
+            head = _head_sha256(file)
+        except OSError as e:
+            return f"cannot read it ({reason(e)})"
+        if head != recorded["head_sha256"]:
+            return "its first 4 KiB differ from the manifest's record (corrupt, or another file)"
+    return None
+
+
+def _named(problem, folder):
+    """``(file, why)`` of a :func:`_check_shard` result ("missing" names done.json)."""
+    return (
+        (os.path.join(folder, _DONE), "done.json is missing") if problem == "missing" else problem
+    )
+
+
+def _close_quietly(reader):
+    """Closes a shard reader; a damaged shard's reader re-raises its failure on close, which
+    its read already reported as a :class:`DamagedPairStore`."""
+    try:
+        reader.close()
+    except Exception:  # noqa: BLE001, S110
+        pass
 
 
 def _open_reader(file, record_bytes):
@@ -515,20 +650,23 @@ def _check_shard(folder, n, start, spec, recorded, checksums):
     if done.get("count") != n:
         return (done_file, f"count {done.get('count')} != {n}")
     if recorded is not None and recorded != done:
-        return (done_file, "checksums differ from the manifest's")
+        return (done_file, "differs from the manifest's record (another shard's or store's)")
     file = os.path.join(folder, _FILE)
-    if not os.path.exists(file):
-        return (file, "missing file")
-    if os.path.getsize(file) != done.get("bytes"):
-        return (
-            file,
-            f"truncated or padded ({os.path.getsize(file)} bytes, "
-            f"done.json records {done.get('bytes')})",
-        )
-    if checksums and file_sha256(file) != done.get("sha256"):
-        return (file, "SHA-256 differs from done.json (corrupt)")
-    if not checksums:
-        return None
+    try:
+        if not os.path.isfile(file):
+            return (file, "missing file")
+        if os.path.getsize(file) != done.get("bytes"):
+            return (
+                file,
+                f"truncated or padded ({os.path.getsize(file)} bytes, "
+                f"done.json records {done.get('bytes')})",
+            )
+        if not checksums:
+            return None
+        if file_sha256(file) != done.get("sha256"):
+            return (file, "SHA-256 differs from done.json (corrupt)")
+    except OSError as e:  # EIO, permissions: the file cannot be read
+        return (file, f"unreadable ({reason(e)})")
     layout, record = _layout(spec)
     at, size = layout["index"]
     index = []
@@ -544,7 +682,7 @@ def _check_shard(folder, n, start, spec, recorded, checksums):
         finally:
             reader.close()
     except Exception as e:  # noqa: BLE001 (the reader's errors are not typed)
-        return (file, f"not a readable ArrayRecord file ({e})")
+        return (file, f"not a readable ArrayRecord file ({reason(e)})")
     if count != n:
         return (file, f"{count} records, expected {n}")
     if not np.array_equal(np.frombuffer(b"".join(index), "<i8"), np.arange(start, start + n)):

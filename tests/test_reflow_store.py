@@ -6,6 +6,7 @@ bit-identical to an uninterrupted run.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,6 +90,37 @@ def test_reflow_refuses_pairs_of_another_teacher_or_grid(root):
     err = _finish(_start(root, "reflow", root / "r2", teacher="teacher2"), code=2)
     assert "teacher.workdir (ema.npz SHA-256)" in err
     assert not os.path.exists(root / "r1" / "metrics.jsonl")  # refused before training
+
+
+def test_a_damaged_shard_stops_reflow_with_its_name_and_repair(root, tmp_path):
+    """The flip that once surfaced as the ArrayRecord library's own "Corrupted Riegeli/records
+    file" error: one byte in the middle of the first shard's file."""
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("r1", "r2", "straight", "cut"))
+    file = copy / "pairs" / "backward" / "shard_0000000000" / "pairs.array_record"
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    file.write_bytes(bytes(data))
+    err = _finish(_start(copy, "reflow", copy / "student"), code=2)
+    lines = [x for x in err.strip().splitlines() if not x.startswith("student (ReFlow):")]
+    assert len(lines) == 1, err  # one line besides the progress bar, no traceback
+    assert lines[0].startswith(f"damaged input: {file} is damaged (pairs 0–15 of the pair store")
+    assert f"`python scripts/verify_pairs.py {copy / 'pairs' / 'backward'} --repair`" in err
+    assert "Traceback" not in err and not (copy / "student" / "ema.npz").exists()
+    out = subprocess.run(
+        [sys.executable, "scripts/verify_pairs.py", str(copy / "pairs"), "--repair"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 1 and f"corrupt   {file}" in out.stdout, out.stdout
+    _finish(_start(copy, "pairs", copy / "pairs"))  # regenerates the removed shard only
+    for kind in ("backward", "forward"):
+        a, b = root / "pairs" / kind, copy / "pairs" / kind
+        for name in sorted(os.listdir(a)):
+            for f in ("manifest.json",) if name == "manifest.json" else os.listdir(a / name):
+                path = name if name == "manifest.json" else os.path.join(name, f)
+                assert (a / path).read_bytes() == (b / path).read_bytes(), path
 
 
 @pytest.mark.slow

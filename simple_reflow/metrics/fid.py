@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from simple_reflow.errors import MissingInput
+from simple_reflow.errors import DamagedInput, MissingInput, reason
 
 __all__ = ["to_uint8", "FeatureStats", "save_reference", "load_reference"]
 
@@ -107,11 +107,22 @@ def load_reference(path: str, *, dim: int | None = None, resolution: int | None 
             f"no FID reference statistics at {path!r} (compute them with "
             "scripts/fid_stats.py, or use EDM's published .npz)"
         )
-    with np.load(path) as data:
-        if "mu" not in data.files or "sigma" not in data.files:
-            raise ValueError(f"{path} has no 'mu' and 'sigma' arrays: not FID reference statistics")
-        mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
-        stored = int(data["resolution"]) if "resolution" in data.files else None
+    try:
+        with np.load(path) as data:  # reading each array to its end checks its CRC-32
+            files = data.files
+            if "mu" in files and "sigma" in files:
+                mu = np.asarray(data["mu"], np.float64)
+                sigma = np.asarray(data["sigma"], np.float64)
+                stored = int(data["resolution"]) if "resolution" in files else None
+    except Exception as e:  # noqa: BLE001 (zipfile, zlib, pickle refusals, short reads)
+        raise DamagedInput(
+            path,
+            reason(e),
+            f"rewrite it with `python scripts/fid_stats.py --config configs/<dataset>.py:eval "
+            f"--out {path}`, or download EDM's published file again",
+        ) from e
+    if "mu" not in files or "sigma" not in files:
+        raise ValueError(f"{path} has no 'mu' and 'sigma' arrays: not FID reference statistics")
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(
             f"{path}: mu {mu.shape} and sigma {sigma.shape} are not the statistics "

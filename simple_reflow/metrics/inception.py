@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from simple_reflow import compile_options
-from simple_reflow.errors import MissingInput
+from simple_reflow.errors import DamagedInput, MissingInput, reason
 from simple_reflow.models.params import flat_params, unflatten_params
 from simple_reflow.models.torch_files import load_torch_file
 
@@ -341,11 +341,20 @@ def load_fid_inception(path: str | None = None) -> FIDInception:
         )
     if not os.path.exists(path):
         raise MissingInput(f"no Inception weights at {path!r}")
-    if path.endswith(".npz"):
-        with np.load(path) as data:
-            state = {k: data[k] for k in data.files}
-    else:
-        state = load_torch_file(path)
+    try:
+        if path.endswith(".npz"):
+            with np.load(path) as data:
+                state = {k: data[k] for k in data.files}
+        else:
+            state = load_torch_file(path)
+    except Exception as e:  # noqa: BLE001 (zipfile, zlib, unpickling, short reads)
+        raise DamagedInput(
+            path,
+            reason(e),
+            "replace it with an intact copy of pytorch-fid's "
+            "pt_inception-2015-12-05-6726825d.pth (its SHA-256 begins 6726825d, as its name "
+            "says)",
+        ) from e
     if not isinstance(state, dict):
         raise ValueError(f"{path} is not a state dict of the FID Inception-v3")
     params = inception_params(state, source=path)

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
+from simple_reflow.errors import DamagedInput, reason
 from simple_reflow.models.params import param_name, unflatten_params
 from simple_reflow.train.step import TrainState
 
@@ -26,6 +30,7 @@ __all__ = [
     "save_model_config",
     "load_model_config",
     "check_model_config",
+    "snapshot_repair",
 ]
 
 
@@ -36,19 +41,111 @@ def make_manager(workdir, keep=2):
     return ocp.CheckpointManager(path, options=options)
 
 
+def _bits(x):
+    """A leaf's bit pattern as uint32 (PRNG keys by their data; 1/2-byte types widened)."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    size = x.dtype.itemsize
+    if size in (1, 2):
+        return jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * size}")).astype(jnp.uint32)
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)  # 8-byte types: a trailing axis of 2
+
+
+@jax.jit
+def _checksum(tree):
+    """Σ over leaves and elements of bits · w (mod 2³²), every weight w odd: a change of any one
+    element changes it (bits' change is 2^k·odd, times an odd weight, nonzero mod 2³²); several
+    changes cancel with probability ~2⁻³². Integer sums: the same on any device or mesh."""
+    total = jnp.uint32(0)
+    for i, leaf in enumerate(jax.tree.leaves(tree)):
+        bits = _bits(leaf).reshape(-1)
+        w = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(2 * i)
+        total = total + jnp.sum(bits * (w | jnp.uint32(1)), dtype=jnp.uint32)
+    return total
+
+
+def state_checksum(state) -> int:
+    """The checksum of a train state's arrays, recorded at saving and checked at restoring
+    (Orbax does not check its data: a flipped byte in a checkpoint restores silently)."""
+    value = _checksum(state._asdict())
+    return int(np.asarray(value.addressable_data(0)))  # replicated: this host's copy
+
+
+def _checksums_file(manager):
+    return os.fspath(manager.directory).rstrip(os.sep) + ".checksums.json"
+
+
+def _read_checksums(manager) -> dict:
+    try:
+        with open(_checksums_file(manager)) as f:
+            return json.load(f)
+    except (OSError, ValueError):  # none yet (or unreadable: the steps restore unchecked)
+        return {}
+
+
 def save_state(manager, state):
-    """Saves ``state`` at its step (asynchronously; call ``manager.wait_until_finished``)."""
-    manager.save(int(state.step), args=ocp.args.StandardSave(state._asdict()))
+    """Saves ``state`` at its step (asynchronously; call ``manager.wait_until_finished``),
+    recording its checksum first in ``checkpoints.checksums.json`` beside the folder."""
+    step = int(state.step)
+    checksum = state_checksum(state)
+    if jax.process_index() == 0:
+        kept = {str(s) for s in manager.all_steps()} | {str(step)}
+        sums = {k: v for k, v in _read_checksums(manager).items() if k in kept}
+        sums[str(step)] = checksum
+        file = _checksums_file(manager)
+        with open(file + ".tmp", "w") as f:
+            json.dump(sums, f)
+        os.replace(file + ".tmp", file)
+    manager.save(step, args=ocp.args.StandardSave(state._asdict()))
 
 
 def restore_latest(manager, state):
-    """Restores the newest checkpoint into the structure of ``state``; returns it or ``state``."""
-    step = manager.latest_step()
-    if step is None:
-        return state
+    """Restores the newest readable checkpoint into the structure of ``state``; returns it, or
+    ``state`` when there is none.
+
+    A step that fails to restore (a truncated, missing or garbled file) or whose arrays differ
+    from the checksum recorded when it was saved (:func:`save_state`) is moved aside to
+    ``checkpoints/damaged_<step>.<time>`` with a warning naming it, and the previous step is
+    tried: the run then recomputes the steps since (deterministically, so it continues exactly).
+
+    Raises:
+      DamagedInput: every step is damaged (names the folder; removing it restarts from step 0).
+    """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state._asdict())
-    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    return TrainState(**restored)
+    folder = os.fspath(manager.directory)
+    damaged = []
+    recorded = _read_checksums(manager)
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+            if (
+                str(step) in recorded
+                and state_checksum(TrainState(**restored)) != recorded[str(step)]
+            ):
+                raise ValueError(f"its arrays' checksum differs from {_checksums_file(manager)}")
+        except Exception as e:  # noqa: BLE001 (Orbax and TensorStore errors are untyped)
+            damaged.append(f"step {step}: {reason(e)}")
+            aside = os.path.join(folder, f"damaged_{step}.{int(time.time())}")
+            if jax.process_index() == 0:
+                os.rename(os.path.join(folder, str(step)), aside)
+            message = (
+                f"checkpoint step {step} in {folder} is damaged ({reason(e)}); moved it to "
+                f"{aside} and falling back to the previous step"
+            )
+            logging.warning(message)
+            continue
+        if damaged:
+            manager.reload()  # the damaged steps are gone from its list: they are saved anew
+        return TrainState(**restored)
+    if damaged:
+        raise DamagedInput(
+            folder,
+            "; ".join(damaged),
+            f"no step restores: remove {folder} to restart the run from step 0",
+        )
+    return state
 
 
 def save_params(path, params):
@@ -68,8 +165,30 @@ def load_params(path, like):
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"no parameter snapshot at {path!r}.")
-    with np.load(path) as data:
-        return unflatten_params({k: data[k] for k in data.files}, like, source=repr(path))
+    try:
+        with np.load(path) as data:  # reading each array to its end checks its CRC-32
+            flat = {k: data[k] for k in data.files}
+    except Exception as e:  # noqa: BLE001 (zipfile, zlib, pickle refusals, short reads)
+        raise DamagedInput(path, reason(e), snapshot_repair(os.path.dirname(path))) from e
+    return unflatten_params(flat, like, source=repr(path))
+
+
+def snapshot_repair(workdir) -> str:
+    """The command that rewrites ``workdir``'s snapshot (``ema.npz``, ``model.json``): the EDM
+    import for an imported teacher (``import.json``), else the stage that trained it."""
+    try:
+        with open(os.path.join(workdir, "import.json")) as f:
+            source = json.load(f)["source"]
+        return (
+            f"rewrite it with `python scripts/import_edm.py --checkpoint {source} "
+            f"--workdir {workdir}`"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return (
+            f"rewrite it by rerunning the stage that trained it with --workdir {workdir} (it "
+            f"restores the newest checkpoint in {os.path.join(workdir, 'checkpoints')} and "
+            "writes ema.npz and model.json again)"
+        )
 
 
 def save_model_config(workdir, model_cfg):
@@ -115,5 +234,11 @@ def load_model_config(workdir):
     path = os.path.join(workdir, "model.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path, "rb") as f:
+            saved = json.loads(f.read().decode("utf-8"))
+        if not isinstance(saved, dict):
+            raise ValueError("not a model section")
+    except (OSError, ValueError) as e:
+        raise DamagedInput(path, reason(e), snapshot_repair(workdir)) from e
+    return saved

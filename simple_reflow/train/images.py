@@ -398,8 +398,8 @@ def run_reflow(run, workdir):
     cfg = run.cfg
     p = cfg.pairs
     fractions = pair_mixing.pair_fractions(p.rho, p.projection.fraction)
-    stores = _open_stores(run)
     model_def, params = _teacher(run)  # the student starts from the teacher's weights
+    stores = _open_stores(run)  # (a damaged teacher snapshot is named as such, not a mismatch)
     if jax.process_index() == 0:
         checkpoint.save_model_config(workdir, cfg.model)
     sizes = {name: _store_spec(run, name, None)[0] for name in stores}
