@@ -95,6 +95,15 @@ def _check_finite(metrics, step, manager):
         )
 
 
+def _postfix(row):
+    """The progress bar's figures: the loss (the objective, ≈ 1 under Simple ReFlow's
+    normalisation) and, when the loss reports it, the raw mean per-sample distance."""
+    out = {"loss": f"{row['train/loss']:.4g}"}
+    if "train/raw_distance" in row:
+        out["raw_distance"] = f"{row['train/raw_distance']:.4g}"
+    return out
+
+
 def _log(workdir, step, metrics, writer):
     """Appends a row to ``metrics.jsonl`` and the same scalars to TensorBoard (process 0)."""
     row = {"step": step, **{k: float(np.asarray(v)) for k, v in metrics.items()}}
@@ -184,7 +193,7 @@ def train_loop(
                             / max(now - t_last, 1e-9),
                         }
                     row = _log(workdir, step, metrics, writer)
-                    bar.set_postfix(loss=f"{row['train/loss']:.4g}")
+                    bar.set_postfix(_postfix(row))
                     t_last, step_last = now, step
                 if log or ckpt:
                     _check_finite(metrics, step, manager)
