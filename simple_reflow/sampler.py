@@ -1,9 +1,13 @@
 """ODE solvers for the flow dx/dt = v(x, t) = (x − D(x, t))/t (METHOD.md §4).
 
 One entry point, :func:`sample`, integrates from t = grid[0] down to grid[-1] with Euler, Heun
-(EDM's, last step into t = 0 Euler) or DPM-Solver-2 (data-prediction form, ratio r) and returns
-the samples with the NFE actually spent. Grids are concrete NumPy arrays, so the NFE is known
-before tracing; the steps run in one ``lax.scan``, with at most one special step at each end.
+(EDM's, last step into t = 0 Euler) or DPM-Solver-2 (data-prediction form, ratio r), or steps a
+two-time (average-velocity) model with ``solver="mean"`` (MeanFlow / SplitMeanFlow, METHOD.md
+§9: z_r = z_t − (t − r)·u(z_t, r, t), one NFE per interval), or runs FlowTurbo's
+pseudo-corrector (``solver="pseudo_heun"``: Heun reusing the previous step's second velocity,
+one NFE per interval after the first), and returns the samples with the NFE actually spent.
+Grids are concrete NumPy arrays, so the NFE is known before tracing; the steps run in one
+``lax.scan``, with at most one special step at each end.
 :func:`integrate` is the same machinery from an arbitrary state, in either time direction
 (Euler and Heun), used by the forward pair generator.
 """
@@ -18,7 +22,8 @@ from simple_reflow import paths
 
 __all__ = ["SOLVERS", "nfe_of", "grid_for_budget", "integrate", "sample", "validate_grid"]
 
-SOLVERS = ("euler", "heun", "dpm2")
+SOLVERS = ("euler", "heun", "dpm2", "mean", "pseudo_heun")
+"""``"mean"`` needs a two-time denoiser ``denoise_fn(x_t, t, cond, r=r)`` (METHOD.md §9)."""
 
 
 def validate_grid(grid, solver):
@@ -33,8 +38,8 @@ def validate_grid(grid, solver):
         raise ValueError("a grid must be strictly monotone (never clip a grid).")
     if g.min() < 0 or g.max() > 1:
         raise ValueError(f"grid times must lie in [0, 1], got [{g.min()}, {g.max()}].")
-    if solver == "dpm2" and diffs[0] > 0:
-        raise ValueError("dpm2 integrates towards the data only (a decreasing grid).")
+    if solver in ("dpm2", "mean") and diffs[0] > 0:
+        raise ValueError(f"{solver} integrates towards the data only (a decreasing grid).")
     if diffs[0] > 0 and g[0] == 0:
         raise ValueError("an increasing grid must start at t_min > 0 (v is singular at t = 0).")
     return g
@@ -54,8 +59,10 @@ def _plan(g, solver):
 def nfe_of(grid, solver):
     """The exact number of network evaluations :func:`sample` spends on ``grid``."""
     g = validate_grid(grid, solver)
-    if solver == "euler":
+    if solver in ("euler", "mean"):
         return len(g) - 1
+    if solver == "pseudo_heun":  # one call to start, one per step, none into t = 0
+        return len(g) - int(g[-1] == 0.0)
     head, body, tail = _plan(g, solver)
     return 2 * len(body) + (head is not None) + (tail is not None)
 
@@ -98,6 +105,14 @@ def _first_order(denoise_fn, x, s, t_next, cond):
     return ratio * x + (1.0 - ratio) * _denoise(denoise_fn, x, s, cond)
 
 
+def _mean_step(denoise_fn, x, s, t_next, cond):
+    """z_r = (r/t)·z_t + (1 − r/t)·D_u(z_t, r, t) = z_t − (t − r)·u(z_t, r, t), t = s, r = t'
+    (METHOD.md §9 [recon: the denoiser form]): exact for the exact average velocity."""
+    tb, rb = (jnp.full((x.shape[0],), v, x.dtype) for v in (s, t_next))
+    ratio = t_next / s
+    return ratio * x + (1.0 - ratio) * denoise_fn(x, tb, cond, r=rb)
+
+
 def _heun_step(denoise_fn, x, s, t_next, cond):
     d1 = _velocity(denoise_fn, x, s, cond)
     x_euler = x + (t_next - s) * d1
@@ -117,15 +132,46 @@ def _dpm2_step(denoise_fn, x, s, t_next, cond, r):
     return (t_next / s) * x + (1.0 - t_next / s) * mix
 
 
+def _pseudo_heun(denoise_fn, x, g, cond, nfe, trajectory):
+    """FlowTurbo's pseudo-corrector (Zhao et al. 2024, METHOD.md §9): Heun whose first velocity
+    is the previous step's second, v₁ ← v(x̃_i, t_i) at the previous predictor point x̃_i (as
+    the authors' ``one_step_pseudo_corrector``), so one network call per step after the first.
+    A last step into t = 0 (where v is singular) is Euler on the carried velocity, no call.
+    Second order: x̃_i − x_i = O(h²), so the reused velocity is off by O(h²)."""
+    steps = list(zip(g[:-1], g[1:], strict=True))
+    tail = steps.pop() if g[-1] == 0.0 else None
+    v = _velocity(denoise_fn, x, float(g[0]), cond)
+
+    def step(carry, st):
+        x, v1 = carry
+        s, t_next = st[0].astype(x.dtype), st[1].astype(x.dtype)
+        v2 = _velocity(denoise_fn, x + (t_next - s) * v1, t_next, cond)
+        x = x + (t_next - s) * 0.5 * (v1 + v2)
+        return (x, v2), (x if trajectory else None)
+
+    states = [x[None]]
+    if steps:
+        (x, v), traj = jax.lax.scan(step, (x, v), jnp.asarray(np.array(steps), jnp.float32))
+        states.append(traj)
+    if tail is not None:
+        x = x + float(tail[1] - tail[0]) * v
+        states.append(x[None])
+    if trajectory:
+        return x, nfe, jnp.concatenate(states, axis=0)
+    return x, nfe
+
+
 def integrate(denoise_fn, x, grid, *, solver="euler", r=0.4, cond=None, trajectory=False):
     """Integrates the flow ODE along ``grid`` from the state ``x`` at ``t = grid[0]``.
 
     Args:
-      denoise_fn: ``denoise_fn(x_t [B, ...], t [B], cond) -> D [B, ...]``.
+      denoise_fn: ``denoise_fn(x_t [B, ...], t [B], cond) -> D [B, ...]``; for ``"mean"`` a
+        two-time denoiser ``denoise_fn(x_t, t, cond, r=r [B]) -> D_u`` (METHOD.md §9).
       x: the state at ``grid[0]``, ``[B, ...]``.
       grid: concrete, strictly monotone times (decreasing towards data or increasing towards
-        noise; DPM-Solver-2 only decreasing).
-      solver: "euler", "heun" or "dpm2".
+        noise; DPM-Solver-2 and "mean" only decreasing).
+      solver: "euler", "heun", "dpm2", "mean" (average-velocity steps, one NFE each) or
+        "pseudo_heun" (FlowTurbo's pseudo-corrector: N + 1 NFE, N into t = 0).
       r: DPM-Solver-2's intermediate ratio.
       cond: optional conditioning passed to ``denoise_fn``.
       trajectory: also return the states at every grid point, ``[N + 1, B, ...]``.
@@ -137,7 +183,9 @@ def integrate(denoise_fn, x, grid, *, solver="euler", r=0.4, cond=None, trajecto
     if solver == "dpm2" and not 0 < r < 1:
         raise ValueError(f"dpm2 ratio r={r!r} must lie in (0, 1).")
     nfe = nfe_of(g, solver)
-    if solver == "euler":
+    if solver == "pseudo_heun":
+        return _pseudo_heun(denoise_fn, x, g, cond, nfe, trajectory)
+    if solver in ("euler", "mean"):
         head, body, tail = None, list(zip(g[:-1], g[1:], strict=True)), None
     else:
         head, body, tail = _plan(g, solver)
@@ -146,6 +194,8 @@ def integrate(denoise_fn, x, grid, *, solver="euler", r=0.4, cond=None, trajecto
         s, t_next = st[0].astype(x.dtype), st[1].astype(x.dtype)
         if solver == "euler":
             x = _first_order(denoise_fn, x, s, t_next, cond)
+        elif solver == "mean":
+            x = _mean_step(denoise_fn, x, s, t_next, cond)
         elif solver == "heun":
             x = _heun_step(denoise_fn, x, s, t_next, cond)
         else:
@@ -174,7 +224,9 @@ def sample(denoise_fn, x1, grid, *, solver="dpm2", r=0.4, cond=None):
     """Generates data from noise ``x1`` along a decreasing grid (METHOD.md §4).
 
     The integration starts at x = grid[0]·x1 (for grid[0] = t_max < 1 the data part of x_{t_max}
-    is neglected, METHOD.md §2 [recon]) and ends at grid[-1] (0 for a full solve).
+    is neglected, METHOD.md §2 [recon]) and ends at grid[-1] (0 for a full solve). With
+    ``solver="mean"`` a two-time model takes one average-velocity step per interval: on
+    ``grids.uniform_grid(1)`` the 1-NFE sample x0 = x1 − u(x1, 0, 1) (MeanFlow Alg. 2).
 
     Returns:
       ``(x0, nfe)``: samples ``[B, ...]`` and the exact number of network evaluations.

@@ -9,6 +9,10 @@ one.
 The paper's configuration (EDM's ``train.py --arch=adm --cond=1`` for ImageNet-64):
 ``model_channels=192, channel_mult=(1, 2, 3, 4), num_blocks=3, attn_resolutions=(32, 16, 8),
 num_classes=1000, augment_dim=0`` — 295,899,267 parameters with EDM's preconditioning.
+
+``two_time=True`` adds MeanFlow's second time (METHOD.md §9): the interval t − r goes through
+the positional embedding and a zero-initialised ``map_interval`` added to ``map_layer0``'s
+pre-activation, as in :class:`~simple_reflow.models.song_unet.SongUNet`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from simple_reflow.models.layers import (
     UNetBlock,
     class_labels,
     positional_embedding,
+    second_time_input,
 )
 
 __all__ = ["DhariwalUNet"]
@@ -47,6 +52,8 @@ class DhariwalUNet(nnx.Module):
       conv_algorithm: how the 3×3 convolutions are computed, "auto" | "xla" | "chunked" |
         "winograd"
         (:class:`~simple_reflow.models.layers.Conv2d`).
+      two_time: also take the interval t − r through a zero-initialised embedding (MeanFlow,
+        SplitMeanFlow); off by default (no extra parameters).
       rngs: parameter initialisation.
     """
 
@@ -67,6 +74,7 @@ class DhariwalUNet(nnx.Module):
         dropout: float = 0.10,
         label_dropout: float = 0.0,
         conv_algorithm: str = "auto",
+        two_time: bool = False,
         rngs: nnx.Rngs,
     ):
         self.num_classes, self.augment_dim = num_classes, augment_dim
@@ -150,8 +158,14 @@ class DhariwalUNet(nnx.Module):
         self.out_conv = Conv2d(
             cout, out_channels, 3, conv_algorithm=conv_algorithm, rngs=rngs, **init_zero
         )
+        # Built last, so the other parameters draw the same random numbers with or without it.
+        self.map_interval = (
+            Linear(model_channels, emb_channels, bias=False, rngs=rngs, **init_zero)
+            if two_time
+            else None
+        )
 
-    def __call__(self, x, noise_labels, cond=None, *, key=None, augment_labels=None):
+    def __call__(self, x, noise_labels, cond=None, *, key=None, augment_labels=None, interval=None):
         """Applies the network.
 
         Args:
@@ -161,18 +175,24 @@ class DhariwalUNet(nnx.Module):
             vectors, or ``None``; ignored when unconditional.
           key: PRNG key; dropout and label dropout are active iff it is given.
           augment_labels: ``[B, augment_dim]`` or ``None`` (no augmentation input).
+          interval: ``[B]`` the second time t − r of a two-time network (``None``: r = t);
+            a one-time network rejects it.
 
         Returns:
           ``[B, H, W, out_channels]`` in the dtype of ``x``.
         """
         batch = x.shape[0]
+        interval = second_time_input(self.map_interval is not None, interval, batch)
         keys = dict.fromkeys([*self.enc_order, *self.dec_order, "label"])
         if key is not None:
             keys = dict(zip(keys, jax.random.split(key, len(keys)), strict=True))
         emb = positional_embedding(noise_labels, self.noise_channels)
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(jnp.asarray(augment_labels, jnp.float32))
-        emb = jax.nn.silu(self.map_layer0(emb))
+        emb = self.map_layer0(emb)
+        if interval is not None:
+            emb = emb + self.map_interval(positional_embedding(interval, self.noise_channels))
+        emb = jax.nn.silu(emb)
         emb = self.map_layer1(emb)
         if self.map_label is not None:
             labels = class_labels(

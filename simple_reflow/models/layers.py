@@ -53,6 +53,7 @@ __all__ = [
     "GroupNorm",
     "group_norm",
     "positional_embedding",
+    "second_time_input",
     "FourierEmbedding",
     "class_labels",
     "conv3x3",
@@ -471,6 +472,37 @@ def class_labels(cond, num_classes: int, batch: int, *, label_dropout: float = 0
         keep = jax.random.uniform(key, (batch, 1)) >= label_dropout
         labels = labels * keep.astype(labels.dtype)
     return labels
+
+
+def second_time_input(two_time: bool, interval, batch: int, dtype=jnp.float32):
+    """The second time a backbone embeds: the interval t − r of a two-time network (METHOD.md §9).
+
+    Args:
+      two_time: whether the backbone was built with ``two_time=True``.
+      interval: ``[B]`` t − r, or ``None`` (r = t: the instantaneous velocity).
+      batch: B.
+      dtype: of the zeros for ``None`` and of a non-floating ``interval``.
+
+    Returns:
+      ``[B]`` (zeros for ``None``) for a two-time backbone, ``None`` for a one-time one.
+
+    Raises:
+      ValueError: a second time given to a one-time backbone.
+    """
+    if not two_time:
+        if interval is not None:
+            raise ValueError(
+                "r was given, but this network takes one time; build it with two_time=True "
+                "(and initialise it from the one-time weights, models.two_time) for MeanFlow or "
+                "SplitMeanFlow."
+            )
+        return None
+    if interval is None:
+        return jnp.zeros((batch,), dtype)
+    interval = jnp.asarray(interval)
+    if not jnp.issubdtype(interval.dtype, jnp.floating):
+        interval = interval.astype(dtype)
+    return jnp.broadcast_to(interval, (batch,))
 
 
 def positional_embedding(

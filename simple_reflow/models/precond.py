@@ -9,6 +9,12 @@ EDM (Karras et al. 2022, Table 1 / ``EDMPrecond``) writes the denoiser in σ-spa
 with σ_d = 0.5. The library's networks are denoisers in flow time (data at t = 0, noise at
 t = 1); METHOD.md §1 maps one to the other by D(x_t, t) = D_EDM(x_t/(1 − t); t/(1 − t)), so
 one set of weights serves as EDM teacher and as ReFlow student with no new parameters.
+
+A two-time backbone (``two_time=True``, MeanFlow / SplitMeanFlow, METHOD.md §9) makes the same
+wrapper an average-velocity denoiser: ``model(x_t, t, cond, r=r)`` is D_u(x_t, r, t) with
+u = (x_t − D_u)/t [recon], the preconditioning applied to D_u as to D (σ = t/(1 − t) from the
+end time t) and the interval t − r passed to the backbone; ``r=None`` (r = t) is the ordinary
+denoiser, which a teacher's weights give unchanged.
 """
 
 from __future__ import annotations
@@ -74,7 +80,7 @@ class EDMDenoiser(nnx.Module):
         self.t_clip = float(t_clip)
         self.dtype = dtype
 
-    def edm(self, x_ve, sigma, cond=None, *, key=None):
+    def edm(self, x_ve, sigma, cond=None, *, key=None, interval=None):
         """EDM's denoiser D_EDM(x; σ) in variance-exploding coordinates.
 
         Args:
@@ -82,6 +88,7 @@ class EDMDenoiser(nnx.Module):
           sigma: ``[B]`` or scalar noise level σ > 0.
           cond: class labels for the backbone (``[B]`` int, ``num_classes`` = null) or ``None``.
           key: PRNG key enabling dropout, or ``None`` (deterministic).
+          interval: ``[B]`` flow-time interval t − r for a two-time backbone, or ``None``.
 
         Returns:
           ``[B, ...]`` estimate of x0.
@@ -91,22 +98,29 @@ class EDMDenoiser(nnx.Module):
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
         expand = lambda c: paths.expand_t(c, x_ve)
         x_in = (expand(c_in) * x_ve).astype(self.dtype)
-        f = self.backbone(x_in, c_noise, cond, key=key)
+        extra = {} if interval is None else {"interval": interval}
+        f = self.backbone(x_in, c_noise, cond, key=key, **extra)
         return expand(c_skip) * x_ve + expand(c_out) * f.astype(jnp.float32)
 
-    def __call__(self, x_t, t, cond=None, *, key=None):
+    def __call__(self, x_t, t, cond=None, *, r=None, key=None):
         """Flow-time denoiser D(x_t, t) = D_EDM(x_t/(1 − t); t/(1 − t)) (METHOD.md §1).
 
         Args:
           x_t: ``[B, ...]`` point on the straight path (1 − t)·x0 + t·x1.
           t: ``[B]`` or scalar flow time in [0, 1] (clipped to ``[t_clip, 1 − t_clip]``).
           cond: class labels or ``None``.
+          r: ``[B]`` start time r ≤ t of a two-time backbone: the output is then D_u(x_t, r, t),
+            u = (x_t − D_u)/t the average velocity over [r, t] (METHOD.md §9); ``None`` means
+            r = t. A one-time backbone rejects it.
           key: PRNG key enabling dropout, or ``None``.
 
         Returns:
-          ``[B, ...]`` estimate of E[x0 | x_t].
+          ``[B, ...]`` estimate of E[x0 | x_t] (or D_u).
         """
         x_t = jnp.asarray(x_t, jnp.float32)
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x_t.shape[:1])
+        interval = None if r is None else t - jnp.asarray(r, jnp.float32)
         t = jnp.clip(t, self.t_clip, 1.0 - self.t_clip)
-        return self.edm(paths.to_ve(x_t, t), paths.sigma_from_t(t), cond, key=key)
+        return self.edm(
+            paths.to_ve(x_t, t), paths.sigma_from_t(t), cond, key=key, interval=interval
+        )

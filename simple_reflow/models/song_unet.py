@@ -23,6 +23,12 @@ preconditioning (equal to EDM's own networks):
 
 The network is the raw ``F_θ(c_in·x; c_noise, labels)`` of EDM; the preconditioning lives in
 :mod:`simple_reflow.models.precond`.
+
+``two_time=True`` adds MeanFlow's second time (METHOD.md §9): the interval t − r goes through
+the same noise embedding as c_noise and a zero-initialised ``map_interval`` (noise channels →
+embedding channels, no bias) added to ``map_layer0``'s pre-activation — the authors' CIFAR10
+U-Net (Gsunshine/py-meanflow) feeds ``map_layer0`` the concatenation of both embeddings, which
+is the same map with that block of the weight zero at initialisation.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from simple_reflow.models.layers import (
     UNetBlock,
     class_labels,
     positional_embedding,
+    second_time_input,
 )
 
 __all__ = ["SongUNet", "EMBEDDING_TYPES", "ENCODER_TYPES", "DECODER_TYPES"]
@@ -72,6 +79,8 @@ class SongUNet(nnx.Module):
       conv_algorithm: how the 3×3 convolutions are computed, "auto" | "xla" | "chunked" |
         "winograd"
         (:class:`~simple_reflow.models.layers.Conv2d`).
+      two_time: also take the interval t − r through a zero-initialised embedding (MeanFlow,
+        SplitMeanFlow); off by default (no extra parameters).
       rngs: parameter initialisation.
     """
 
@@ -97,6 +106,7 @@ class SongUNet(nnx.Module):
         resample_filter: Sequence[int] = (1, 1),
         fourier_scale: float = 16.0,
         conv_algorithm: str = "auto",
+        two_time: bool = False,
         rngs: nnx.Rngs,
     ):
         if embedding_type not in EMBEDDING_TYPES:
@@ -220,8 +230,25 @@ class SongUNet(nnx.Module):
                 dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, 3, **conv_kw, **init_zero)
         self.dec = dec
         self.dec_order = tuple(dec.keys())
+        # Built last, so the other parameters draw the same random numbers with or without it.
+        self.map_interval = (
+            Linear(
+                noise_channels, emb_channels, bias=False, rngs=rngs, **{**init, "init_weight": 0.0}
+            )
+            if two_time
+            else None
+        )
 
-    def __call__(self, x, noise_labels, cond=None, *, key=None, augment_labels=None):
+    def _embed_noise(self, labels):
+        """The noise embedding ``[B] -> [B, noise_channels]``, with EDM's sin/cos swap."""
+        if self.map_noise is not None:
+            emb = self.map_noise(labels)
+        else:
+            emb = positional_embedding(labels, self.noise_channels, endpoint=True)
+        half = self.noise_channels // 2
+        return jnp.concatenate([emb[:, half:], emb[:, :half]], axis=1)  # EDM's sin/cos swap
+
+    def __call__(self, x, noise_labels, cond=None, *, key=None, augment_labels=None, interval=None):
         """Applies the network.
 
         Args:
@@ -232,23 +259,21 @@ class SongUNet(nnx.Module):
           key: PRNG key; dropout and label dropout are active iff it is given.
           augment_labels: ``[B, augment_dim]`` or ``None`` (no augmentation input, EDM's
             sampling).
+          interval: ``[B]`` the second time t − r of a two-time network (``None``: r = t);
+            a one-time network rejects it.
 
         Returns:
           ``[B, H, W, out_channels]`` in the dtype of ``x``.
         """
         batch = x.shape[0]
+        interval = second_time_input(self.map_interval is not None, interval, batch)
         names = [n for n in (*self.enc_order, *self.dec_order) if "aux" not in n]
         keys = dict.fromkeys([*names, "label"])
         if key is not None:
             keys = dict(zip(keys, jax.random.split(key, len(keys)), strict=True))
 
         # Mapping network (float32, as EDM's; each block casts its affine output to x's dtype).
-        if self.map_noise is not None:
-            emb = self.map_noise(noise_labels)
-        else:
-            emb = positional_embedding(noise_labels, self.noise_channels, endpoint=True)
-        half = self.noise_channels // 2
-        emb = jnp.concatenate([emb[:, half:], emb[:, :half]], axis=1)  # EDM's sin/cos swap
+        emb = self._embed_noise(noise_labels)
         if self.map_label is not None:
             labels = class_labels(
                 cond, self.num_classes, batch, label_dropout=self.label_dropout, key=keys["label"]
@@ -256,7 +281,10 @@ class SongUNet(nnx.Module):
             emb = emb + self.map_label(labels * np.sqrt(self.num_classes))
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(jnp.asarray(augment_labels, jnp.float32))
-        emb = jax.nn.silu(self.map_layer0(emb))
+        emb = self.map_layer0(emb)
+        if interval is not None:
+            emb = emb + self.map_interval(self._embed_noise(interval))
+        emb = jax.nn.silu(emb)
         emb = jax.nn.silu(self.map_layer1(emb))
 
         skips, aux = [], x
