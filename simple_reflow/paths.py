@@ -24,6 +24,7 @@ __all__ = [
     "velocity_from_denoised",
     "denoised_from_velocity",
     "noise_from_denoised",
+    "score_from_denoised",
     "sigma_from_t",
     "t_from_sigma",
     "to_ve",
@@ -74,6 +75,13 @@ def noise_from_denoised(x_t, t, denoised):
     """ε̂ = (x_t − (1 − t)·D)/t."""
     tb = expand_t(t, x_t)
     return (x_t - (1.0 - tb) * denoised) / tb
+
+
+def score_from_denoised(x_t, t, denoised):
+    """∇log p_t(x_t) = −ε̂/t = −(x_t − (1 − t)·D)/t² for x_t = (1 − t)x0 + t·ε (Tweedie;
+    METHOD.md §9)."""
+    tb = expand_t(t, x_t)
+    return -(x_t - (1.0 - tb) * denoised) / (tb * tb)
 
 
 def sigma_from_t(t):

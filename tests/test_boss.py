@@ -1,0 +1,160 @@
+"""BOSS step selection and straightening (METHOD.md §9) against brute force and closed forms.
+
+- The Bellman programme's path equals the cheapest of all K-subsets of the interior candidates
+  (itertools), on random cost matrices and on a real one.
+- On a single Gaussian N(μ, s²I) the exact flow is x_t = (1 − t)μ + σ(t)·z with
+  σ(t) = √((1 − t)²s² + t²) and velocity −μ + σ'(t)·z, σ' = (t − (1 − t)s²)/σ, so one Euler
+  step from τ_i to τ_j misses by (σ_i − (τ_i − τ_j)σ'_i − σ_j)·z: the cost matrix is that
+  factor squared times the batch mean of ‖z‖².
+- On the analytic 8-Gaussians teacher the BOSS grid at K = 4 steps has a lower error than the
+  uniform grid (against an accurate solve of the same noises).
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from simple_reflow import boss, grids, sampler
+from simple_reflow.data import toy
+from simple_reflow.teachers import GaussianMixture
+
+
+def _brute_force(cost, k):
+    n = cost.shape[0] - 1
+    best, best_path = np.inf, None
+    for mid in itertools.combinations(range(1, n), k - 1):
+        path = (0, *mid, n)
+        total = sum(cost[a, b] for a, b in itertools.pairwise(path))
+        if total < best:
+            best, best_path = total, path
+    return best_path, best
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dp_equals_brute_force_on_random_costs(seed):
+    rng = np.random.default_rng(seed)
+    n = 8
+    cost = rng.uniform(0.0, 1.0, (n + 1, n + 1)).astype(np.float32)
+    for k in range(1, n + 1):
+        path, total = jax.jit(boss.optimal_path, static_argnums=1)(jnp.asarray(cost), k)
+        bf_path, bf_total = _brute_force(cost, k)
+        assert tuple(np.asarray(path)) == bf_path, (k, np.asarray(path), bf_path)
+        np.testing.assert_allclose(float(total), bf_total, rtol=1e-5)
+
+
+def _gauss(mu, s, dtype=jnp.float32):
+    return GaussianMixture(
+        means=jnp.asarray([mu], dtype), stds=jnp.asarray([s], dtype), weights=jnp.ones(1, dtype)
+    )
+
+
+def test_cost_matrix_single_gaussian_closed_form():
+    mu, s = [1.0, -2.0], 0.5
+    tau = np.array([1.0, 0.8, 0.55, 0.3, 0.1, 0.0])
+    with jax.enable_x64(True):
+        gm = _gauss(mu, s, jnp.float64)
+        z = jax.random.normal(jax.random.key(0), (64, 2), jnp.float64)
+        traj = jnp.stack([gm.exact_flow(z, jnp.full((64,), t, jnp.float64)) for t in tau])
+        cost = np.asarray(boss.euler_cost_matrix(lambda x, t, c: gm.denoise(x, t), traj, tau))
+        z2 = float(jnp.mean(jnp.sum(z * z, axis=1)))
+    sig = np.sqrt((1 - tau) ** 2 * s**2 + tau**2)
+    dsig = (tau - (1 - tau) * s**2) / sig
+    expected = np.full((6, 6), np.inf)
+    for i in range(6):
+        for j in range(i + 1, 6):
+            expected[i, j] = (sig[i] - (tau[i] - tau[j]) * dsig[i] - sig[j]) ** 2 * z2
+    np.testing.assert_allclose(cost, expected, rtol=1e-9, atol=1e-12)
+    # and the programme on this real matrix agrees with brute force
+    for k in range(1, 6):
+        path, _ = boss.optimal_path(jnp.asarray(cost), k)
+        assert tuple(np.asarray(path)) == _brute_force(cost, k)[0]
+
+
+def test_reference_trajectories_match_exact_flow():
+    """The fine Heun reference lands on the exact flow at every candidate time (Heun's error
+    at 8 substeps per interval is ~1e-4 here; 1e-3 leaves float32 room)."""
+    gm = _gauss([1.0, -2.0], 0.5)
+    tau = grids.uniform_grid(5)
+    z = jax.random.normal(jax.random.key(1), (32, 2))
+    traj = boss.reference_trajectories(lambda x, t, c: gm.denoise(x, t), z, tau, substeps=8)
+    exact = jnp.stack([gm.exact_flow(z, jnp.full((32,), t, jnp.float32)) for t in tau])
+    assert traj.shape == (6, 32, 2)
+    np.testing.assert_allclose(traj, exact, atol=1e-3)
+
+
+def test_boss_grid_beats_uniform_on_eight_gaussians():
+    """At K = 4 Euler steps the BOSS grid (chosen on one batch) has a lower mean squared error
+    against the accurate solve than the uniform grid, on a fresh batch, for the library's
+    8gaussians (radius 4, std 0.5). Measured over seeds 0-2: 0.19-0.22 against 0.34 (ratio
+    ≈ 0.6; the sigmoid grid: 1.5); the bound 0.8 leaves room. Not a theorem: BOSS minimises
+    the sum of one-step errors from the reference states, not the global error — at K = 2, or
+    on a tighter mixture (radius 2, std 0.1) at K = 4, the BOSS grid loses to uniform."""
+    gm = toy.toy_mixture()
+    fn = lambda x, t, c: gm.denoise(x, t)  # noqa: E731
+    tau = grids.uniform_grid(32)
+    k = 4
+
+    def mse(grid, z):
+        x0, _ = sampler.sample(fn, z, grid, solver="euler")
+        ref = boss.reference_trajectories(fn, z, np.array([1.0, 0.0]), substeps=256)[-1]
+        return float(jnp.mean(jnp.sum((x0 - ref) ** 2, axis=1)))
+
+    z_fit = jax.random.normal(jax.random.key(2), (256, 2))
+    traj = boss.reference_trajectories(fn, z_fit, tau, substeps=4)
+    cost = boss.euler_cost_matrix(fn, traj, tau)
+    grid = boss.optimal_grid(cost, tau, k)
+    assert grid.shape == (k + 1,) and grid[0] == 1.0 and grid[-1] == 0.0
+    z_test = jax.random.normal(jax.random.key(3), (256, 2))
+    err_boss, err_uniform = mse(grid, z_test), mse(grids.uniform_grid(k), z_test)
+    assert err_boss < 0.8 * err_uniform, (grid, err_boss, err_uniform)
+
+
+def _straight_model(gm):
+    def model(x, t, cond=None, *, key=None):
+        return gm.denoise(x, t)
+
+    return model
+
+
+def test_straightening_loss_zero_iff_straight():
+    """A point mass μ (s = 0) has straight trajectories x_t = (1 − t)μ + t·z: its exact
+    denoiser has zero loss on any intervals. A Gaussian with s = 0.5 is curved: its loss on its
+    own exact trajectories is the closed form mean_b ‖z_b‖²/d · ((σ_i − σ_j)/(τ_i − τ_j) − σ'_i)²
+    averaged over the intervals."""
+    tau = np.array([1.0, 0.6, 0.25, 0.0])
+    idx = np.array([0, 1, 3])  # two chosen intervals: 1 → 0.6 → 0
+    z = jax.random.normal(jax.random.key(4), (16, 2))
+
+    def exact_traj(gm):
+        return jnp.stack([gm.exact_flow(z, jnp.full((16,), t, jnp.float32)) for t in tau])
+
+    point = _gauss([1.0, -2.0], 0.0)
+    batch = boss.straightening_pairs(exact_traj(point), tau, idx)
+    assert batch["x_from"].shape == (32, 2)
+    loss, _ = boss.straightening_loss(_straight_model(point), batch)
+    assert float(loss) < 1e-10
+
+    gm = _gauss([1.0, -2.0], 0.5)
+    batch = boss.straightening_pairs(exact_traj(gm), tau, idx)
+    loss, _ = boss.straightening_loss(_straight_model(gm), batch)
+    s = 0.5
+    sig = np.sqrt((1 - tau) ** 2 * s**2 + tau**2)
+    dsig = (tau - (1 - tau) * s**2) / sig
+    z2 = float(jnp.mean(z * z))
+    per = [((sig[a] - sig[b]) / (tau[a] - tau[b]) - dsig[a]) ** 2 for a, b in [(0, 1), (1, 3)]]
+    expected = z2 * np.mean(per)
+    assert expected > 1e-3
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
+    # the point-mass model on the curved trajectories is not straight there either
+    loss_wrong, _ = boss.straightening_loss(_straight_model(point), batch)
+    assert float(loss_wrong) > 1e-3
+
+
+def test_errors_name_the_value():
+    with pytest.raises(ValueError, match="num_steps"):
+        boss.optimal_path(jnp.zeros((4, 4)), 4)
+    with pytest.raises(ValueError, match="decreasing"):
+        boss.optimal_grid(jnp.zeros((3, 3)), [0.0, 0.5, 1.0], 1)
