@@ -179,6 +179,7 @@ def test_state_dict_missing_or_extra_key_is_named():
     assert params["backbone"]["map_noise"]["freqs"].shape == (8,)
 
 
+@pytest.mark.slow
 def test_imported_teacher_feeds_pairs_and_reflow(tmp_path):
     """scripts/import_edm.py → pairs → reflow, as with a teacher the library trained."""
     import subprocess

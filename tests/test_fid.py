@@ -103,6 +103,7 @@ def _random_cov(rng, d, rank=None):
     return a @ a.T
 
 
+@pytest.mark.slow
 def test_frechet_distance_equals_scipy_sqrtm_in_2048_dims():
     """A full-rank covariance against a nearly singular one (rank 100 of 2048)."""
     rng = np.random.default_rng(0)

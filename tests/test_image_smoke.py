@@ -100,6 +100,7 @@ def _chain(dataset, tmp_path, extra=()):
                 assert (im.size, im.mode) == (GRID_SIZE, "RGB")
 
 
+@pytest.mark.slow
 def test_cifar10_smoke_stages_with_projected_pairs(tmp_path):
     # The pairs stage also writes projected pairs (λ by Algorithm 2, budget from the forward
     # pairs) and the reflow stage mixes backward, forward and projected pairs.

@@ -65,6 +65,7 @@ def test_bfloat16_forward_agrees_with_float32(name):
     assert err_d < 0.04, err_d
 
 
+@pytest.mark.slow
 def test_bfloat16_train_step_keeps_float32_params():
     cfg = backbones.ddpmpp_smoke(dropout=0.1)
     cfg.dtype = "bfloat16"

@@ -82,6 +82,7 @@ def root(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_reflow_refuses_pairs_of_another_teacher_or_grid(root):
     err = _finish(_start(root, "reflow", root / "r1", "--config.pairs.steps=3"), code=2)
     assert "pair store mismatch" in err and "pairs.steps: store has 2, asked for 3" in err
