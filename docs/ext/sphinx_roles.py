@@ -61,6 +61,8 @@ def _full_path(obj, target, collection, names):
         scope = scope.parent
     if "." not in target and len(names.get(target, ())) == 1:  # one object of that name
         return names[target][0]
+    if "." not in target:  # unknown: a dotted path, which autorefs reports when unresolved
+        return f"{_module_of(obj).path}.{target}"
     return target
 
 
