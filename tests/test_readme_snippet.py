@@ -68,3 +68,19 @@ def test_readme_notebook_snippet_trains_a_student_without_ml_collections():
     assert out["student"] < 0.5 * out["teacher"], out
     assert out["student_1"] < 0.2 * out["teacher_1"], out
     assert out["student"] < 0.2 * out["untrained"], out
+
+
+def _page_blocks(page):
+    with open(os.path.join(ROOT, "docs", page)) as f:
+        return re.findall(r"```python\n(.*?)```", f.read(), re.S)
+
+
+def test_getting_started_shows_the_tested_snippet_and_a_tour_that_runs():
+    """The docs' copy of the notebook example is the README's (which the test above runs), and
+    the short tour before it runs and spends the NFE its comment states."""
+    tour, training = _page_blocks("getting-started.md")
+    assert training == _snippet()
+    scope = {}
+    exec(compile(tour, "getting-started.md", "exec"), scope)  # noqa: S102
+    assert int(scope["nfe"]) == 8 and scope["x0"].shape == (1000, 2)
+    assert scope["x0_hat"].shape == (512, 2)
