@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from simple_reflow.train.configure import default_coupling_config
+from simple_reflow.train.configure import MEAN_KINDS, MEAN_LOSS_DEFAULTS, default_coupling_config
 
 # Config-argument tokens that train a 1-rectified flow with a coupling (toy and image configs).
 COUPLINGS = {
@@ -19,7 +19,12 @@ COUPLINGS = {
     "w-cfm": {"name": "wcfm"},
 }
 
-__all__ = ["base_config"]
+# Config-argument tokens that train a two-time (average-velocity) model (METHOD.md §9), and the
+# token that distils it from the teacher instead of training it from scratch.
+MEAN_METHODS = MEAN_KINDS
+DISTILL = "distill"
+
+__all__ = ["base_config", "apply_mean_method"]
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -48,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
     # σ_data, the one field for it: EDM's preconditioning (image backbones) and EDM's loss
     # weighting (loss.kind = "edm", any model) both read it.
     c.model.sigma_data = 0.5
+    c.model.two_time = False  # a second time r (MeanFlow / SplitMeanFlow, METHOD.md §9)
 
     # The teacher: image stages read its EMA snapshot at `teacher.workdir`; the toy pipeline
     # (configs/toy2d.py) adds `teacher.kind` and trains a 1-RF for `teacher.num_steps` steps.
@@ -64,6 +70,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.hpf_sigma = 1.0
     c.loss.p_mean = -1.2  # EDM's log-normal σ distribution (loss.kind = "edm")
     c.loss.p_std = 1.2  # (σ_data: model.sigma_data)
+    # MeanFlow / SplitMeanFlow (loss.kind = "meanflow" | "splitmeanflow"): the r = t fractions,
+    # the adaptive weight's p and c, the JVP mode, distillation (v from the teacher) and
+    # guidance folded into the target (class-conditional data); see
+    # simple_reflow.train.configure.MEAN_LOSS_DEFAULTS and apply_mean_method below.
+    c.loss.update(MEAN_LOSS_DEFAULTS)
 
     c.time = ml_collections.ConfigDict()
     c.time.dist = "uniform"  # uniform | exp10 | u_shape | logit_normal
@@ -138,7 +149,39 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.fid_ref = ""
     # The eval stage samples the EMA snapshot in this folder (default: the stage's workdir).
     c.eval.model_dir = ml_collections.FieldReference(None, field_type=str)
+    # The teacher's solver beside a student ("" = sampler.solver); a two-time student sampled
+    # with "mean" scores its one-time teacher with "euler": the average-velocity step with u = v.
+    c.eval.teacher_solver = ""
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # devices on the data axis (-1: all)
     return c
+
+
+def apply_mean_method(c: ml_collections.ConfigDict, kind: str, *, distill: bool = False) -> None:
+    """Makes ``c`` train and sample a two-time model with ``kind`` (``"meanflow"`` or
+    ``"splitmeanflow"``, METHOD.md §9), from scratch or distilled from the teacher.
+
+    Sets ``loss.kind``, ``loss.distill``, the objective's defaults (MeanFlow: r = t on 75 % of
+    the rows, p = 1; SplitMeanFlow: boundary 50 %, p = 0 — ``simple_reflow.losses_mean``),
+    MeanFlow's logit-normal(−0.4, 1) times, ``model.two_time``, the ``"mean"`` solver on the
+    uniform grid (1 NFE per interval) with the teacher scored by Euler on the same grid, and no
+    sampling-time guidance (a two-time model's guidance is folded into its training target).
+    Dataset configs override what their recipe says (the image configs: ``image_stages``).
+    """
+    if kind not in MEAN_METHODS:
+        raise ValueError(f"kind={kind!r} is not one of {MEAN_METHODS}.")
+    c.loss.kind = kind
+    c.loss.distill = distill
+    c.loss.norm_p = 1.0 if kind == "meanflow" else 0.0
+    c.loss.equal_fraction = MEAN_LOSS_DEFAULTS["equal_fraction"]
+    c.loss.boundary_fraction = MEAN_LOSS_DEFAULTS["boundary_fraction"]
+    c.time.dist = "logit_normal"
+    c.time.logit_mean = -0.4
+    c.time.logit_std = 1.0
+    c.model.two_time = True
+    c.sampler.solver = "mean"
+    c.sampler.grid = "uniform"
+    c.eval.teacher_solver = "euler"
+    c.guidance.kind = "none"
+    c.guidance.w = 0.0

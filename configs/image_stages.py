@@ -11,6 +11,10 @@ options: an architecture token of ``ImageRecipe.variants`` (e.g. ``ve`` for EDM'
 (``i-cfm``, ``ot-cfm``, ``loom-cfm``, ``w-cfm``): the teacher stage then trains a
 1-rectified flow from scratch with that coupling instead of EDM's loss (``:loom-cfm`` alone
 means ``:teacher,loom-cfm``); its snapshot feeds ``pairs``/``eval`` like any teacher.
+``meanflow`` or ``splitmeanflow`` (optionally with ``distill``) makes the ``teacher`` stage
+(the default stage with these tokens) train a two-time average-velocity model on real images
+instead (METHOD.md §9), and ``eval`` score it with the ``"mean"`` solver; see
+:func:`apply_image_mean`.
 
 Stages:
 
@@ -38,9 +42,16 @@ import dataclasses
 
 import ml_collections
 
-from configs.common import COUPLINGS, base_config
+from configs.common import COUPLINGS, DISTILL, MEAN_METHODS, apply_mean_method, base_config
 
-__all__ = ["STAGES", "ImageRecipe", "parse_arg", "edm_ema_decay", "image_config"]
+__all__ = [
+    "STAGES",
+    "ImageRecipe",
+    "parse_arg",
+    "edm_ema_decay",
+    "image_config",
+    "apply_image_mean",
+]
 
 STAGES = ("teacher", "pairs", "reflow", "eval")
 _SONG_ARCH = (
@@ -121,6 +132,7 @@ def recipe_options(recipe: ImageRecipe) -> tuple[str, ...]:
         tuple(t for t, _ in recipe.variants)
         + (("cond",) if recipe.cond_classes else ())
         + tuple(COUPLINGS)
+        + (*MEAN_METHODS, DISTILL)
     )
 
 
@@ -142,9 +154,19 @@ def image_config(
     variants = dict(recipe.variants)
     couplings = set(COUPLINGS)
     tokens = {t.strip() for t in (arg or "").split(",")}
-    if tokens & couplings and not tokens & set(STAGES):
+    if tokens & (couplings | set(MEAN_METHODS)) and not tokens & set(STAGES):
         default_stage = "teacher"  # ":loom-cfm" alone trains the 1-RF with that coupling
     stage, smoke, options = parse_arg(arg, default=default_stage, options=recipe_options(recipe))
+    methods = sorted(options & set(MEAN_METHODS))
+    if len(methods) > 1:
+        raise ValueError(f"config arg {arg!r}: choose one of {MEAN_METHODS}")
+    if DISTILL in options and not methods:
+        raise ValueError(f"config arg {arg!r}: 'distill' needs one of {MEAN_METHODS}")
+    if methods and stage not in ("teacher", "eval"):
+        raise ValueError(
+            f"config arg {arg!r}: {methods[0]} trains in the 'teacher' stage (on images) and "
+            f"is scored by 'eval'; it has no {stage!r} stage"
+        )
     if len(options & set(variants)) > 1:
         raise ValueError(f"config arg {arg!r}: choose one architecture of {tuple(variants)}")
     if len(options & couplings) > 1:
@@ -229,9 +251,62 @@ def image_config(
     c.training.log_every = 500
     c.training.ckpt_every = 10_000
     c.pairs.chunk = 1024
+    if methods:
+        apply_image_mean(c, recipe, methods[0], distill=DISTILL in options)
     if smoke:
         apply_smoke(c, recipe)
+    if methods:  # (apply_smoke swaps in the tiny backbone)
+        c.model.two_time = True
+        if c.model.get("num_classes", 0):
+            c.model.label_dropout = 0.0  # labels are dropped by the loss
+        c.eval.nfe = (1, 2) if smoke else (1, 2, 4)
     return c
+
+
+def apply_image_mean(c: ml_collections.ConfigDict, recipe: ImageRecipe, kind, *, distill):
+    """A two-time MeanFlow / SplitMeanFlow model on images (METHOD.md §9), trained by the
+    ``teacher`` stage and scored by ``eval``.
+
+    From scratch it takes the dataset's teacher recipe (batch, learning rate and warm-up,
+    length, EMA, dropout, flips) and pairs each batch with independent noise (or
+    ``coupling.name``); distilled (``distill``: v from the snapshot in ``teacher.workdir``, the
+    student initialised from it) the ReFlow recipe (batch, rate, length, EMA, dropout).
+    Objective settings of MeanFlow's CIFAR10 U-Net run (Gsunshine/py-meanflow
+    ``cifar10_v0.sh``, see ``simple_reflow.losses_mean``): logit-normal(−2, 2) times, r = t on
+    25 % of the rows, adaptive weight p = 0.75; SplitMeanFlow keeps its own defaults (boundary
+    50 %, p = 0) on the same times [recon]. t ≤ 80/81 (σ ≤ 80, the EDM wrapper's range). For
+    class-conditional data the label is dropped in the loss (10 %, the authors') and the target
+    guided with the authors' defaults ω = 1, κ = 0.5 (``loss.cfg_omega``, ``loss.cfg_kappa``);
+    the network's own label dropout is off. Sampling: ``"mean"`` on the uniform grid from
+    t_max = 80/81; the teacher beside it with Euler.
+    """
+    apply_mean_method(c, kind, distill=distill)
+    c.time.logit_mean, c.time.logit_std = -2.0, 2.0
+    c.time.t_max = EDM_T_MAX
+    if kind == "meanflow":
+        c.loss.equal_fraction = 0.25
+        c.loss.norm_p = 0.75
+    if not distill:
+        c.model.dropout = recipe.teacher_dropout
+        c.data.random_flip = recipe.teacher_flip
+        c.optim.lr = recipe.teacher_lr
+        c.optim.warmup_steps = round(recipe.teacher_warmup_mimg * 1e6 / recipe.teacher_batch)
+        c.training.batch_size = recipe.teacher_batch
+        c.training.num_steps = round(recipe.teacher_mimg * 1e6 / recipe.teacher_batch)
+        c.training.ema_decay = edm_ema_decay(recipe.teacher_ema_halflife_mimg, recipe.teacher_batch)
+    else:
+        c.model.dropout = recipe.reflow_dropout
+        c.data.random_flip = False
+        c.optim.lr = recipe.reflow_lr
+        c.optim.warmup_steps = 0
+        c.training.batch_size = recipe.reflow_batch
+        c.training.num_steps = recipe.reflow_steps
+        c.training.ema_decay = recipe.reflow_ema
+    if c.model.get("num_classes", 0):
+        c.model.label_dropout = 0.0
+        c.loss.class_dropout = 0.1
+        c.loss.cfg_omega = 1.0
+        c.loss.cfg_kappa = 0.5
 
 
 def apply_smoke(c: ml_collections.ConfigDict, recipe: ImageRecipe) -> None:

@@ -36,6 +36,10 @@ lucidrains/rectified-flow-pytorch ``split_mean_flow.py``, primepake/splitmeanflo
 boundary fraction 0.5 [recon: the two re-implementations' default; the paper's value could not
 be read]; MeanFlow's (r, t) sampler and p = 0 (plain squared error, the re-implementations').
 
+Guidance (class-conditional data): :class:`TrainingGuidance` folds classifier-free guidance
+into the target as the MeanFlow authors' code does (the guided v replaces v in the tangent and
+the targets; a random prefix of the batch gets the null label and keeps v).
+
 Usage (keywords only, no config)::
 
     loss_fn = functools.partial(meanflow_loss, teacher_fn=teacher.denoise)

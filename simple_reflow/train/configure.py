@@ -20,7 +20,7 @@ import os
 
 import ml_collections
 
-from simple_reflow import losses, time_dist
+from simple_reflow import losses, losses_mean, time_dist
 from simple_reflow.couplings import make_coupling
 from simple_reflow.data import IMAGE_DATASETS, SOURCES, TOY_DATASETS, DataSpec
 from simple_reflow.data.digits import DIGITS_SPLITS
@@ -34,6 +34,10 @@ __all__ = [
     "validate_time_config",
     "flow_loss_kwargs",
     "flow_loss_from_config",
+    "MEAN_KINDS",
+    "MEAN_LOSS_DEFAULTS",
+    "mean_loss_kwargs",
+    "validate_mean_config",
     "loss_fn_from_config",
     "fit_options",
     "default_coupling_config",
@@ -45,7 +49,25 @@ __all__ = [
     "check_same_architecture",
 ]
 
-LOSS_KINDS = ("flow", "edm")
+MEAN_KINDS = ("meanflow", "splitmeanflow")
+LOSS_KINDS = ("flow", "edm", *MEAN_KINDS)
+
+# The ``loss`` fields of the average-velocity objectives (METHOD.md §9) and their defaults
+# (read with ``loss.get``, so a config without them keeps them): ``equal_fraction`` is
+# MeanFlow's r = t fraction, ``boundary_fraction`` SplitMeanFlow's; ``norm_p``, ``norm_eps`` the
+# adaptive weight's p and c; ``distill``: v from the teacher instead of x1 − x0; ``cfg_omega``,
+# ``cfg_kappa``, ``class_dropout``: guidance folded into the target (class-conditional data).
+MEAN_LOSS_DEFAULTS = {
+    "equal_fraction": 0.75,
+    "boundary_fraction": 0.5,
+    "norm_p": 1.0,
+    "norm_eps": 1e-3,
+    "jvp_mode": "auto",
+    "distill": False,
+    "cfg_omega": 1.0,
+    "cfg_kappa": 0.0,
+    "class_dropout": 0.0,
+}
 
 
 def _check(ok, message):
@@ -175,6 +197,33 @@ def validate_loss_config(loss) -> None:
         loss.space in losses.LOSS_SPACES,
         f"loss.space={loss.space!r} is not one of {losses.LOSS_SPACES}.",
     )
+    m = _mean_fields(loss)
+    for field in ("equal_fraction", "boundary_fraction"):
+        _check(0 <= m[field] <= 1, f"loss.{field}={m[field]!r} must lie in [0, 1].")
+    _check(m["norm_p"] >= 0, f"loss.norm_p={m['norm_p']!r} must be >= 0 (0: plain squared error).")
+    _check(m["norm_eps"] > 0, f"loss.norm_eps={m['norm_eps']!r} must be > 0.")
+    _check(
+        m["jvp_mode"] in losses_mean.JVP_MODES,
+        f"loss.jvp_mode={m['jvp_mode']!r} is not one of {losses_mean.JVP_MODES}.",
+    )
+    _check(isinstance(m["distill"], bool), f"loss.distill={m['distill']!r} must be a bool.")
+    _check(
+        not m["distill"] or kind in MEAN_KINDS,
+        f"loss.distill=True distils an average-velocity model: loss.kind={kind!r} is not one "
+        f"of {MEAN_KINDS}.",
+    )
+    _check(
+        0 <= m["class_dropout"] < 1,
+        f"loss.class_dropout={m['class_dropout']!r} must lie in [0, 1).",
+    )
+
+
+def _mean_fields(loss) -> dict:
+    return {k: loss.get(k, v) for k, v in MEAN_LOSS_DEFAULTS.items()}
+
+
+def _guided(m) -> bool:
+    return m["class_dropout"] > 0 or m["cfg_omega"] != 1.0 or m["cfg_kappa"] != 0.0
 
 
 def validate_time_config(time) -> None:
@@ -195,6 +244,16 @@ def validate_time_config(time) -> None:
     )
 
 
+def _time_fn(time):
+    return functools.partial(
+        time_dist.sample_time,
+        dist=time.dist,
+        a=time.u_shape_a,
+        mean=time.logit_mean,
+        std=time.logit_std,
+    )
+
+
 def flow_loss_kwargs(loss, time) -> dict:
     """The keyword arguments of :func:`~simple_reflow.losses.flow_loss` that ``loss`` and
     ``time`` describe (validated)."""
@@ -204,13 +263,7 @@ def flow_loss_kwargs(loss, time) -> dict:
         distance_fn=losses.make_distance(
             loss.distance, hpf_weight=loss.hpf_weight, hpf_sigma=loss.hpf_sigma
         ),
-        time_fn=functools.partial(
-            time_dist.sample_time,
-            dist=time.dist,
-            a=time.u_shape_a,
-            mean=time.logit_mean,
-            std=time.logit_std,
-        ),
+        time_fn=_time_fn(time),
         normalize=loss.normalize,
         space=loss.space,
         t_max=time.get("t_max", 1.0),
@@ -223,13 +276,90 @@ def flow_loss_from_config(loss, time):
     return functools.partial(losses.flow_loss, **flow_loss_kwargs(loss, time))
 
 
-def loss_fn_from_config(loss, time, *, sigma_data=None):
+def validate_mean_config(loss, model, sampler, *, num_classes=0) -> None:
+    """Checks that ``loss``, ``model`` and ``sampler`` agree on two-time networks: an
+    average-velocity objective and the ``"mean"`` solver need ``model.two_time=True``, and
+    guidance in the target needs class labels. Raises ``ValueError`` naming the field."""
+    kind = loss.get("kind", "flow")
+    two_time = model.get("two_time", False)
+    _check(isinstance(two_time, bool), f"model.two_time={two_time!r} must be a bool.")
+    _check(
+        two_time or kind not in MEAN_KINDS,
+        f"model.two_time=False, but loss.kind={kind!r} trains a two-time network "
+        "u(z, r, t): set model.two_time=True.",
+    )
+    _check(
+        two_time or sampler.solver != "mean",
+        "model.two_time=False, but sampler.solver='mean' steps a two-time network: set "
+        "model.two_time=True or another solver.",
+    )
+    m = _mean_fields(loss)
+    if kind in MEAN_KINDS and _guided(m):
+        field = "class_dropout" if m["class_dropout"] > 0 else "cfg_omega"
+        _check(
+            num_classes > 0,
+            f"loss.{field}={m[field]!r} folds classifier-free guidance into the target, "
+            "which needs class-conditional data (num_classes = 0 here).",
+        )
+
+
+def mean_loss_kwargs(loss, time, *, num_classes=0, teacher_fn=None) -> dict:
+    """The keyword arguments of :func:`~simple_reflow.losses_mean.meanflow_loss` or
+    :func:`~simple_reflow.losses_mean.splitmeanflow_loss` (``loss.kind``) that ``loss`` and
+    ``time`` describe (validated).
+
+    Args:
+      loss, time: the sections (fields: :data:`MEAN_LOSS_DEFAULTS`, ``time.dist``, ...).
+      num_classes: the data's class count; guidance (``loss.class_dropout``, ``cfg_*``) uses
+        ``num_classes`` as the null label.
+      teacher_fn: the one-time teacher denoiser ``loss.distill=True`` distils from.
+    """
+    validate_loss_config(loss)
+    validate_time_config(time)
+    kind, m = loss.kind, _mean_fields(loss)
+    _check(kind in MEAN_KINDS, f"loss.kind={kind!r} is not one of {MEAN_KINDS}.")
+    _check(
+        not m["distill"] or teacher_fn is not None,
+        "loss.distill=True needs a teacher (teacher.workdir for image data).",
+    )
+    kw = dict(
+        time_fn=_time_fn(time),
+        teacher_fn=teacher_fn if m["distill"] else None,
+        norm_p=m["norm_p"],
+        norm_eps=m["norm_eps"],
+        t_max=time.get("t_max", 1.0),
+    )
+    if _guided(m):
+        _check(
+            num_classes > 0,
+            f"loss.class_dropout={m['class_dropout']!r} / loss.cfg_omega={m['cfg_omega']!r} "
+            "guide the target, which needs class-conditional data.",
+        )
+        kw["guidance"] = losses_mean.TrainingGuidance(
+            null_class=num_classes,
+            omega=m["cfg_omega"],
+            kappa=m["cfg_kappa"],
+            class_dropout=m["class_dropout"],
+        )
+    if kind == "meanflow":
+        return dict(kw, equal_fraction=m["equal_fraction"], jvp_mode=m["jvp_mode"])
+    return dict(kw, boundary_fraction=m["boundary_fraction"])
+
+
+def loss_fn_from_config(loss, time, *, sigma_data=None, num_classes=0, teacher_fn=None):
     """``loss_fn(model, batch, key) -> (loss, metrics)`` of ``loss.kind``: EDM's loss
-    (``"edm"``, EDM eq. 2) or the flow-matching loss (``"flow"``, METHOD.md §3).
+    (``"edm"``, EDM eq. 2), the flow-matching loss (``"flow"``, METHOD.md §3), or an
+    average-velocity objective (``"meanflow"``, ``"splitmeanflow"``, METHOD.md §9:
+    :func:`mean_loss_kwargs`, whose ``num_classes`` and ``teacher_fn`` are passed on).
 
     ``sigma_data`` is the model's (``model.sigma_data``, the one source of σ_data: EDM's loss
     weighting must use the σ_data of the preconditioning it trains)."""
     validate_loss_config(loss)
+    kind = loss.get("kind", "flow")
+    if kind in MEAN_KINDS:
+        fn = losses_mean.meanflow_loss if kind == "meanflow" else losses_mean.splitmeanflow_loss
+        kw = mean_loss_kwargs(loss, time, num_classes=num_classes, teacher_fn=teacher_fn)
+        return functools.partial(fn, **kw)
     if loss.get("kind", "flow") == "edm":
         if sigma_data is None:
             raise ValueError("loss.kind='edm' needs the model's σ_data (model.sigma_data).")
@@ -311,7 +441,7 @@ def model_kwargs(model) -> dict:
             "conv_algorithm",
             *(("channels_per_head",) if name == "adm" else SONGUNET_OPTIONS),
         )
-    return {k: model[k] for k in fields if k in model}
+    return {k: model[k] for k in (*fields, "two_time") if k in model}
 
 
 def validate_model_config(model, *, data_shape) -> None:
@@ -347,10 +477,14 @@ def validate_model_config(model, *, data_shape) -> None:
     _in_section("model", model_options, name, data_shape=data_shape, **model_kwargs(model))
 
 
-def model_from_config(model, *, data_shape, rngs):
-    """The denoiser a ``model`` section describes (validated first; see ``build_model``)."""
+def model_from_config(model, *, data_shape, rngs, two_time=None):
+    """The denoiser a ``model`` section describes (validated first; see ``build_model``);
+    ``two_time`` overrides ``model.two_time`` (a distilled student's one-time teacher)."""
     validate_model_config(model, data_shape=data_shape)
-    return build_model(model.name, data_shape=data_shape, rngs=rngs, **model_kwargs(model))
+    kw = model_kwargs(model)
+    if two_time is not None:
+        kw["two_time"] = two_time
+    return build_model(model.name, data_shape=data_shape, rngs=rngs, **kw)
 
 
 def check_same_architecture(expected, model, *, what: str) -> None:

@@ -2,7 +2,10 @@
 
 Each stage reads one config (``configs/<dataset>.py:<stage>``) and one workdir:
 
-- ``teacher``: trains the EDM-preconditioned backbone with EDM's loss on real images;
+- ``teacher``: trains the EDM-preconditioned backbone on real images: EDM's loss, a 1-RF with
+  a coupling, or a two-time MeanFlow / SplitMeanFlow model (``loss.kind``, METHOD.md §9) from
+  scratch or, with ``loss.distill``, distilled from the snapshot in ``teacher.workdir``, the
+  student initialised from it (:func:`init_mean_student`);
 - ``pairs``: integrates the teacher's EMA snapshot (``teacher.workdir/ema.npz``) into backward
   and forward pair stores (:mod:`simple_reflow.pair_store`) under ``workdir/backward`` and
   ``workdir/forward`` — every device of every host, resumable;
@@ -11,9 +14,10 @@ Each stage reads one config (``configs/<dataset>.py:<stage>``) and one workdir:
 - ``eval``: samples the model in ``eval.model_dir`` (default: the workdir) and the teacher at
   each NFE budget — ``eval.num_samples`` images, sample i seeded by its index, over all devices
   and hosts, quantised to uint8 as EDM does — and writes sample grids and
-  ``eval_metrics.json``: FID against ``eval.fid_ref`` when Inception weights are given
-  (``eval.inception_weights`` or ``$SIMPLE_REFLOW_INCEPTION``), else the pixel-space Fréchet
-  distance to held-out images.
+  ``eval_metrics.json`` (a two-time model with ``sampler.solver``, ``"mean"``; a one-time
+  teacher beside it with ``eval.teacher_solver``): FID against ``eval.fid_ref`` when
+  Inception weights are given (``eval.inception_weights`` or ``$SIMPLE_REFLOW_INCEPTION``),
+  else the pixel-space Fréchet distance to held-out images.
 """
 
 from __future__ import annotations
@@ -40,12 +44,29 @@ from simple_reflow.train.step import make_optimizer, split_model
 from simple_reflow.train.streams import stream_key, stream_seed
 from simple_reflow.viz import save_image_grid
 
-__all__ = ["run_image_stage"]
+__all__ = ["run_image_stage", "init_mean_student"]
 
 
-def _build(run, seed):
-    model = configure.model_from_config(run.cfg.model, data_shape=run.shape, rngs=nnx.Rngs(seed))
+def _build(run, seed, two_time=None):
+    model = configure.model_from_config(
+        run.cfg.model, data_shape=run.shape, rngs=nnx.Rngs(seed), two_time=two_time
+    )
     return split_model(model)
+
+
+def _is_mean(cfg):
+    return cfg.loss.kind in configure.MEAN_KINDS
+
+
+def _distills(cfg):
+    return _is_mean(cfg) and cfg.loss.get("distill", False)
+
+
+def _snapshot_two_time(workdir) -> bool:
+    """Whether the snapshot in ``workdir`` is a two-time network (its ``model.json``; an
+    imported EDM checkpoint or an older snapshot is one-time)."""
+    saved = checkpoint.load_model_config(workdir) if workdir else None
+    return bool((saved or {}).get("two_time", False))
 
 
 def _config_file(cfg):
@@ -76,7 +97,7 @@ def _require_inputs(run, workdir):
         f"{cfg.teacher.workdir}` or `python scripts/import_edm.py --checkpoint "
         f"edm-….pkl --workdir {cfg.teacher.workdir}`"
     )
-    if stage in ("pairs", "reflow"):
+    if stage in ("pairs", "reflow") or (stage == "teacher" and _distills(cfg)):
         _snapshot(cfg.teacher.workdir, "teacher.workdir", teacher)
     if stage == "reflow":
         p = cfg.pairs
@@ -117,12 +138,18 @@ def _require_inputs(run, workdir):
         make_image_source(run.data)  # TFDS / folder: says how to prepare a missing dataset
 
 
-def _train(cfg, workdir, model_def, params, host_batch_at, desc, coupling=None):
+def _train(
+    cfg, workdir, model_def, params, host_batch_at, desc, coupling=None, num_classes=0, teacher=None
+):
     fit(
         model_def,
         params,
         loss_fn=configure.loss_fn_from_config(
-            cfg.loss, cfg.time, sigma_data=cfg.model.get("sigma_data")
+            cfg.loss,
+            cfg.time,
+            sigma_data=cfg.model.get("sigma_data"),
+            num_classes=num_classes,
+            teacher_fn=teacher,
         ),
         optimizer=make_optimizer(cfg.optim),
         batches=HostBatches(host_batch_at),
@@ -145,11 +172,15 @@ def run_teacher(run, workdir):
     """
     cfg = run.cfg
     source = make_image_source(run.data)
-    model_def, params = _build(run, cfg.seed)
+    teacher = None
+    if _is_mean(cfg):
+        model_def, params, teacher = init_mean_student(run)
+    else:
+        model_def, params = _build(run, cfg.seed)
     if jax.process_index() == 0:
         checkpoint.save_model_config(workdir, cfg.model)
     coupling, factor, keep = None, 1, ("x0", "cond")
-    if cfg.loss.kind == "flow":
+    if cfg.loss.kind != "edm":
         coupling = configure.coupling_from_config(
             cfg.coupling, data_shape=run.shape, num_data=len(source)
         )
@@ -168,8 +199,58 @@ def run_teacher(run, workdir):
         return {k: v.astype(np.int32) if k == "index" else v for k, v in b.items() if k in keep}
 
     desc = "teacher (EDM)" if coupling is None else f"1-RF ({coupling.name} coupling)"
-    _train(cfg, workdir, model_def, params, host_batch, desc, coupling=coupling)
-    return f"teacher EMA snapshot: {os.path.join(workdir, 'ema.npz')}"
+    if _is_mean(cfg):
+        desc = f"{cfg.loss.kind} ({'distilled' if teacher else coupling.name + ' coupling'})"
+    _train(
+        cfg,
+        workdir,
+        model_def,
+        params,
+        host_batch,
+        desc,
+        coupling=coupling,
+        num_classes=run.num_classes,
+        teacher=teacher,
+    )
+    what = "model" if _is_mean(cfg) else "teacher"
+    return f"{what} EMA snapshot: {os.path.join(workdir, 'ema.npz')}"
+
+
+def init_mean_student(run):
+    """The two-time network a MeanFlow / SplitMeanFlow run starts from (METHOD.md §9).
+
+    From scratch (``loss.distill=False``): the config's network built with
+    ``model.two_time=True``. Distilled: the one-time snapshot in ``teacher.workdir`` (a
+    trained teacher, an imported EDM checkpoint, a ReFlow student) copied into it by
+    :func:`~simple_reflow.models.two_time.init_from_one_time`, so the student's
+    u(z, r, t) is the teacher's v(z, t) at step 0.
+
+    Returns:
+      ``(model_def, params, teacher_fn)``: the student split into its definition and pure
+      params, and the teacher's denoiser (``None`` from scratch) whose velocity replaces
+      x1 − x0 in the objective. The teacher's weights are closed over by ``teacher_fn`` and so
+      become constants of the compiled train step [a known cost for large teachers].
+    """
+    from simple_reflow.models.two_time import init_from_one_time
+
+    cfg = run.cfg
+    student = configure.model_from_config(
+        cfg.model, data_shape=run.shape, rngs=nnx.Rngs(cfg.seed), two_time=True
+    )
+    if not _distills(cfg):
+        model_def, params = split_model(student)
+        return model_def, params, None
+    path = _snapshot(cfg.teacher.workdir, "teacher.workdir")
+    if _snapshot_two_time(cfg.teacher.workdir):
+        raise ValueError(
+            f"teacher.workdir={cfg.teacher.workdir!r} holds a two-time network; distil from a "
+            "one-time teacher (a trained or imported teacher, a ReFlow student)."
+        )
+    t_def, like = _build(run, cfg.seed, two_time=False)
+    t_params = checkpoint.load_params(path, like)
+    init_from_one_time(student, t_def.merge(t_params))
+    model_def, params = split_model(student)
+    return model_def, params, t_def.denoiser(t_params)
 
 
 def _teacher(run):
@@ -490,26 +571,34 @@ def run_eval(run, workdir):
     metric, featurize, dim, ref_mu, ref_sigma, num = _scorer(run)
     model_def, like = _build(run, cfg.seed)
     model_dir = cfg.eval.get("model_dir") or workdir
-    models = {"student": checkpoint.load_params(_snapshot(model_dir, "eval.model_dir"), like)}
-    if cfg.teacher.workdir:
-        models["teacher"] = checkpoint.load_params(
-            _snapshot(cfg.teacher.workdir, "teacher.workdir"), like
-        )
+    s = cfg.sampler
+    student = checkpoint.load_params(_snapshot(model_dir, "eval.model_dir"), like)
+    models = {"student": (model_def, student, s.solver)}
+    if cfg.teacher.workdir:  # a one-time teacher beside a two-time student: its own network
+        two_time = _snapshot_two_time(cfg.teacher.workdir)
+        t_def, t_like = (model_def, like) if two_time else _build(run, cfg.seed, two_time=False)
+        solver = cfg.eval.get("teacher_solver") or s.solver
+        if solver == "mean" and not two_time:
+            raise ValueError(
+                f"teacher.workdir={cfg.teacher.workdir!r} is a one-time network, which "
+                "sampler.solver='mean' cannot step: set eval.teacher_solver (e.g. 'euler')."
+            )
+        t_params = checkpoint.load_params(_snapshot(cfg.teacher.workdir, "teacher.workdir"), t_like)
+        models["teacher"] = (t_def, t_params, solver)
     mesh = sharding.make_mesh(cfg.get("mesh"))
     key = jax.random.key(cfg.eval.seed)  # sample i: fold_in(key, i), as EDM's --seeds
-    s = cfg.sampler
 
     def grid_fn(k):
         return grids.make_grid(s.grid, k, kappa=s.kappa, rho=s.rho, t_max=s.t_max)
 
     results, lines = {}, []
-    for name, params in models.items():
+    for name, (m_def, params, solver) in models.items():
         denoiser, params = (
-            _guided(cfg, model_def, params) if name == "student" else (model_def.denoiser, params)
+            _guided(cfg, m_def, params) if name == "student" else (m_def.denoiser, params)
         )
         done = set()
         for budget in cfg.eval.nfe:
-            grid, nfe = sampler.grid_for_budget(budget, s.solver, grid_fn)
+            grid, nfe = sampler.grid_for_budget(budget, solver, grid_fn)
             if nfe in done:  # two budgets that buy the same grid
                 continue
             done.add(nfe)
@@ -517,7 +606,7 @@ def run_eval(run, workdir):
                 denoiser,
                 params,
                 grid,
-                solver=s.solver,
+                solver=solver,
                 r=s.r,
                 shape=shape,
                 num_classes=num_classes,

@@ -44,6 +44,17 @@ def _validate_common(cfg):
     _check(0 < s.r < 1, f"sampler.r={s.r!r} must lie in (0, 1).")
     _check(0 < s.t_max <= 1, f"sampler.t_max={s.t_max!r} must lie in (0, 1].")
     _check(s.kappa > 0, f"sampler.kappa={s.kappa!r} must be > 0.")
+    ts = cfg.eval.get("teacher_solver", "")
+    _check(
+        ts in ("", *sampler.SOLVERS),
+        f"eval.teacher_solver={ts!r} is not one of {sampler.SOLVERS} ('' = sampler.solver).",
+    )
+    _check(
+        s.solver != "mean" or cfg.guidance.kind == "none" or not cfg.guidance.w,
+        f"guidance.kind={cfg.guidance.kind!r} guides a one-time denoiser; a two-time model "
+        "(sampler.solver='mean') has its guidance folded into training (loss.cfg_omega): "
+        "set guidance.kind='none'.",
+    )
     p = cfg.pairs
     _check(0 <= p.rho <= 1, f"pairs.rho={p.rho!r} must lie in [0, 1].")
     _check(p.num_backward > 0, f"pairs.num_backward={p.num_backward!r} must be > 0.")
@@ -134,6 +145,7 @@ def validate_config(cfg):
         configure.coupling_from_config(
             cfg.coupling, data_shape=TOY_SHAPE, num_data=num_data or None
         )  # validates it
+        configure.validate_mean_config(cfg.loss, cfg.model, cfg.sampler)
         return None
     from simple_reflow.train.checkpoint import check_model_config
 
@@ -146,13 +158,26 @@ def validate_config(cfg):
         "not supported for class-conditional data (they would need OT per class).",
     )
     configure.validate_model_config(cfg.model, data_shape=shape)
+    configure.validate_mean_config(cfg.loss, cfg.model, cfg.sampler, num_classes=classes)
+    mean = cfg.loss.kind in configure.MEAN_KINDS
+    _check(
+        not mean or cfg.stage in ("teacher", "eval"),
+        f"loss.kind={cfg.loss.kind!r} trains on images in stage='teacher' (from scratch or "
+        f"distilled, loss.distill) and is scored by stage='eval', not stage={cfg.stage!r}.",
+    )
+    distill = mean and cfg.loss.get("distill", False)
     _check(
         cfg.model.get("num_classes", 0) == classes,
         f"model.num_classes={cfg.model.get('num_classes', 0)!r} does not match the data's "
         f"{classes} classes (data.conditional / data.num_classes).",
     )
     snapshots = []
-    if cfg.stage in ("pairs", "reflow", "eval"):
+    if cfg.stage in ("pairs", "reflow", "eval") or (cfg.stage == "teacher" and distill):
+        _check(
+            cfg.stage != "teacher" or cfg.teacher.workdir,
+            "loss.distill=True needs teacher.workdir: a trained teacher, an imported EDM "
+            "checkpoint or a ReFlow student to distil from.",
+        )
         snapshots.append(("teacher.workdir", cfg.teacher.workdir))
     if cfg.stage == "eval" and cfg.eval.get("model_dir"):
         snapshots.append(("eval.model_dir", cfg.eval.model_dir))
@@ -169,7 +194,7 @@ def validate_config(cfg):
             f"coupling.name={cfg.coupling.name!r} pairs noise with data for a 1-rectified "
             "flow (loss.kind='flow'); EDM's loss (loss.kind='edm') has no coupling.",
         )
-        if cfg.loss.kind == "flow":  # LOOM's dataset size is known once the data is read
+        if cfg.loss.kind != "edm":  # LOOM's dataset size is known once the data is read
             configure.coupling_from_config(
                 cfg.coupling, data_shape=shape, num_data=1 if cfg.coupling.name == "loom" else None
             )

@@ -43,10 +43,12 @@ class ModelDef(NamedTuple):
         return nnx.merge(self.graphdef, state, self.rest)
 
     def denoiser(self, params):
-        """A denoise_fn(x_t, t, cond) closure over ``params`` (eval mode: no dropout)."""
+        """A denoise_fn(x_t, t, cond) closure over ``params`` (eval mode: no dropout); a
+        two-time model also takes ``r=`` (the average-velocity denoiser, METHOD.md §9)."""
 
-        def denoise_fn(x_t, t, cond=None):
-            return self.merge(params)(x_t, t, cond)
+        def denoise_fn(x_t, t, cond=None, *, r=None):
+            model = self.merge(params)
+            return model(x_t, t, cond) if r is None else model(x_t, t, cond, r=r)
 
         return denoise_fn
 

@@ -29,6 +29,7 @@ STREAMS = (
     "eval_floor",  # the exact-vs-exact W2 floor's two sample sets (split)
     "eval_figure",  # the noise and target samples of the samples figure
     "coupling_data",  # the fixed data set a 1-RF's coupling draws from (B2's contenders)
+    "student_batches",  # a two-time student's data batches (toy MeanFlow / SplitMeanFlow)
 )
 
 

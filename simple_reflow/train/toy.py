@@ -3,7 +3,9 @@
 Each stage is a function of the resolved config (``run``, a
 :class:`~simple_reflow.train.stages.Resolved`: the frozen config, the data shape
 :data:`TOY_SHAPE`, the pair grids shared with the image stages) and keyword options;
-:func:`run_pipeline` chains them for ``scripts/train.py --config configs/toy2d.py``. Data,
+:func:`run_pipeline` chains them for ``scripts/train.py --config configs/toy2d.py``; with
+``loss.kind`` ``"meanflow"`` or ``"splitmeanflow"`` it runs :func:`run_mean_pipeline` instead
+(teacher → two-time student → evaluation, METHOD.md §9). Data,
 noise and pairs live on the device and every batch is drawn inside the compiled step from
 ``fold_in(key, step)``, so a step never waits for the host and a resumed run continues exactly.
 """
@@ -34,6 +36,7 @@ __all__ = [
     "toy_projected_pairs",
     "pair_batch_fn",
     "run_pipeline",
+    "run_mean_pipeline",
 ]
 
 TOY_SHAPE = (2,)
@@ -44,13 +47,16 @@ TOY_SHAPE = (2,)
 ONE_RF_LOSS = functools.partial(losses.flow_loss, space="velocity")
 
 
-def build_mlp(cfg_model, seed):
-    """The toy MLP denoiser split into (ModelDef, params)."""
+def build_mlp(cfg_model, seed, *, two_time=False):
+    """The toy MLP denoiser split into (ModelDef, params); ``two_time``: the average-velocity
+    network of MeanFlow / SplitMeanFlow (its ``map_interval`` is zero-initialised and built
+    last, so the other weights are those of the one-time MLP of the same seed)."""
     model = MLPDenoiser(
         TOY_SHAPE[0],
         hidden=cfg_model.hidden,
         depth=cfg_model.depth,
         dropout=cfg_model.dropout,
+        two_time=two_time,
         rngs=nnx.Rngs(seed),
     )
     return split_model(model)
@@ -68,6 +74,7 @@ def train_flow(
     num_steps,
     seed,
     desc,
+    two_time=False,
 ):
     """Trains the toy MLP with device-side batches; returns ``(model_def, final state)``.
 
@@ -85,8 +92,10 @@ def train_flow(
       coupling: optional coupling applied inside the step, or, with a host solver
         (``coupling.host``), in the input pipeline ahead of the step (batches then come from
         the host, ``training.steps_per_call`` of them stacked per call).
+      two_time: train a two-time MLP (MeanFlow / SplitMeanFlow); ``init_params`` are then its
+        own (a one-time teacher's go through ``models.two_time.init_from_one_time``).
     """
-    model_def, params = build_mlp(cfg.model, seed)
+    model_def, params = build_mlp(cfg.model, seed, two_time=two_time)
     if init_params is not None:
         params = jax.tree.map(jnp.array, init_params)
     state = fit(
@@ -260,6 +269,8 @@ def run_pipeline(run, workdir):
     from simple_reflow.train.toy_eval import evaluate_models, write_outputs
 
     cfg = run.cfg
+    if cfg.loss.kind in configure.MEAN_KINDS:
+        return run_mean_pipeline(run, workdir)
     clock = time.perf_counter()
     teacher, teacher_params, _ = teacher_fn(run, workdir)
     stores = jax.block_until_ready(generate_toy_pairs(teacher, run, cfg.seed))
@@ -284,5 +295,63 @@ def run_pipeline(run, workdir):
     clock = time.perf_counter()
     metrics = evaluate_models({"teacher": teacher, "student": student}, cfg)
     write_outputs(workdir, cfg, metrics, {"teacher": teacher, "student": student})
+    print(f"evaluation: {time.perf_counter() - clock:.1f}s", flush=True)
+    return metrics
+
+
+def _mean_student_init(cfg, teacher_params, teacher_def):
+    """The distilled student's initial params: the trained 1-RF teacher's weights in the
+    two-time MLP (``init_from_one_time``), or ``None`` (from scratch: no teacher weights, or
+    not distilling)."""
+    if not cfg.loss.get("distill", False) or teacher_params is None:
+        return None
+    from simple_reflow.models.two_time import init_from_one_time
+
+    student_def, params = build_mlp(cfg.model, cfg.seed, two_time=True)
+    student = init_from_one_time(student_def.merge(params), teacher_def.merge(teacher_params))
+    return split_model(student)[1]
+
+
+def run_mean_pipeline(run, workdir):
+    """Teacher → MeanFlow / SplitMeanFlow student → evaluation (METHOD.md §9); returns the
+    metrics dict (the format of :func:`run_pipeline`).
+
+    The two-time student trains on data batches paired with noise by ``cfg.coupling`` (as the
+    1-RF teacher does), with ``loss.kind``'s objective; ``loss.distill`` takes v from the
+    teacher (:func:`teacher_fn`: analytic on 8gaussians, else the trained 1-RF, whose weights
+    the student then starts from). The student is scored with ``sampler.solver`` (``"mean"``),
+    the teacher with ``eval.teacher_solver`` on the same grid; snapshots as in
+    :func:`run_pipeline` (``workdir/student/ema.npz``).
+    """
+    from simple_reflow.train.toy_eval import evaluate_models, write_outputs
+
+    cfg = run.cfg
+    teacher, teacher_params, teacher_def = teacher_fn(run, workdir)
+    num_data = cfg.data.get("num_examples", 0) or None
+    coupling = configure.coupling_from_config(cfg.coupling, data_shape=run.shape, num_data=num_data)
+    batch_fn, data = make_data_batch_fn(
+        cfg.data.name,
+        cfg.training.batch_size,
+        stream_seed(cfg.seed, "student_batches", bits=31),
+        num_data,
+    )
+    model_def, state = train_flow(
+        cfg,
+        os.path.join(workdir, "student"),
+        batch_fn=batch_fn,
+        data=data,
+        loss_fn=configure.loss_fn_from_config(cfg.loss, cfg.time, teacher_fn=teacher),
+        init_params=_mean_student_init(cfg, teacher_params, teacher_def),
+        coupling=coupling,
+        num_steps=cfg.training.num_steps,
+        seed=stream_seed(cfg.seed, "student_training", bits=31),
+        desc=f"student ({cfg.loss.kind})",
+        two_time=True,
+    )
+    models = {"teacher": teacher, "student": model_def.denoiser(state.ema)}
+    solvers = {"teacher": cfg.eval.get("teacher_solver") or cfg.sampler.solver}
+    clock = time.perf_counter()
+    metrics = evaluate_models(models, cfg, solvers=solvers)
+    write_outputs(workdir, cfg, metrics, models, solvers=solvers)
     print(f"evaluation: {time.perf_counter() - clock:.1f}s", flush=True)
     return metrics

@@ -20,6 +20,7 @@ import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 
 from simple_reflow import grids, reference_solver, sampler
@@ -183,13 +184,27 @@ def evaluate_model(denoise_fn, cfg, *, solver_cfg=None, key=None, sets=None, wit
     return records
 
 
-def evaluate_models(models, cfg):
+def _solver_cfg(cfg, solvers, name):
+    """``cfg.sampler`` with the solver ``solvers[name]`` (when given) in place of its own."""
+    if not solvers or name not in solvers:
+        return cfg.sampler
+    s = ml_collections.ConfigDict(cfg.sampler.to_dict())
+    s.solver = solvers[name]
+    return s
+
+
+def evaluate_models(models, cfg, *, solvers=None):
     """Evaluates each named model with the configured sampler on one evaluation set; adds the
-    W2 floor (one pair of exact sets)."""
+    W2 floor (one pair of exact sets). ``solvers``: ``{name: solver}`` for models sampled
+    with another solver than ``sampler.solver`` on the same grid (a one-time teacher beside a
+    two-time student)."""
     sets = eval_sets(cfg)
     return {
         "w2_floor": w2_floors(cfg)[0],
-        "models": {k: evaluate_model(f, cfg, sets=sets) for k, f in models.items()},
+        "models": {
+            k: evaluate_model(f, cfg, solver_cfg=_solver_cfg(cfg, solvers, k), sets=sets)
+            for k, f in models.items()
+        },
     }
 
 
@@ -228,9 +243,9 @@ def _flat(metrics):
     return out
 
 
-def write_outputs(workdir, cfg, metrics, models):
+def write_outputs(workdir, cfg, metrics, models, *, solvers=None):
     """Writes ``eval_metrics.json`` (the image eval stage's name too) and ``samples.png``
-    (samples at the largest budget, trajectories)."""
+    (samples at the largest budget, trajectories); ``solvers`` as :func:`evaluate_models`."""
     from simple_reflow.viz import save_toy_figure
 
     with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
@@ -238,13 +253,14 @@ def write_outputs(workdir, cfg, metrics, models):
     key_noise, key_data = jax.random.split(stream_key(cfg.seed, "eval_figure"))
     x1 = jax.random.normal(key_noise, (2000, 2))
     budget = max(cfg.eval.nfe)
-    grid, nfe = sampler.grid_for_budget(budget, cfg.sampler.solver, solver_grid_fn(cfg.sampler))
     samples = {"target": np.asarray(make_toy_sampler(cfg.data.name)(key_data, 2000))}
     trajectories = {}
     fine = grids.uniform_grid(64)
     for name, fn in models.items():
-        label = f"{name} ({nfe} NFE, {cfg.sampler.solver}; paths: accurate)"
-        samples[label] = np.asarray(_sample_fn(fn, grid, cfg.sampler.solver, cfg.sampler.r)(x1))
+        s = _solver_cfg(cfg, solvers, name)
+        grid, nfe = sampler.grid_for_budget(budget, s.solver, solver_grid_fn(s))
+        label = f"{name} ({nfe} NFE, {s.solver}; paths: accurate)"
+        samples[label] = np.asarray(_sample_fn(fn, grid, s.solver, s.r)(x1))
         traj = jax.jit(
             lambda x, fn=fn: sampler.integrate(fn, x, fine, solver="heun", trajectory=True)[2]
         )(x1[:24])
