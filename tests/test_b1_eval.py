@@ -118,6 +118,7 @@ def test_significance_separates_far_means_from_near_ones():
     assert rows[0]["units"] == pytest.approx(0.05 / spread)
 
 
+@pytest.mark.slow
 def test_b1_task_writes_set_statistics_and_floor_below_a_trained_model(tmp_path):
     args = argparse.Namespace(
         methods=["teacher", "2rf"],

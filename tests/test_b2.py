@@ -4,6 +4,7 @@ coupling error of an untrained network, and the metrics against the closed-form 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from benchmarks import b2_gmm_images as b2
 from simple_reflow import grids, sampler
@@ -20,6 +21,7 @@ def test_mixture_has_smooth_unit_rms_means():
     assert np.corrcoef(a, b)[0, 1] > 0.8
 
 
+@pytest.mark.slow
 def test_exact_solution_floor_is_near_zero_and_an_untrained_network_is_far():
     gm = b2.make_mixture(16)
     x1 = np.asarray(noise_for_indices(jax.random.key(0), jnp.arange(64), gm.shape))

@@ -177,6 +177,7 @@ def test_class_labels_null_class():
     assert abs(frac - 0.25) < 4 * np.sqrt(0.25 * 0.75 / 1000)  # 4σ binomial band
 
 
+@pytest.mark.slow
 def test_label_dropout_gives_null_class_output(inputs):
     x_t, _ = inputs
     t = jnp.full((BATCH,), 0.7)  # σ = 2.3: c_out ≈ 0.49, the network term dominates

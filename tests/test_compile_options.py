@@ -87,6 +87,7 @@ def _smoke_train_step(monkeypatch, barriers: bool):
     return compiled.as_text(), compiled(state, batch)
 
 
+@pytest.mark.slow
 def test_fusion_barriers_stop_recomputation_and_change_no_result(monkeypatch):
     if "xla_disable_hlo_passes" not in compile_options.cpu_conv_options():
         pytest.skip("this jaxlib has no xla_disable_hlo_passes compiler option")

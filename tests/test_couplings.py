@@ -323,7 +323,12 @@ def test_solver_auto_picks_host_for_low_dim_points_on_cpu():
 
 
 @pytest.mark.parametrize(
-    ("variant", "steps_per_call"), [("ot-cfm", 1), ("ot-cfm", 4), ("loom-cfm", 2)]
+    ("variant", "steps_per_call"),
+    [
+        pytest.param("ot-cfm", 1, marks=pytest.mark.slow),
+        pytest.param("ot-cfm", 4, marks=pytest.mark.slow),
+        pytest.param("loom-cfm", 2, marks=pytest.mark.slow),
+    ],
 )
 def test_toy_training_with_the_host_solver_equals_the_device_solver(
     tmp_path, variant, steps_per_call

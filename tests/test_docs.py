@@ -57,9 +57,16 @@ def _directives():
     return out
 
 
+class _MkdocsLoader(yaml.SafeLoader):
+    """mkdocs.yml's YAML: ``!ENV [NAME, default]`` reads as its default here."""
+
+
+_MkdocsLoader.add_constructor("!ENV", lambda loader, node: loader.construct_sequence(node)[-1])
+
+
 def _global_options():
     with open(os.path.join(ROOT, "mkdocs.yml")) as f:
-        cfg = yaml.safe_load(f)
+        cfg = yaml.load(f, Loader=_MkdocsLoader)  # noqa: S506 (a SafeLoader)
     for plugin in cfg["plugins"]:
         if isinstance(plugin, dict) and "mkdocstrings" in plugin:
             return plugin["mkdocstrings"]["handlers"]["python"].get("options", {})

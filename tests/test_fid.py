@@ -372,6 +372,7 @@ def _largest_constant(lowered_text):
     return max(sizes)
 
 
+@pytest.mark.slow
 def test_sampler_takes_the_weights_as_an_input_not_as_constants():
     """A compiled sampler holds no copy of the weights: they are an argument, so one program
     serves every snapshot (teacher, student, any checkpoint) and the persistent cache's key does

@@ -51,6 +51,7 @@ def _close(a, b):
         np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_device_and_host_batches_train_the_same_with_and_without_fusion(tmp_path):
     ref, losses = _fit(tmp_path / "dev1", DeviceBatches(_device_batch, np.float32(3.0)))
     assert losses[-1] < losses[0]

@@ -238,6 +238,7 @@ def _rel(a, b):
     return (num / sum(float(jnp.sum(y**2)) for y in lb)) ** 0.5
 
 
+@pytest.mark.slow
 def test_meanflow_gradient_stops_at_the_target():
     """The MeanFlow gradient is that of mean_i w_i·‖u_θ,i − T_i‖² with T and w constants; T is
     computed here independently, du/dt by a fourth-order central difference along (v, 0, 1) in
@@ -280,6 +281,7 @@ def test_meanflow_gradient_stops_at_the_target():
         assert _rel(_grad(no_stop_gradient, model), g_exp) > 1e-2
 
 
+@pytest.mark.slow
 def test_splitmeanflow_gradient_stops_at_the_target():
     """The SplitMeanFlow gradient flows through u_θ(z_t, r, t) only: equal to that of
     ‖u_θ − T‖² with T the (constant) split target; without the stop-gradient it differs."""
@@ -352,7 +354,9 @@ def _call_one_time(model, x, t):
     return model(x, t, None)
 
 
-@pytest.mark.parametrize("name", list(BACKBONES))
+@pytest.mark.parametrize(
+    "name", [n if n == "ddpmpp" else pytest.param(n, marks=pytest.mark.slow) for n in BACKBONES]
+)
 def test_two_time_network_is_its_teacher_at_initialisation(name):
     """Initialised from a one-time teacher the two-time network gives u(z, r, t) = v_T(z, t) for
     every r (the added embedding is zero); the only new parameters are ``map_interval``'s, and

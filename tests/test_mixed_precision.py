@@ -33,7 +33,14 @@ def _rms_rel(a, ref):
     return float(np.sqrt(np.mean(np.square(a - ref)) / np.mean(np.square(ref))))
 
 
-@pytest.mark.parametrize("name", ["ddpmpp_cond", "ncsnpp_uncond", "adm_cond"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("ddpmpp_cond", marks=pytest.mark.slow),
+        pytest.param("ncsnpp_uncond", marks=pytest.mark.slow),
+        pytest.param("adm_cond", marks=pytest.mark.slow),
+    ],
+)
 def test_bfloat16_forward_agrees_with_float32(name):
     with np.load(os.path.join(FIXTURES, f"{name}.npz")) as fx:
         fx = {k: fx[k] for k in fx.files}

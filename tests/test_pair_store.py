@@ -202,6 +202,7 @@ _WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigkilled_writer_resumes_to_the_uninterrupted_store(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     script = tmp_path / "writer.py"

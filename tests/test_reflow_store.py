@@ -93,6 +93,7 @@ def test_reflow_refuses_pairs_of_another_teacher_or_grid(root):
     assert not os.path.exists(root / "r1" / "metrics.jsonl")  # refused before training
 
 
+@pytest.mark.slow
 def test_a_damaged_shard_stops_reflow_with_its_name_and_repair(root, tmp_path):
     """The flip that once surfaced as the ArrayRecord library's own "Corrupted Riegeli/records
     file" error: one byte in the middle of the first shard's file."""

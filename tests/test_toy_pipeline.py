@@ -60,7 +60,11 @@ PROJECTION = (
 )
 
 
-@pytest.mark.parametrize("overrides", [(), PROJECTION], ids=["plain", "projection"])
+@pytest.mark.parametrize(
+    "overrides",
+    [(), pytest.param(PROJECTION, marks=pytest.mark.slow)],
+    ids=["plain", "projection"],
+)
 def test_student_beats_the_analytic_teacher_at_2_nfe(tmp_path, overrides):
     # BENCHMARKS.md B1's claim in small: with the same solver (DPM-Solver-2 on the sigmoid grid)
     # the teacher at 2 NFE is far from the 8 Gaussians (W2 ≈ 1.3: its samples sit near the
@@ -103,6 +107,7 @@ def test_coupling_variants_validate(variant):
     assert cfg.teacher.kind == "train" and cfg.coupling.name != "independent"
 
 
+@pytest.mark.slow
 def test_loom_cfm_pipeline_trains_its_1rf_with_the_coupling(tmp_path):
     # The 8-Gaussians pipeline with a LOOM-CFM 1-RF as the teacher: the coupling's metrics are
     # logged during the teacher's training and the 1-RF generates far better than noise

@@ -107,7 +107,7 @@ def restore_latest(manager, state):
 
     A step that fails to restore (a truncated, missing or garbled file) or whose arrays differ
     from the checksum recorded when it was saved (:func:`save_state`) is moved aside to
-    ``checkpoints/damaged_<step>.<time>`` with a warning naming it, and the previous step is
+    ``checkpoints/damaged_<step>.<time in ns>`` with a warning naming it, and the previous step is
     tried: the run then recomputes the steps since (deterministically, so it continues exactly).
 
     Raises:
@@ -127,7 +127,7 @@ def restore_latest(manager, state):
                 raise ValueError(f"its arrays' checksum differs from {_checksums_file(manager)}")
         except Exception as e:  # noqa: BLE001 (Orbax and TensorStore errors are untyped)
             damaged.append(f"step {step}: {reason(e)}")
-            aside = os.path.join(folder, f"damaged_{step}.{int(time.time())}")
+            aside = os.path.join(folder, f"damaged_{step}.{time.time_ns()}")
             if jax.process_index() == 0:
                 os.rename(os.path.join(folder, str(step)), aside)
             message = (
