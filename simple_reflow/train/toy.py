@@ -172,26 +172,28 @@ def teacher_fn(run, workdir):
                 f"mixture), got data.name={cfg.data.name!r}."
             )
         return toy_mixture(), None, None
-    num_data = cfg.data.get("num_examples", 0) or None
-    coupling = configure.coupling_from_config(cfg.coupling, data_shape=run.shape, num_data=num_data)
-    batch_fn, data = make_data_batch_fn(
-        cfg.data.name,
-        cfg.training.batch_size,
-        stream_seed(cfg.seed, "teacher_batches", bits=31),
-        num_data,
-    )
-    model_def, state = train_flow(
-        cfg,
+    model_def, state = _train_on_data(
+        run,
         os.path.join(workdir, "teacher"),
-        batch_fn=batch_fn,
-        data=data,
+        "teacher_batches",
         loss_fn=ONE_RF_LOSS,
-        coupling=coupling,
         num_steps=cfg.teacher.num_steps,
         seed=cfg.seed,
         desc="teacher (1-RF)",
     )
     return model_def.denoiser(state.ema), state.ema, model_def
+
+
+def _train_on_data(run, workdir, stream, **kw):
+    """:func:`train_flow` on the toy data set (epoch batches of the ``stream`` seed), paired
+    with noise by ``cfg.coupling``: the 1-RF teacher and the average-velocity students."""
+    cfg = run.cfg
+    num_data = cfg.data.get("num_examples", 0) or None
+    coupling = configure.coupling_from_config(cfg.coupling, data_shape=run.shape, num_data=num_data)
+    batch_fn, data = make_data_batch_fn(
+        cfg.data.name, cfg.training.batch_size, stream_seed(cfg.seed, stream, bits=31), num_data
+    )
+    return train_flow(cfg, workdir, batch_fn=batch_fn, data=data, coupling=coupling, **kw)
 
 
 def generate_toy_pairs(denoise_fn, run, seed):
@@ -327,22 +329,12 @@ def run_mean_pipeline(run, workdir):
 
     cfg = run.cfg
     teacher, teacher_params, teacher_def = teacher_fn(run, workdir)
-    num_data = cfg.data.get("num_examples", 0) or None
-    coupling = configure.coupling_from_config(cfg.coupling, data_shape=run.shape, num_data=num_data)
-    batch_fn, data = make_data_batch_fn(
-        cfg.data.name,
-        cfg.training.batch_size,
-        stream_seed(cfg.seed, "student_batches", bits=31),
-        num_data,
-    )
-    model_def, state = train_flow(
-        cfg,
+    model_def, state = _train_on_data(
+        run,
         os.path.join(workdir, "student"),
-        batch_fn=batch_fn,
-        data=data,
+        "student_batches",
         loss_fn=configure.loss_fn_from_config(cfg.loss, cfg.time, teacher_fn=teacher),
         init_params=_mean_student_init(cfg, teacher_params, teacher_def),
-        coupling=coupling,
         num_steps=cfg.training.num_steps,
         seed=stream_seed(cfg.seed, "student_training", bits=31),
         desc=f"student ({cfg.loss.kind})",
