@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 from simple_reflow.errors import DamagedInput, reason
 from simple_reflow.models.params import param_name, unflatten_params
@@ -130,6 +131,8 @@ def restore_latest(manager, state):
             aside = os.path.join(folder, f"damaged_{step}.{time.time_ns()}")
             if jax.process_index() == 0:
                 os.rename(os.path.join(folder, str(step)), aside)
+            if jax.process_count() > 1:  # every host lists the steps after the move
+                multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
             message = (
                 f"checkpoint step {step} in {folder} is damaged ({reason(e)}); moved it to "
                 f"{aside} and falling back to the previous step"
