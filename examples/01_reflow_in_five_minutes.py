@@ -48,6 +48,7 @@ import optax
 from flax import nnx
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
+import simple_reflow
 from simple_reflow import grids, losses, pairs, sampler, time_dist
 from simple_reflow.data.toy import sample_toy, toy_mixture
 from simple_reflow.metrics.transport import straightness, w2, w2_floor
@@ -62,20 +63,8 @@ NUM_EVAL = 1500
 BUDGETS = (1, 2, 4, 9)
 
 
-def repository_root():
-    """The repository's root: above the working directory (the repository or examples/), else
-    above the installed package (an editable install, wherever the notebook runs)."""
-    import simple_reflow
-
-    for start in (pathlib.Path.cwd(), pathlib.Path(simple_reflow.__file__).resolve().parent):
-        for p in (start, *start.parents):
-            if (p / "pyproject.toml").exists() and (p / "simple_reflow").is_dir():
-                return p
-    raise FileNotFoundError("run this notebook inside a checkout of the simple_reflow repository")
-
-
 # The toy job's sizes, from its config (configs/ is a package at the repository root).
-root = repository_root()
+root = pathlib.Path(simple_reflow.__file__).resolve().parents[1]  # the checkout (editable install)
 sys.path.insert(0, str(root))
 from configs.toy2d import get_config  # noqa: E402
 

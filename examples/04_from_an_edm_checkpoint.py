@@ -48,6 +48,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
+import simple_reflow
 from simple_reflow import compile_options, grids, paths, sampler
 from simple_reflow.metrics.fid import FeatureStats, load_reference, save_reference
 from simple_reflow.metrics.frechet import frechet_distance_from_stats
@@ -59,20 +60,7 @@ from simple_reflow.train.sampling import make_index_sampler
 from simple_reflow.train.step import split_model
 from simple_reflow.viz import image_grid
 
-
-def repository_root():
-    """The repository's root: above the working directory (the repository or examples/), else
-    above the installed package (an editable install, wherever the notebook runs)."""
-    import simple_reflow
-
-    for start in (pathlib.Path.cwd(), pathlib.Path(simple_reflow.__file__).resolve().parent):
-        for p in (start, *start.parents):
-            if (p / "pyproject.toml").exists() and (p / "simple_reflow").is_dir():
-                return p
-    raise FileNotFoundError("run this notebook inside a checkout of the simple_reflow repository")
-
-
-root = repository_root()  # the fixtures live there
+root = pathlib.Path(simple_reflow.__file__).resolve().parents[1]  # the checkout: fixtures there
 CHECKPOINT = root / "tests" / "fixtures" / "edm" / "ddpmpp_uncond.pkl"
 NUM_FID = 8  # images per FID set
 workdir = tempfile.mkdtemp(prefix="edm_")

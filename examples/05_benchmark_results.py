@@ -40,20 +40,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
+import simple_reflow
 
-def repository_root():
-    """The repository's root: above the working directory (the repository or examples/), else
-    above the installed package (an editable install, wherever the notebook runs)."""
-    import simple_reflow
-
-    for start in (pathlib.Path.cwd(), pathlib.Path(simple_reflow.__file__).resolve().parent):
-        for p in (start, *start.parents):
-            if (p / "pyproject.toml").exists() and (p / "simple_reflow").is_dir():
-                return p
-    raise FileNotFoundError("run this notebook inside a checkout of the simple_reflow repository")
-
-
-root = repository_root()
+root = pathlib.Path(simple_reflow.__file__).resolve().parents[1]  # the checkout (editable install)
 results = root / "benchmarks" / "results"
 
 
