@@ -31,6 +31,12 @@ __all__ = [
     "from_ve",
     "log_snr",
     "t_from_log_snr",
+    "VP_BETA_MIN",
+    "VP_BETA_MAX",
+    "vp_alpha_sigma",
+    "t_from_alpha_sigma",
+    "to_straight",
+    "from_straight",
 ]
 
 T_EPS = 1e-5
@@ -112,3 +118,40 @@ def log_snr(t):
 def t_from_log_snr(lam):
     """Inverse of :func:`log_snr`: t = S(−λ), S the logistic function."""
     return 1.0 / (1.0 + jnp.exp(lam))
+
+
+# --- Other interpolants α_s·x0 + σ_s·ε as reparametrisations of the straight path (METHOD.md §9).
+
+VP_BETA_MIN = 0.1
+VP_BETA_MAX = 20.0
+"""β(s) of the variance-preserving path (Song et al. 2021's VP SDE, the schedule of Kim et al.
+2025's interpolant conversion): β(s) = β_min + (β_max − β_min)·s."""
+
+
+def vp_alpha_sigma(s, beta_min=VP_BETA_MIN, beta_max=VP_BETA_MAX):
+    """(α_s, σ_s) of the variance-preserving path x_s = α_s·x0 + σ_s·ε, data at s = 0.
+
+    T(s) = ∫₀ˢ β = β_min·s + (β_max − β_min)·s²/2, α_s = exp(−T/2), σ_s = √(1 − exp(−T)), so
+    α² + σ² = 1. At s = 1, α = e^{−5.025} ≈ 0.0066: a chain started at σ_1·x1 neglects α_1·x0,
+    as the straight-path sampler started at t < 1 neglects (1 − t)·x0.
+    """
+    big_t = beta_min * s + 0.5 * (beta_max - beta_min) * s * s
+    return jnp.exp(-0.5 * big_t), jnp.sqrt(-jnp.expm1(-big_t))
+
+
+def t_from_alpha_sigma(alpha, sigma):
+    """The straight-path time with the same signal-to-noise ratio as α·x0 + σ·ε:
+    t = σ/(α + σ), so that (1 − t)/t = α/σ."""
+    return sigma / (alpha + sigma)
+
+
+def to_straight(x_s, alpha, sigma):
+    """x_t = x_s/(α + σ): a point of the path α·x0 + σ·ε is the straight path's point at
+    t = σ/(α + σ) scaled by α + σ (both write x0 + (σ/α)·ε up to scale). ``alpha``, ``sigma``:
+    scalars or ``[batch]``."""
+    return x_s / expand_t(alpha + sigma, x_s)
+
+
+def from_straight(x_t, alpha, sigma):
+    """Inverse of :func:`to_straight`: x_s = (α + σ)·x_t."""
+    return x_t * expand_t(alpha + sigma, x_t)
