@@ -277,7 +277,7 @@ def _set(**fields):
         (backbones.adm_smoke, _set(num_classes=-1), (16, 16, 3), "model.num_classes"),
         (backbones.ddpmpp_cifar10, _set(), (64, 64, 3), "model.resolution"),
         (backbones.adm_imagenet64, _set(), (32, 32, 3), "model.resolution"),
-        (backbones.ddpmpp_smoke, _set(), (18, 18, 3), "model.channel_mult"),
+        (backbones.ddpmpp_smoke, _set(), (17, 17, 3), "model.channel_mult"),
         (backbones.ddpmpp_smoke, _set(), (16, 12, 3), "model.name"),
         (backbones.ddpmpp_smoke, _set(model_channels=34), (16, 16, 3), "model.model_channels"),
         (backbones.adm_smoke, _set(channels_per_head=0), (16, 16, 3), "model.channels_per_head"),
