@@ -1,13 +1,19 @@
-"""B1 — toy-2D ReFlow quality per NFE (BENCHMARKS.md).
+"""B1 — toy-2D ReFlow quality per NFE (BENCHMARKS.md), and the few-step leaderboard (issue 24).
 
   python benchmarks/toy2d.py --out results/toy2d.json            # 3 seeds, 5,000 samples
   python benchmarks/toy2d.py --out /tmp/toy2d.json --quick       # 1 seed, fewer steps
-  python benchmarks/toy2d.py --report results/toy2d.json [--old OLD.json]   # tables only
+  python benchmarks/toy2d.py --report results/toy2d.json [--old OLD.json] [--merge A.json ...]
+  python benchmarks/toy2d.py --out results/toy2d_mean.json --budgets 1 2 4 \
+      --methods teacher 2rf meanflow splitmeanflow splitmeanflow_distill splitmeanflow_from_2rf \
+      --curve 500,1000,2000,4000 \
+      --merge benchmarks/results/toy2d_full.json benchmarks/results/toy2d_couplings.json
 
 For each task and seed: one teacher (analytic for 8gaussians, else a 1-RF), one set of teacher
-pairs, then every student trained with the same MLP, steps and initialisation. Methods:
+pairs, then every student trained with the same MLP, steps (``--steps``) and initialisation.
+Methods:
 
-- ``teacher``: evaluated with every solver, so a student can be compared at equal solver;
+- ``teacher``: evaluated with every solver (``--teacher-solvers``), so a student can be
+  compared at equal solver;
 - ``2rf``: uniform t, squared ℓ2 on the velocity, backward pairs only, Euler, uniform grid;
 - ``2rf++``: U-shaped t (a = 4), pseudo-Huber on the velocity, backward pairs, Euler;
 - ``simple_reflow``: normalised loss, 10^t, forward pairs ρ = 0.4, DPM-Solver-2 (r = 0.4) on
@@ -16,7 +22,20 @@ pairs, then every student trained with the same MLP, steps and initialisation. M
   (balanced entropic OT of 4,096 teacher samples onto 4,096 target samples, METHOD.md §3);
 - ``ot-cfm``, ``loom-cfm``, ``w-cfm``: a 1-RF trained from scratch (the teacher's steps) with
   minibatch OT, LOOM-CFM's persistent assignment (a fixed set of 16,384 samples) or W-CFM's
-  Gibbs weights (ε = κ·√2, ``--wcfm-kappa``), sampled with Euler.
+  Gibbs weights (ε = κ·√2, ``--wcfm-kappa``), sampled with Euler;
+- ``meanflow``, ``splitmeanflow``: the same MLP with the second time (two-time, METHOD.md §9)
+  trained from scratch on data with independent noise for ``--steps`` steps, as
+  ``configs/toy2d.py:meanflow`` / ``:splitmeanflow`` (logit-normal(−0.4, 1) times, MeanFlow:
+  r = t on 75 % of the rows, adaptive weight p = 1; SplitMeanFlow: boundary 50 %, p = 0);
+- ``splitmeanflow_distill``: SplitMeanFlow with v from the task's teacher (analytic on
+  8gaussians, from scratch; elsewhere the 1-RF, whose weights it starts from);
+- ``splitmeanflow_from_2rf``: SplitMeanFlow with v from the ``2rf`` student of the same task
+  and seed, starting from its weights (ReFlow, then average velocity). The 2rf student is
+  trained (once, as the ``2rf`` method) even when ``2rf`` is not asked for, and then not
+  recorded.
+
+The two-time models are sampled with the ``"mean"`` solver (one average-velocity step per
+interval) on the uniform grid: at budget n, n intervals and n NFE, as Euler.
 
 Each model is scored on ``--eval-sets`` independent evaluation sets (default 5 of 5,000
 points; fresh noise x1 and fresh target samples per set, the same sets for every method of a
@@ -27,19 +46,60 @@ each component (the floor ranges ≈ 0.2–0.35 across keys), so one set cannot 
 between the model's output and the analytic teacher's exact ODE solution (an adaptive
 Dormand–Prince solve, ``toy_eval.exact_solution_fn``).
 
+**Average-velocity error** (8gaussians; None elsewhere, where no teacher is analytic). At NFE
+budget n, on the uniform grid 1 = t_0 > … > t_n = 0, at the analytic teacher's *exact* ODE
+points z*_k = Φ_{1→t_k}(x1) of each evaluation set's noise (not the points the model's own
+trajectory visits: so the value is a property of the model alone, the same points for every
+method, and the u* are computed once per task and seed; the accumulated effect of the errors
+along the model's own trajectory is the coupling error),
+
+    avg_velocity_error = mean_k mean_i ‖u(z*_ik, t_{k+1}, t_k) − u*(z*_ik, t_{k+1}, t_k)‖²,
+
+with u* = (z − Φ_{t→r}(z))/(t − r) from ``average_velocity.exact_average_velocity`` of
+``toy_mixture()`` (adaptive solves at toy_eval's tolerance 1e-6, :func:`exact_mean_targets`),
+u the two-time model's average velocity, or for a one-time model (the teacher, 2-RF, …) its
+instantaneous velocity v(z, t_k), which is what one Euler step uses — so the column is
+comparable across methods, and is the squared error of the step's displacement divided by
+(t_k − t_{k+1})². It depends on the budget, not on the record's solver (the teacher's Heun and
+DPM-Solver-2 records carry the Euler grid's value). At n = 1, z*_0 = x1 and x̂0 = x1 − u, so
+it equals the 1-NFE coupling error (up to the two exact solves' tolerance).
+
+**Budget curves** (``--curve 0,500,1000,2000,4000``): the methods of ``--curve-methods``
+(default 2rf, meanflow, splitmeanflow) on ``--curve-tasks`` are trained once to ``--steps`` in
+chunks — each chunk resumes the previous one's checkpoint, which gives bit-identical
+parameters, EMA and optimiser state to one run (checked: every batch and key is a function of
+the step, the learning rate is constant after an optional warm-up of fixed length and the EMA
+decay is constant, neither depends on the step count) — and the EMA snapshot at each listed
+step is scored at 1 and 2 NFE (:data:`CURVE_BUDGETS`): W2 over the first ``--curve-eval-sets``
+sets (their first ``--curve-samples`` points; default all), the coupling and average-velocity
+errors on 8gaussians. Step 0 scores the initial weights (a student initialised from its
+teacher, e.g. ``splitmeanflow_from_2rf``, then has its teacher's metrics exactly). **Budget
+rule:** a curve has flattened at S when the last doubling (S/2 → S) changes the metric's mean
+over seeds by less than its seed spread (std over seeds at S); the leaderboard's budget is the
+smallest S at which 2-RF's and MeanFlow's curves have flattened at 1 and 2 NFE
+(``toy2d_leaderboard.curve_summary``).
+
 FILE receives a JSON list of records, one per task/method/seed/solver/NFE budget:
 ``{"task", "method", "seed", "solver", "budget", "nfe", "w2", "w2_sets", "w2_mean", "w2_std",
 "w2_floor", "w2_floor_sets", "w2_floor_mean", "w2_floor_std", "coupling_error",
-"coupling_error_std", "straightness"}``. ``w2`` and ``w2_floor`` keep their earlier meaning (one
-evaluation set: the first; one pair of exact sets: the first), ``*_sets`` hold every set's value,
-``*_mean``/``*_std`` their mean and sample std (ddof = 1) over the sets; ``coupling_error`` is
-the mean over the sets (None except on 8gaussians); ``straightness`` is set on the accurate
-solve's record (first set's noise). ``FILE`` with ``.meta.json`` in place of ``.json`` holds
-the commit, machine and settings, and with ``.md`` the summary tables: per (task, method, solver,
-budget) the mean over seeds and sets with the spread over seeds and over sets, and which
-differences between methods at equal NFE budget are significant (see :func:`significance`).
-``--report FILE [--old OLD]`` rewrites those tables from a finished FILE without training, and
-compares its seed means with an earlier run's (``w2``, in units of the seed spread).
+"coupling_error_std", "avg_velocity_error", "avg_velocity_error_std", "straightness"}``.
+``w2`` and ``w2_floor`` keep their earlier meaning (one evaluation set: the first; one pair of
+exact sets: the first), ``*_sets`` hold every set's value, ``*_mean``/``*_std`` their mean and
+sample std (ddof = 1) over the sets; ``coupling_error`` and ``avg_velocity_error`` are the mean
+over the sets (None except on 8gaussians); ``straightness`` is set on the accurate solve's
+record (first set's noise). Budget-curve records add ``"curve": true, "step", "num_samples"``
+(no floor fields) and are left out of every table but the curves'. ``FILE`` with
+``.meta.json`` in place of ``.json`` holds the commit, machine, settings and the seconds spent
+per stage and method (also in ``.timings.json`` while running), and with ``.md`` the summary
+tables: per (task, method, solver, budget) the mean over seeds and sets with the spread over
+seeds and over sets, which differences between methods at equal NFE budget are significant
+(see :func:`significance`), the few-step leaderboard (``benchmarks/toy2d_leaderboard.py``: at
+1, 2 and 4 NFE, each method at its own solver, merged with the records of ``--merge`` files,
+and whether records found in both are equal) and the budget curves; the figures
+``FILE_w2.png``, ``FILE_coupling_error.png``, ``FILE_avg_velocity_error.png`` and
+``FILE_curves.png`` lie beside it. ``--report FILE [--old OLD] [--merge ...]`` rewrites those
+from a finished FILE without training, and compares its seed means with an earlier run's
+(``w2``, in units of the seed spread).
 """
 
 from __future__ import annotations
@@ -47,6 +107,7 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
+import functools
 import json
 import os
 import sys
@@ -58,9 +119,18 @@ import scipy.stats
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
 from benchmarks.common import run_metadata, write_json  # noqa: E402
+from configs.common import apply_mean_method  # noqa: E402
 from configs.toy2d import COUPLINGS, LOOM_NUM_EXAMPLES, get_config  # noqa: E402
-from simple_reflow.data.toy import TOY_DATASETS  # noqa: E402
+from simple_reflow import paths, sampler  # noqa: E402
+from simple_reflow.average_velocity import (  # noqa: E402
+    average_velocity,
+    exact_average_velocity,
+)
+from simple_reflow.data.toy import TOY_DATASETS, toy_mixture  # noqa: E402
 from simple_reflow.train import configure, stages  # noqa: E402
 from simple_reflow.train.streams import stream_key, stream_seed  # noqa: E402
 from simple_reflow.train.toy import (  # noqa: E402
@@ -72,17 +142,24 @@ from simple_reflow.train.toy import (  # noqa: E402
     teacher_fn,
     toy_projected_pairs,
     train_flow,
+    train_mean_student,
 )
 from simple_reflow.train.toy_eval import (  # noqa: E402
+    EXACT_ATOL,
+    EXACT_RTOL,
     eval_sets,
     evaluate_model,
     exact_solution_fn,
+    solver_grid_fn,
     w2_floors,
 )
 
 EULER = {"solver": "euler", "grid": "uniform"}
 DPM2 = {"solver": "dpm2", "grid": "sigmoid", "kappa": 20.0, "r": 0.4}
 HEUN = {"solver": "heun", "grid": "uniform"}
+MEAN = {"solver": "mean", "grid": "uniform"}  # one average-velocity step per interval
+SOLVERS = {"euler": EULER, "heun": HEUN, "dpm2": DPM2}  # the teacher's (--teacher-solvers)
+CURVE_BUDGETS = (1, 2)  # the NFE budgets of the budget curves
 
 WCFM_KAPPA = 8.0  # best mean W2 at 2 and 4 NFE of κ ∈ {2, 4, 8, 16, 64} (quick runs, seed 0)
 
@@ -129,7 +206,26 @@ METHODS = {
         }
         for name, coupling in COUPLINGS.items()
     },
+    # Two-time MLPs (METHOD.md §9) with the "mean" solver on the uniform grid: from scratch on
+    # data with independent noise (configs/toy2d.py:meanflow, :splitmeanflow), or distilled
+    # (v from "teacher": the task's teacher, or the 2rf student; the student starts from its
+    # weights when it has them, toy._mean_student_init).
+    "meanflow": {"kind": "mean", "solvers": [MEAN], "loss": "meanflow"},
+    "splitmeanflow": {"kind": "mean", "solvers": [MEAN], "loss": "splitmeanflow"},
+    "splitmeanflow_distill": {
+        "kind": "mean",
+        "solvers": [MEAN],
+        "loss": "splitmeanflow",
+        "teacher": "teacher",
+    },
+    "splitmeanflow_from_2rf": {
+        "kind": "mean",
+        "solvers": [MEAN],
+        "loss": "splitmeanflow",
+        "teacher": "2rf",
+    },
 }
+CURVE_METHODS = ("2rf", "meanflow", "splitmeanflow")  # --curve-methods' default
 
 
 def _override(section, values):
@@ -143,112 +239,375 @@ def _solver_cfg(cfg, values):
     return _override(cfg.sampler, {"t_max": 1.0, **values})
 
 
-def _evaluate(name, fn, spec, cfg, task, seed, floor, sets):
+def _opt(args, name, default):
+    """``args.<name>``, or ``default`` where it is missing or None (a caller's Namespace may
+    predate the option)."""
+    value = getattr(args, name, None)
+    return default if value is None else value
+
+
+def exact_mean_targets(teacher, sets, budgets, grid_fn):
+    """The analytic teacher's exact average velocities along its own ODE trajectories.
+
+    For each evaluation set and budget n: the ``"mean"`` solver's grid of n intervals
+    t_0 = 1 > … > t_n = 0 (``grid_fn``), the exact points z*_0 = x1,
+    z*_{k+1} = z*_k − (t_k − t_{k+1})·u*_k = Φ_{t_k→t_{k+1}}(z*_k), and
+    u*_k = u*(z*_k, t_{k+1}, t_k) from :func:`~simple_reflow.average_velocity.
+    exact_average_velocity` (an adaptive solve at toy_eval's tolerances, 1e-6).
+
+    Returns:
+      ``[{budget: [(z [N, 2], r [N], t [N], u* [N, 2]) per interval]} per set]``.
+    """
+    solve = jax.jit(
+        functools.partial(exact_average_velocity, teacher, rtol=EXACT_RTOL, atol=EXACT_ATOL)
+    )
+    out = []
+    for s in sets:
+        per = {}
+        for b in budgets:
+            grid, _ = sampler.grid_for_budget(b, "mean", grid_fn)
+            z = s["x1"] * float(grid[0])
+            steps = []
+            for t, r in zip(grid[:-1], grid[1:], strict=True):
+                tb, rb = (jnp.full(z.shape[:1], v, z.dtype) for v in (t, r))
+                u = solve(z, rb, tb)
+                steps.append((z, rb, tb, u))
+                z = z - float(t - r) * u
+            per[b] = steps
+        out.append(per)
+    return out
+
+
+def avg_velocity_errors(denoise_fn, targets, *, two_time):
+    """``{budget: (mean, std)}`` over the sets of mean_k mean_i ‖u(z*_ik, t_{k+1}, t_k) − u*_ik‖²
+    (:func:`exact_mean_targets`); u is the two-time model's average velocity, or a one-time
+    model's v(z, t_k) (what one Euler step uses). std: None for one set."""
+
+    def u_of(z, r, t):
+        if two_time:
+            return average_velocity(denoise_fn, z, r, t)
+        return paths.velocity_from_denoised(z, t, denoise_fn(z, t, None))
+
+    err = jax.jit(lambda z, r, t, u: jnp.mean(jnp.sum(jnp.square(u_of(z, r, t) - u), axis=-1)))
+    out = {}
+    for b in targets[0]:
+        per_set = [float(np.mean([err(*step) for step in per[b]])) for per in targets]
+        out[b] = (float(np.mean(per_set)), _std(per_set) if len(per_set) > 1 else None)
+    return out
+
+
+def _ave_fields(ave, budget):
+    mean, std = (ave or {}).get(budget, (None, None))
+    return {"avg_velocity_error": mean, "avg_velocity_error_std": std}
+
+
+def _evaluate(name, fn, spec, cfg, task, seed, floor, sets, *, targets=None, accurate=True):
+    ave = None
+    if targets is not None:
+        ave = avg_velocity_errors(fn, targets, two_time=spec["kind"] == "mean")
     records = []
     for i, solver in enumerate(spec["solvers"]):
         for r in evaluate_model(
-            fn, cfg, solver_cfg=_solver_cfg(cfg, solver), sets=sets, with_accurate=(i == 0)
+            fn,
+            cfg,
+            solver_cfg=_solver_cfg(cfg, solver),
+            sets=sets,
+            with_accurate=accurate and i == 0,
         ):
-            records.append({"task": task, "method": name, "seed": seed, **floor, **r})
+            records.append(
+                {
+                    "task": task,
+                    "method": name,
+                    "seed": seed,
+                    **floor,
+                    **r,
+                    **_ave_fields(ave, r["budget"]),
+                }
+            )
     return records
 
 
-def run_task(task, seed, args, workroot):
-    cfg = get_config()
-    cfg.data.name = task
-    cfg.seed = seed
-    cfg.eval.num_samples = args.num_samples
-    cfg.training.num_steps = args.steps
-    cfg.teacher.num_steps = args.teacher_steps
-    cfg.pairs.num_backward = args.num_pairs
-    cfg.pairs.num_forward = args.num_pairs // 4
-    cfg.training.log_every = min(cfg.training.log_every, args.steps)
-    cfg.training.ema_decay = args.ema_decay
-    workdir = os.path.join(workroot, f"{task}_seed{seed}")
-    floors = w2_floors(cfg, key=stream_key(seed, "eval_floor"), num_sets=args.eval_sets)
-    floor = {
-        "w2_floor": floors[0],
-        "w2_floor_sets": floors,
-        "w2_floor_mean": float(np.mean(floors)),
-        "w2_floor_std": float(np.std(floors, ddof=1)) if len(floors) > 1 else None,
-    }
-    # the same noise, targets and (8gaussians) exact ODE solutions for every method
-    sets = eval_sets(
-        cfg, key=stream_key(seed, "eval"), num_sets=args.eval_sets, exact_fn=exact_solution_fn(task)
-    )
-    run = stages.resolve(cfg)
-    teacher, teacher_params, _ = teacher_fn(run, workdir)
-    stores = generate_toy_pairs(teacher, run, seed)  # backward, and forward (rho = 0.4)
-    records = []
-    for name in args.methods:
-        spec = METHODS[name]
-        start = time.perf_counter()
-        if spec["kind"] == "teacher":
-            fn = teacher
-        elif spec["kind"] == "student":
+def _head(sets, targets, num_sets, num_samples):
+    """The first ``num_samples`` points of the first ``num_sets`` sets (and their targets)."""
+    sets = [{k: v[:num_samples] for k, v in s.items()} for s in sets[:num_sets]]
+    if targets is not None:
+        targets = [
+            {b: [tuple(a[:num_samples] for a in step) for step in per[b]] for b in CURVE_BUDGETS}
+            for per in targets[:num_sets]
+        ]
+    return sets, targets
+
+
+class TaskRun:
+    """One task and seed: the teacher, the evaluation sets (and, on 8gaussians, the exact
+    average velocities) shared by every method; :meth:`model` trains a method on demand (once),
+    with its budget curve when ``args.curve`` asks for it."""
+
+    def __init__(self, task, seed, args, workroot):
+        cfg = get_config()
+        cfg.data.name = task
+        cfg.seed = seed
+        cfg.eval.num_samples = args.num_samples
+        cfg.eval.nfe = tuple(_opt(args, "budgets", cfg.eval.nfe))
+        cfg.training.num_steps = args.steps
+        cfg.teacher.num_steps = args.teacher_steps
+        cfg.pairs.num_backward = args.num_pairs
+        cfg.pairs.num_forward = args.num_pairs // 4
+        cfg.training.log_every = min(cfg.training.log_every, args.steps)
+        cfg.training.ema_decay = args.ema_decay
+        self.cfg, self.task, self.seed, self.args = cfg, task, seed, args
+        self.workdir = os.path.join(workroot, f"{task}_seed{seed}")
+        self.seconds = collections.defaultdict(float)  # "<name>/train", "<name>/eval", ...
+        clock = time.perf_counter()
+        floors = w2_floors(cfg, key=stream_key(seed, "eval_floor"), num_sets=args.eval_sets)
+        self.floor = {
+            "w2_floor": floors[0],
+            "w2_floor_sets": floors,
+            "w2_floor_mean": float(np.mean(floors)),
+            "w2_floor_std": float(np.std(floors, ddof=1)) if len(floors) > 1 else None,
+        }
+        # the same noise, targets and (8gaussians) exact ODE solutions for every method
+        exact_fn = exact_solution_fn(task)
+        self.sets = eval_sets(
+            cfg, key=stream_key(seed, "eval"), num_sets=args.eval_sets, exact_fn=exact_fn
+        )
+        self.seconds["eval_sets"] = time.perf_counter() - clock
+        self.targets = None
+        if exact_fn is not None:  # the analytic teacher's average velocities (8gaussians)
+            clock = time.perf_counter()
+            budgets = sorted({*cfg.eval.nfe, *CURVE_BUDGETS})
+            grid_fn = solver_grid_fn(_solver_cfg(cfg, MEAN))
+            self.targets = exact_mean_targets(toy_mixture(), self.sets, budgets, grid_fn)
+            self.seconds["exact_targets"] = time.perf_counter() - clock
+        self.run = stages.resolve(cfg)
+        clock = time.perf_counter()
+        self.teacher = teacher_fn(self.run, self.workdir)  # (denoise_fn, params, model_def)
+        self.seconds["teacher/train"] = time.perf_counter() - clock
+        self._stores = None
+        self.trained = {}  # name -> (denoise_fn, EMA params, model_def)
+        self.curve = []  # curve records of every method trained with its curve
+
+    @property
+    def stores(self):
+        """The teacher's pair stores (generated on first use)."""
+        if self._stores is None:
+            clock = time.perf_counter()
+            self._stores = jax.block_until_ready(
+                generate_toy_pairs(self.teacher[0], self.run, self.seed)
+            )
+            self.seconds["pairs"] = time.perf_counter() - clock
+        return self._stores
+
+    def _trainer(self, name):
+        """``(train(num_steps) -> (model_def, state), final step count)`` of a method."""
+        spec, cfg = METHODS[name], self.cfg
+        workdir, desc = os.path.join(self.workdir, name), f"{self.task}/{name}"
+        if spec["kind"] == "student":
             mcfg = copy.deepcopy(cfg)
             mcfg.loss = _override(cfg.loss, spec["loss"])
             mcfg.time = _override(cfg.time, spec["time"])
             mcfg.pairs.rho = spec["rho"]
             mcfg.pairs.projection.fraction = spec.get("projection", 0.0)
             mrun = stages.resolve(mcfg)
-            data = {"backward": stores["backward"]}
+            data = {"backward": self.stores["backward"]}
             if mcfg.pairs.rho > 0:
-                data["forward"] = stores["forward"]
+                data["forward"] = self.stores["forward"]
             if mcfg.pairs.projection.fraction > 0:
-                data["projected"] = toy_projected_pairs(teacher, mrun, seed, stores)
-            batch_fn = pair_batch_fn(mrun, seed)
-            model_def, state = train_flow(
-                mcfg,
-                os.path.join(workdir, name),
-                batch_fn=batch_fn,
-                data=data,
-                loss_fn=configure.flow_loss_from_config(mcfg.loss, mcfg.time),
-                init_params=teacher_params,
-                num_steps=cfg.training.num_steps,
-                seed=stream_seed(seed, "student_training", bits=31),
-                desc=f"{task}/{name}",
-            )
-            fn = model_def.denoiser(state.ema)
-        else:  # a 1-RF trained from scratch with another coupling
+                data["projected"] = toy_projected_pairs(
+                    self.teacher[0], mrun, self.seed, self.stores
+                )
+            batch_fn = pair_batch_fn(mrun, self.seed)
+            loss_fn = configure.flow_loss_from_config(mcfg.loss, mcfg.time)
+
+            def train(n):
+                return train_flow(
+                    mcfg,
+                    workdir,
+                    batch_fn=batch_fn,
+                    data=data,
+                    loss_fn=loss_fn,
+                    init_params=self.teacher[1],
+                    num_steps=n,
+                    seed=stream_seed(self.seed, "student_training", bits=31),
+                    desc=desc,
+                )
+
+            return train, cfg.training.num_steps
+        if spec["kind"] == "mean":
             mcfg = copy.deepcopy(cfg)
-            mcfg.coupling = _override(cfg.coupling, spec["coupling"])
-            if spec["coupling"]["name"] == "wcfm":
-                mcfg.coupling.kappa = args.wcfm_kappa
-            num_data = spec.get("num_data")
-            coupling = configure.coupling_from_config(
-                mcfg.coupling, data_shape=TOY_SHAPE, num_data=num_data
+            apply_mean_method(mcfg, spec["loss"], distill="teacher" in spec)
+            mrun = stages.resolve(mcfg)
+            teacher, params, model_def = (
+                self.model(spec["teacher"]) if "teacher" in spec else (None,) * 3
             )
-            batch_fn, data = make_data_batch_fn(
-                task,
-                cfg.training.batch_size * coupling.batch_factor,
-                stream_seed(seed, "teacher_batches", bits=31),
-                num_data,
-            )
-            run_name = name
-            if spec["coupling"]["name"] == "wcfm":  # a resumed run must match its κ
-                run_name = f"{name}_kappa{args.wcfm_kappa:g}"
-            model_def, state = train_flow(
+
+            def train(n):
+                return train_mean_student(
+                    mrun,
+                    workdir,
+                    teacher=teacher,
+                    teacher_params=params,
+                    teacher_def=model_def,
+                    num_steps=n,
+                    desc=desc,
+                )
+
+            return train, cfg.training.num_steps
+        # a 1-RF trained from scratch with another coupling
+        mcfg = copy.deepcopy(cfg)
+        mcfg.coupling = _override(cfg.coupling, spec["coupling"])
+        if spec["coupling"]["name"] == "wcfm":
+            mcfg.coupling.kappa = self.args.wcfm_kappa
+            workdir = f"{workdir}_kappa{self.args.wcfm_kappa:g}"  # a resumed run must match its κ
+        num_data = spec.get("num_data")
+        coupling = configure.coupling_from_config(
+            mcfg.coupling, data_shape=TOY_SHAPE, num_data=num_data
+        )
+        batch_fn, data = make_data_batch_fn(
+            self.task,
+            cfg.training.batch_size * coupling.batch_factor,
+            stream_seed(self.seed, "teacher_batches", bits=31),
+            num_data,
+        )
+
+        def train(n):
+            return train_flow(
                 mcfg,
-                os.path.join(workdir, run_name),
+                workdir,
                 batch_fn=batch_fn,
                 data=data,
                 loss_fn=ONE_RF_LOSS,
                 coupling=coupling,
-                num_steps=cfg.teacher.num_steps,
-                seed=seed,
-                desc=f"{task}/{name}",
+                num_steps=n,
+                seed=self.seed,
+                desc=desc,
             )
-            fn = model_def.denoiser(state.ema)
-        recs = _evaluate(name, fn, spec, cfg, task, seed, floor, sets)
+
+        return train, cfg.teacher.num_steps
+
+    def curve_steps(self, name):
+        """The steps at which ``name`` is scored for its budget curve here (none if not asked)."""
+        a = self.args
+        if not _opt(a, "curve", None) or name not in _opt(a, "curve_methods", CURVE_METHODS):
+            return []
+        if self.task not in _opt(a, "curve_tasks", TOY_DATASETS):
+            return []
+        return sorted(a.curve)
+
+    def model(self, name):
+        """``(denoise_fn, EMA params, model_def)`` of ``name`` trained to its budget (once).
+
+        With a budget curve the run trains in chunks, each resuming the previous one's
+        checkpoint (bit-identical to one run: every batch and key is a function of the step,
+        and the learning rate and EMA decay do not depend on the step count), and each chunk's
+        EMA snapshot is scored (:meth:`curve_records`)."""
+        if name == "teacher":
+            return self.teacher
+        if name not in self.trained:
+            train, final = self._trainer(name)
+            curve = [s for s in self.curve_steps(name) if s <= final]
+            start, scoring = time.perf_counter(), 0.0
+            for n in [s for s in curve if s < final] + [final]:
+                model_def, state = train(n)
+                if n not in curve:
+                    continue
+                if int(state.step) != n:  # a run kept in --workdir is further along
+                    print(
+                        f"{self.task}/{name}: no curve point at step {n} (the run in "
+                        f"{self.workdir} is at step {int(state.step)})",
+                        flush=True,
+                    )
+                    continue
+                clock = time.perf_counter()
+                self.curve.extend(self.curve_records(name, model_def.denoiser(state.ema), n))
+                scoring += time.perf_counter() - clock
+            if curve:
+                self.seconds[f"{name}/curve_eval"] += scoring
+            self.seconds[f"{name}/train"] += time.perf_counter() - start - scoring
+            self.trained[name] = (model_def.denoiser(state.ema), state.ema, model_def)
+        return self.trained[name]
+
+    def curve_records(self, name, fn, step):
+        """W2 (and the coupling and average-velocity errors where defined) at the NFE budgets
+        :data:`CURVE_BUDGETS`, on the first ``--curve-samples`` points of the first
+        ``--curve-eval-sets`` evaluation sets, with ``"curve": True, "step": step``."""
+        a, spec = self.args, METHODS[name]
+        num_sets = _opt(a, "curve_eval_sets", a.eval_sets)
+        num_samples = _opt(a, "curve_samples", a.num_samples)
+        sets, targets = _head(self.sets, self.targets, num_sets, num_samples)
+        cfg = copy.deepcopy(self.cfg)
+        cfg.eval.nfe = CURVE_BUDGETS
+        ave = None
+        if targets is not None:
+            ave = avg_velocity_errors(fn, targets, two_time=spec["kind"] == "mean")
+        recs = evaluate_model(
+            fn, cfg, solver_cfg=_solver_cfg(cfg, spec["solvers"][0]), sets=sets, with_accurate=False
+        )
+        out = []
+        for r in recs:
+            out.append(
+                {
+                    "task": self.task,
+                    "method": name,
+                    "seed": self.seed,
+                    "curve": True,
+                    "step": step,
+                    "num_samples": num_samples,
+                    **r,
+                    **_ave_fields(ave, r["budget"]),
+                }
+            )
+        print(
+            f"[{self.task} seed {self.seed}] {name} step {step}: "
+            + ", ".join(f"W2@{r['nfe']}={r['w2_mean']:.3f}" for r in out),
+            flush=True,
+        )
+        return out
+
+    def evaluate(self, name):
+        """The records of ``name`` (trained first if need be)."""
+        fn = self.model(name)[0]
+        spec = METHODS[name]
+        if name == "teacher":
+            solvers = _opt(self.args, "teacher_solvers", list(SOLVERS))
+            spec = {**spec, "solvers": [SOLVERS[s] for s in solvers]}
+        clock = time.perf_counter()
+        recs = _evaluate(
+            name,
+            fn,
+            spec,
+            self.cfg,
+            self.task,
+            self.seed,
+            self.floor,
+            self.sets,
+            targets=self.targets,
+            accurate=not _opt(self.args, "no_accurate", False),
+        )
+        self.seconds[f"{name}/eval"] += time.perf_counter() - clock
+        return recs
+
+
+def run_task(task, seed, args, workroot, timings=None):
+    """Every method of ``args.methods`` on one task and seed: the records (budget-curve
+    records of the requested methods last); ``timings`` (a list) receives the seconds spent
+    training, scoring curve points and evaluating, per method."""
+    t = TaskRun(task, seed, args, workroot)
+    records = []
+    for name in args.methods:
+        start = time.perf_counter()
+        recs = t.evaluate(name)
         records.extend(recs)
         print(
             f"[{task} seed {seed}] {name}: "
             + ", ".join(f"{r['solver']}@{r['nfe']}={r['w2_mean']:.3f}" for r in recs)
-            + f" (W2 mean over {len(sets)} sets; floor {floor['w2_floor_mean']:.3f}, "
+            + f" (W2 mean over {len(t.sets)} sets; floor {t.floor['w2_floor_mean']:.3f}, "
             f"{time.perf_counter() - start:.0f}s)",
             flush=True,
         )
+    records.extend(r for r in t.curve if r["method"] in args.methods)
+    if timings is not None:
+        timings.append({"task": task, "seed": seed, **t.seconds})
     return records
 
 
@@ -262,21 +621,24 @@ def _std(v):
 
 def summarize(records):
     """Per (task, method, solver, budget): ``{"nfe", "mean", "seed_std", "set_std", "pooled",
-    "pooled_std", "by_seed", "coupling", "coupling_std", "straightness"}``.
+    "pooled_std", "by_seed", "coupling", "coupling_std", "ave", "ave_std", "straightness"}``.
 
     ``mean`` is over seeds and sets; ``seed_std`` the std over seeds of each seed's set mean;
     ``set_std`` the mean over seeds of the std over sets; ``pooled`` every (seed, set) value
     (keyed by (seed, set index), for paired comparisons) and ``pooled_std`` their std; the
-    coupling error's mean and std over seeds (None where undefined).
+    coupling error's and the average-velocity error's (``ave``) mean and std over seeds (None
+    where undefined). Budget-curve records (``"curve": True``) are left out.
     """
     groups = collections.defaultdict(list)
     for r in records:
-        groups[_key(r)].append(r)
+        if not r.get("curve"):
+            groups[_key(r)].append(r)
     out = {}
     for key, rs in groups.items():
         pooled = {(r["seed"], i): v for r in rs for i, v in enumerate(r["w2_sets"])}
         ce = [r["coupling_error"] for r in rs if r.get("coupling_error") is not None]
         st = [r["straightness"] for r in rs if r.get("straightness") is not None]
+        ave = [r["avg_velocity_error"] for r in rs if r.get("avg_velocity_error") is not None]
         out[key] = {
             "nfe": rs[0]["nfe"],
             "mean": float(np.mean(list(pooled.values()))),
@@ -287,6 +649,8 @@ def summarize(records):
             "by_seed": {r["seed"]: r["w2"] for r in rs},
             "coupling": float(np.mean(ce)) if ce else None,
             "coupling_std": _std(ce) if ce else None,
+            "ave": float(np.mean(ave)) if ave else None,
+            "ave_std": _std(ave) if ave else None,
             "straightness": (float(np.mean(st)), _std(st)) if st else None,
         }
     return out
@@ -379,6 +743,7 @@ def summarize_w2(records):
 def format_table(records, old=None):
     """Markdown: W2 and coupling error per (task, method, solver, NFE budget), the floors, the
     significance of differences between methods, and (``old`` records) old vs new."""
+    records = [r for r in records if not r.get("curve")]
     summary = summarize(records)
     n_sets = len(records[0]["w2_sets"])
     seeds = sorted({r["seed"] for r in records})
@@ -387,16 +752,19 @@ def format_table(records, old=None):
         "",
         "mean over seeds and sets; ± seeds: std over seeds of each seed's set mean; ± sets: "
         "mean over seeds of the std over sets; coupling error (8gaussians): mean over seeds "
-        "± std over seeds of mean ‖x̂0(x1) − x0*(x1)‖².",
+        "± std over seeds of mean ‖x̂0(x1) − x0*(x1)‖²; average-velocity error (8gaussians, "
+        "module docstring): the same over seeds.",
         "",
-        "| task | method | solver | budget | NFE | W2 | ± seeds | ± sets | coupling error |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| task | method | solver | budget | NFE | W2 | ± seeds | ± sets | coupling error | "
+        "avg-velocity error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (task, method, solver, budget), v in summary.items():
         ce = "–" if v["coupling"] is None else f"{v['coupling']:.4f} ± {v['coupling_std']:.4f}"
+        ave = "–" if v["ave"] is None else f"{v['ave']:.4f} ± {v['ave_std']:.4f}"
         lines.append(
             f"| {task} | {method} | {solver} | {budget} | {v['nfe']} | {v['mean']:.4f} | "
-            f"{v['seed_std']:.4f} | {v['set_std']:.4f} | {ce} |"
+            f"{v['seed_std']:.4f} | {v['set_std']:.4f} | {ce} | {ave} |"
         )
     lines += ["", "straightness (accurate solve), mean ± std over seeds:", ""]
     for (task, method, _, _), v in summary.items():
@@ -461,16 +829,72 @@ def format_table(records, old=None):
     return "\n".join(lines)
 
 
+def _steps_list(text):
+    try:
+        return sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of step counts, e.g. 500,1000,2000,4000"
+        ) from None
+
+
+def _report(records, stem, args, old=None):
+    from benchmarks.toy2d_leaderboard import report
+
+    earlier = [read_json(p) for p in args.merge or ()]
+    text = report(records, stem, earlier=earlier, old=old)
+    _write_text(stem + ".md", text)
+    return text
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", help="JSON file for the records.")
     parser.add_argument("--report", help="Only write FILE's tables (FILE.md) from its records.")
     parser.add_argument("--old", help="With --report: an earlier run's records to compare.")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        help="Earlier result files whose records join the leaderboard (e.g. "
+        "benchmarks/results/toy2d_full.json benchmarks/results/toy2d_couplings.json).",
+    )
     parser.add_argument("--quick", action="store_true", help="1 seed, fewer steps and samples.")
     parser.add_argument("--tasks", nargs="+", default=list(TOY_DATASETS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--eval-sets", type=int, default=None, help="Evaluation sets (5; quick 3).")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="Training steps of the students (4000; quick 2000)."
+    )
+    parser.add_argument(
+        "--budgets", type=int, nargs="+", default=[1, 2, 4, 9], help="NFE budgets scored."
+    )
+    parser.add_argument(
+        "--teacher-solvers",
+        nargs="+",
+        choices=list(SOLVERS),
+        default=list(SOLVERS),
+        help="Solvers the teacher is scored with (the leaderboard uses Euler's).",
+    )
+    parser.add_argument(
+        "--no-accurate", action="store_true", help="Skip the accurate solve (100 Heun steps)."
+    )
+    parser.add_argument(
+        "--curve",
+        type=_steps_list,
+        default=None,
+        help="Budget curves: score the EMA snapshots at these steps, e.g. 0,500,1000,2000,4000 "
+        "(0: the initial weights).",
+    )
+    parser.add_argument("--curve-methods", nargs="+", default=list(CURVE_METHODS))
+    parser.add_argument("--curve-tasks", nargs="+", default=list(TOY_DATASETS))
+    parser.add_argument(
+        "--curve-eval-sets", type=int, default=None, help="Sets per curve point (all)."
+    )
+    parser.add_argument(
+        "--curve-samples", type=int, default=None, help="Points per set at a curve point (all)."
+    )
     parser.add_argument("--workdir", default=None, help="Keep the runs here (default: temp).")
     parser.add_argument(
         "--wcfm-kappa", type=float, default=WCFM_KAPPA, help="W-CFM temperature ε = κ·√dim."
@@ -479,42 +903,62 @@ def main(argv=None):
     if args.report:
         records = read_json(args.report)
         old = read_json(args.old) if args.old else None
-        table = format_table(records, old)
-        print(table)
-        _write_text(os.path.splitext(args.report)[0] + ".md", table)
+        print(_report(records, os.path.splitext(args.report)[0], args, old))
         return
     if not args.out:
         parser.error("--out is required (or --report FILE)")
     if args.wcfm_kappa <= 0:
         parser.error(f"--wcfm-kappa={args.wcfm_kappa} must be > 0")
-    for m in args.methods:
-        if m not in METHODS:
-            parser.error(f"--methods: {m!r} is not one of {sorted(METHODS)}")
+    for flag, names, valid in (
+        ("--methods", args.methods, METHODS),
+        ("--curve-methods", args.curve_methods, METHODS),
+        ("--tasks", args.tasks, TOY_DATASETS),
+        ("--curve-tasks", args.curve_tasks, TOY_DATASETS),
+    ):
+        for m in names:
+            if m not in valid:
+                parser.error(f"{flag}: {m!r} is not one of {sorted(valid)}")
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.eval_sets = args.eval_sets or (3 if args.quick else 5)
     if args.eval_sets < 1:
         parser.error(f"--eval-sets={args.eval_sets} must be >= 1")
-    args.steps = 2000 if args.quick else 4000
+    args.steps = args.steps or (2000 if args.quick else 4000)
     args.ema_decay = 0.995 if args.quick else 0.999  # EMA horizon ≈ 200 / 1000 steps
     args.teacher_steps = 2000 if args.quick else 4000
     args.num_pairs = 10_000 if args.quick else 20_000
     args.num_samples = 2000 if args.quick else 5000
+    per_call = get_config().training.steps_per_call
+    if args.steps <= 0 or args.steps % per_call:
+        parser.error(f"--steps={args.steps} must be a positive multiple of {per_call} (steps/call)")
+    for s in args.curve or ():
+        if s < 0 or s % per_call:
+            parser.error(f"--curve step {s} must be 0 or a positive multiple of {per_call}")
+    if args.curve and max(args.curve) > args.steps:
+        parser.error(f"--curve {max(args.curve)} is past --steps={args.steps}")
+    if not 1 <= (args.curve_eval_sets or 1) <= args.eval_sets:
+        parser.error(f"--curve-eval-sets={args.curve_eval_sets} must lie in [1, --eval-sets]")
+    if not 1 <= (args.curve_samples or 1) <= args.num_samples:
+        parser.error(f"--curve-samples={args.curve_samples} must lie in [1, {args.num_samples}]")
+    if any(b < 1 for b in args.budgets):
+        parser.error(f"--budgets={args.budgets} must be >= 1")
     start = time.perf_counter()
-    records = []
+    records, timings = [], []
+    stem = os.path.splitext(args.out)[0]
     with tempfile.TemporaryDirectory() as tmp:
         root = args.workdir or tmp
         for task in args.tasks:
             for seed in args.seeds:
-                records.extend(run_task(task, seed, args, root))
+                records.extend(run_task(task, seed, args, root, timings))
                 write_json(args.out, records)  # so far, in case the run is cut short
-    table = format_table(records)
+                write_json(stem + ".timings.json", timings)
+    table = _report(records, stem, args)
     print(table)
     write_json(args.out, records)
-    _write_text(os.path.splitext(args.out)[0] + ".md", table)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "report", "old")}
     meta = run_metadata(settings)
     meta["wall_seconds"] = time.perf_counter() - start
-    write_json(os.path.splitext(args.out)[0] + ".meta.json", meta)
+    meta["seconds"] = timings
+    write_json(stem + ".meta.json", meta)
     print(f"wrote {args.out} ({len(records)} records) in {meta['wall_seconds']:.0f}s")
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "toy_projected_pairs",
     "pair_batch_fn",
     "run_pipeline",
+    "train_mean_student",
     "run_mean_pipeline",
 ]
 
@@ -314,31 +315,60 @@ def _mean_student_init(cfg, teacher_params, teacher_def):
     return split_model(student)[1]
 
 
+def train_mean_student(
+    run, workdir, *, teacher=None, teacher_params=None, teacher_def=None, num_steps=None, desc=None
+):
+    """Trains the two-time student of ``loss.kind`` (METHOD.md §9) on data batches paired with
+    noise by ``cfg.coupling``; returns ``(model_def, final state)``.
+
+    ``loss.distill`` takes v from ``teacher`` (a one-time denoiser: the analytic teacher, a
+    1-RF, a ReFlow student) and starts the student from ``teacher_params`` / ``teacher_def``
+    (that teacher's weights and ModelDef, ``models.two_time.init_from_one_time``) when given;
+    without ``loss.distill`` the teacher is ignored and the student starts from scratch.
+
+    Args:
+      run: the resolved config (``stages.resolve``) of a mean method.
+      workdir: the student's run directory (an existing run resumes).
+      teacher, teacher_params, teacher_def: see above.
+      num_steps: the run's step count (default ``training.num_steps``): a smaller count trains
+        a prefix of the same run (every batch and key is a function of the step).
+      desc: the progress bar's label.
+    """
+    cfg = run.cfg
+    return _train_on_data(
+        run,
+        workdir,
+        "student_batches",
+        loss_fn=configure.loss_fn_from_config(cfg.loss, cfg.time, teacher_fn=teacher),
+        init_params=_mean_student_init(cfg, teacher_params, teacher_def),
+        num_steps=cfg.training.num_steps if num_steps is None else num_steps,
+        seed=stream_seed(cfg.seed, "student_training", bits=31),
+        desc=desc or f"student ({cfg.loss.kind})",
+        two_time=True,
+    )
+
+
 def run_mean_pipeline(run, workdir):
     """Teacher → MeanFlow / SplitMeanFlow student → evaluation (METHOD.md §9); returns the
     metrics dict (the format of :func:`run_pipeline`).
 
-    The two-time student trains on data batches paired with noise by ``cfg.coupling`` (as the
-    1-RF teacher does), with ``loss.kind``'s objective; ``loss.distill`` takes v from the
-    teacher (:func:`teacher_fn`: analytic on 8gaussians, else the trained 1-RF, whose weights
-    the student then starts from). The student is scored with ``sampler.solver`` (``"mean"``),
-    the teacher with ``eval.teacher_solver`` on the same grid; snapshots as in
-    :func:`run_pipeline` (``workdir/student/ema.npz``).
+    The two-time student (:func:`train_mean_student`) trains on data batches paired with noise
+    by ``cfg.coupling`` (as the 1-RF teacher does), with ``loss.kind``'s objective;
+    ``loss.distill`` takes v from the teacher (:func:`teacher_fn`: analytic on 8gaussians, else
+    the trained 1-RF, whose weights the student then starts from). The student is scored with
+    ``sampler.solver`` (``"mean"``), the teacher with ``eval.teacher_solver`` on the same grid;
+    snapshots as in :func:`run_pipeline` (``workdir/student/ema.npz``).
     """
     from simple_reflow.train.toy_eval import evaluate_models, write_outputs
 
     cfg = run.cfg
     teacher, teacher_params, teacher_def = teacher_fn(run, workdir)
-    model_def, state = _train_on_data(
+    model_def, state = train_mean_student(
         run,
         os.path.join(workdir, "student"),
-        "student_batches",
-        loss_fn=configure.loss_fn_from_config(cfg.loss, cfg.time, teacher_fn=teacher),
-        init_params=_mean_student_init(cfg, teacher_params, teacher_def),
-        num_steps=cfg.training.num_steps,
-        seed=stream_seed(cfg.seed, "student_training", bits=31),
-        desc=f"student ({cfg.loss.kind})",
-        two_time=True,
+        teacher=teacher,
+        teacher_params=teacher_params,
+        teacher_def=teacher_def,
     )
     models = {"teacher": teacher, "student": model_def.denoiser(state.ema)}
     solvers = {"teacher": cfg.eval.get("teacher_solver") or cfg.sampler.solver}
