@@ -868,6 +868,12 @@ def main(argv=None):
         "--steps", type=int, default=None, help="Training steps of the students (4000; quick 2000)."
     )
     parser.add_argument(
+        "--teacher-steps",
+        type=int,
+        default=None,
+        help="Training steps of the 1-RF teacher and of the coupling methods (4000; quick 2000).",
+    )
+    parser.add_argument(
         "--budgets", type=int, nargs="+", default=[1, 2, 4, 9], help="NFE budgets scored."
     )
     parser.add_argument(
@@ -924,7 +930,7 @@ def main(argv=None):
         parser.error(f"--eval-sets={args.eval_sets} must be >= 1")
     args.steps = args.steps or (2000 if args.quick else 4000)
     args.ema_decay = 0.995 if args.quick else 0.999  # EMA horizon ≈ 200 / 1000 steps
-    args.teacher_steps = 2000 if args.quick else 4000
+    args.teacher_steps = args.teacher_steps or (2000 if args.quick else 4000)
     args.num_pairs = 10_000 if args.quick else 20_000
     args.num_samples = 2000 if args.quick else 5000
     per_call = get_config().training.steps_per_call

@@ -491,7 +491,7 @@ def test_losses_on_a_batch_with_weights_and_a_teacher(loss_fn):
     scratch, metrics = loss_fn(student, batch, key)
     distil, _ = loss_fn(student, batch, key, teacher_fn=teacher)
     assert np.isfinite(float(scratch)) and np.isfinite(float(distil))
-    assert float(metrics["train/distance"]) > 0
+    assert float(metrics["train/raw_distance"]) > 0
     frac = dict(equal_fraction=1.0) if loss_fn is meanflow_loss else dict(boundary_fraction=1.0)
     boundary_only, _ = loss_fn(student, batch, key, teacher_fn=teacher, **frac)
     assert float(boundary_only) < 1e-10  # u(z, t, t) = v_T exactly at initialisation

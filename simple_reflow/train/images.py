@@ -228,8 +228,11 @@ def init_mean_student(run):
     Returns:
       ``(model_def, params, teacher_fn)``: the student split into its definition and pure
       params, and the teacher's denoiser (``None`` from scratch) whose velocity replaces
-      x1 − x0 in the objective. The teacher's weights are closed over by ``teacher_fn`` and so
-      become constants of the compiled train step [a known cost for large teachers].
+      x1 − x0 in the objective. The teacher's weights are closed over by ``teacher_fn``; JAX
+      passes closed-over arrays larger than ``jax_embedded_constants_max_bytes`` (32 bytes by
+      default) to the compiled step as arguments, so they are not folded into the program
+      (checked with jax 0.10.2: a step closing over a 64 MB matrix lowers to 489 characters
+      of StableHLO and compiles in 0.5 s).
     """
     from simple_reflow.models.two_time import init_from_one_time
 
