@@ -23,6 +23,9 @@ Three pure pieces, the caller jits:
 Straightening (:func:`straightening_pairs`, :func:`straightening_loss`) regresses the model's
 velocity at x_{τ_i} on the chord (x_{τ_i} − x_{τ_j})/(τ_i − τ_j) of each chosen interval, as
 the authors' ``get_redress_loss_fn`` (``ImageGeneration/losses.py``, loss ``"l2"``).
+:mod:`simple_reflow.train.boss` saves a grid beside its model's snapshot (``boss_grid.json``,
+checked against the snapshot's SHA-256) and runs the straightening fine-tune on the library's
+fit loop (all weights, or low-rank adapters only).
 """
 
 from __future__ import annotations
