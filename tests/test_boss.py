@@ -302,3 +302,29 @@ def test_straighten_errors_name_the_value(tmp_path):
     one |= {"t_from": jnp.ones((1,)), "t_to": jnp.zeros((1,))}
     with pytest.raises(ValueError, match="lora_rank=-1"):
         train_boss.straighten(model_def, params, one, lora_rank=-1, **kw)
+
+
+@pytest.mark.parametrize(
+    "config, overrides, message",
+    [
+        ("toy2d", {}, "is for the eval stage"),
+        ("cifar10", {"stage": "reflow"}, "is for the eval stage"),
+        ("cifar10", {"solver": "dpm2"}, "BOSS chooses its grid for Euler"),
+    ],
+)
+def test_a_boss_grid_is_named_for_euler_in_the_eval_stage_only(config, overrides, message):
+    import importlib
+
+    from simple_reflow.train.stages import validate_config
+
+    cfg = importlib.import_module(f"configs.{config}").get_config(
+        "eval,smoke" if config == "cifar10" else ""
+    )
+    cfg.sampler.grid, cfg.sampler.solver = "boss", overrides.get("solver", "euler")
+    if "stage" in overrides:
+        cfg.stage = overrides["stage"]
+    with pytest.raises(ValueError, match=message):
+        validate_config(cfg)
+    valid = importlib.import_module("configs.cifar10").get_config("eval,smoke")
+    valid.sampler.grid, valid.sampler.solver = "boss", "euler"
+    validate_config(valid)  # the eval stage with Euler steps takes it

@@ -130,19 +130,37 @@ def test_imagenet64_smoke_stages_and_pairs_on_8_devices(tmp_path):
     _pairs_on_8_devices_equal_one_to_float_rounding("imagenet64", tmp_path)
 
 
+def _save_boss_grid(model_dir):
+    """A BOSS grid file for the snapshot in ``model_dir`` from a stand-in cost matrix
+    (the step selection itself is tested in tests/test_boss.py): one step from t to s costs
+    (t − s)³, which the Bellman programme splits into equal steps."""
+    from simple_reflow.train import boss as train_boss
+
+    times = np.linspace(80 / 81, 0.0, 9)
+    gap = times[:, None] - times[None, :]
+    cost = np.where(gap > 0, gap**3, np.inf)
+    train_boss.save_grid(str(model_dir), cost, times, num_steps=(1, 4))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["afhqv2", "ffhq"])
 def test_teacher_and_eval_smoke_stages(dataset, tmp_path):
-    """The eval stage scores the teacher snapshot as its model (``eval.model_dir``)."""
+    """The eval stage scores the teacher snapshot as its model (``eval.model_dir``); for FFHQ
+    with Euler steps on the BOSS grid saved beside the snapshot (``sampler.grid='boss'``)."""
     root = tmp_path
     _stage(dataset, "teacher", root)
-    _stage(dataset, "eval", root, EVAL_ARGS, model="teacher")
+    extra = EVAL_ARGS
+    if dataset == "ffhq":
+        _save_boss_grid(root / "teacher")
+        extra = (*EVAL_ARGS, "--config.sampler.grid=boss", "--config.sampler.solver=euler")
+    _stage(dataset, "eval", root, extra, model="teacher")
     metrics = json.loads((root / "eval" / "eval_metrics.json").read_text())
     noise_fd = _noise_fd(dataset)
+    nfes = (1, 4) if dataset == "ffhq" else EVAL_NFE  # Euler: one call per interval
     assert set(metrics) == {
-        f"eval/{m}/fd_pixel@nfe={n}" for m in ("student", "teacher") for n in EVAL_NFE
+        f"eval/{m}/fd_pixel@nfe={n}" for m in ("student", "teacher") for n in nfes
     }
-    for n in EVAL_NFE:  # the same snapshot twice: the same samples
+    for n in nfes:  # the same snapshot twice: the same samples
         assert (
             metrics[f"eval/student/fd_pixel@nfe={n}"] == metrics[f"eval/teacher/fd_pixel@nfe={n}"]
         )

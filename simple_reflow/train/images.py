@@ -99,6 +99,12 @@ def _require_inputs(run, workdir):
     )
     if stage in ("pairs", "reflow") or (stage == "teacher" and _distills(cfg)):
         _snapshot(cfg.teacher.workdir, "teacher.workdir", teacher)
+    if stage == "eval" and cfg.sampler.grid == "boss":  # each model's own grid, checked now
+        from simple_reflow.train import boss as train_boss
+
+        for folder in (cfg.eval.get("model_dir") or workdir, cfg.teacher.workdir):
+            if folder:
+                train_boss.read_grid(folder)
     if stage == "reflow":
         p = cfg.pairs
         if not p.dir:
@@ -591,11 +597,20 @@ def run_eval(run, workdir):
     mesh = sharding.make_mesh(cfg.get("mesh"))
     key = jax.random.key(cfg.eval.seed)  # sample i: fold_in(key, i), as EDM's --seeds
 
-    def grid_fn(k):
+    def named_grid(k):
         return grids.make_grid(s.grid, k, kappa=s.kappa, rho=s.rho, t_max=s.t_max)
+
+    def grid_fn_of(name):
+        """The named grid, or with ``sampler.grid='boss'`` the grid saved beside the model."""
+        if s.grid != "boss":
+            return named_grid
+        from simple_reflow.train import boss as train_boss
+
+        return train_boss.grid_fn(model_dir if name == "student" else cfg.teacher.workdir)
 
     results, lines = {}, []
     for name, (m_def, params, solver) in models.items():
+        grid_fn = grid_fn_of(name)
         denoiser, params = (
             _guided(cfg, m_def, params) if name == "student" else (m_def.denoiser, params)
         )

@@ -40,7 +40,20 @@ def _validate_common(cfg):
     _check(
         s.solver in sampler.SOLVERS, f"sampler.solver={s.solver!r} is not one of {sampler.SOLVERS}."
     )
-    _check(s.grid in grids.GRIDS, f"sampler.grid={s.grid!r} is not one of {grids.GRIDS}.")
+    _check(
+        s.grid in grids.GRIDS or (s.grid == "boss" and cfg.stage == "eval"),
+        f"sampler.grid={s.grid!r} is not one of {grids.GRIDS}"
+        + (
+            " ('boss', the grid saved beside each model, is for the eval stage)."
+            if s.grid == "boss"
+            else "."
+        ),
+    )
+    _check(
+        s.grid != "boss" or s.solver == "euler",
+        f"sampler.grid='boss' with sampler.solver={s.solver!r}: BOSS chooses its grid for Euler "
+        "steps (set sampler.solver='euler').",
+    )
     _check(0 < s.r < 1, f"sampler.r={s.r!r} must lie in (0, 1).")
     _check(0 < s.t_max <= 1, f"sampler.t_max={s.t_max!r} must lie in (0, 1].")
     _check(s.kappa > 0, f"sampler.kappa={s.kappa!r} must be > 0.")
