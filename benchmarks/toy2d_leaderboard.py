@@ -389,9 +389,17 @@ def figures(board, records, stem, budgets=LEADERBOARD_BUDGETS):
         for i, m in enumerate(names)
     }
 
-    def plain(ax):  # 0.35, not 3.5 × 10⁻¹, on the log y axis
-        for set_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-            set_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+    def plain(ax):  # 0.35, not 3.5 × 10⁻¹, on the log y axis; minor labels within a decade
+        lo, hi = ax.get_ylim()
+        wide = lo <= 0 or hi / lo > 10
+        if wide:  # 1, 2, 5 per decade
+            ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+        ax.yaxis.set_minor_formatter(
+            matplotlib.ticker.NullFormatter()
+            if wide
+            else matplotlib.ticker.FormatStrFormatter("%.3g")
+        )
 
     def legend(fig, axes):
         handles = {}
