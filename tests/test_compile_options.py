@@ -99,11 +99,13 @@ def test_fusion_barriers_stop_recomputation_and_change_no_result(monkeypatch):
         return sum(o.count("%") >= 20 for o in ops)
 
     assert "opt-barrier" in text and "opt-barrier" not in plain_text
-    # Measured: 28 wide fusions without the barriers, 3 with them; the Threefry rounds of the
-    # dropout masks (logical right shifts), hashed in each use of a mask without them: 1570 vs 308.
+    # Measured on the 3-level smoke net: 28 wide fusions without the barriers, 3 with them; the
+    # Threefry rounds of the dropout masks (logical right shifts), hashed in each use of a mask
+    # without them: 1570 vs 308. On the 2-level smoke net (fewer masks, each used in fewer
+    # places): 604 vs 224 shifts.
     assert 4 * wide_fusions(text) < wide_fusions(plain_text)
     hashes = [len(re.findall(r" shift-right-logical\(", t)) for t in (text, plain_text)]
-    assert 3 * hashes[0] < hashes[1]
+    assert 2 * hashes[0] < hashes[1]
     # Same step: only the order of float32 sums may differ.
     np.testing.assert_allclose(metrics["train/loss"], plain_metrics["train/loss"], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(plain_state), strict=True):
