@@ -180,12 +180,9 @@ def straightening_batch_fn(batch_size: int, key):
     """``batch_fn(step, pairs) -> batch``: ``batch_size`` rows of the straightening pairs drawn
     uniformly with replacement from ``fold_in(key, step)``."""
 
-    def draw(step, pairs):
-        n = pairs["t_from"].shape[0]
-        idx = jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0, n)
-        return jax.tree.map(lambda a: a[idx], pairs)
+    from simple_reflow.train.refiner import refiner_batch_fn  # the same draw of rows
 
-    return draw
+    return refiner_batch_fn(batch_size, key)
 
 
 def straighten(

@@ -23,7 +23,7 @@ def refiner_batch_fn(batch_size: int, key):
     replacement from ``fold_in(key, step)``."""
 
     def draw(step, pairs):
-        n = pairs["t"].shape[0]
+        n = jax.tree.leaves(pairs)[0].shape[0]
         idx = jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0, n)
         return jax.tree.map(lambda a: a[idx], pairs)
 
