@@ -102,8 +102,8 @@ def _fit_noise(seed, n, which=0):
 
 
 def _boss_cost(fn, z, tau, substeps):
-    traj = jax.jit(lambda z: boss.reference_trajectories(fn, z, tau, substeps=substeps))(z)
-    return np.asarray(jax.jit(lambda tr: boss.euler_cost_matrix(fn, tr, tau))(traj))
+    boss_fn = train_boss.make_boss_fn(lambda _: fn, tau, substeps=substeps)
+    return train_boss.mean_cost(boss_fn, None, [(z, None)])
 
 
 def _score(fn, grid, es, m):

@@ -53,6 +53,6 @@ RECIPE = ImageRecipe(
 
 
 def get_config(arg: str = ""):
-    """``arg``: ``teacher`` | ``pairs`` | ``reflow`` (default) | ``eval``, plus ``,smoke`` and
-    ``,ve`` (NCSN++ instead of DDPM++)."""
+    """``arg``: ``teacher`` | ``pairs`` | ``reflow`` (default) | ``boss`` | ``eval``, plus
+    ``,smoke`` and ``,ve`` (NCSN++ instead of DDPM++)."""
     return image_config(RECIPE, arg)

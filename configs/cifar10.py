@@ -7,7 +7,18 @@ Run (each stage in its own workdir; ``,smoke`` runs a few CPU steps on mock data
       --config.teacher.workdir runs/cifar10/teacher
   python scripts/train.py --config configs/cifar10.py:reflow --workdir runs/cifar10/reflow \\
       --config.teacher.workdir runs/cifar10/teacher --config.pairs.dir runs/cifar10/pairs
+  python scripts/train.py --config configs/cifar10.py:boss --workdir runs/cifar10/boss \
+      --config.teacher.workdir runs/cifar10/teacher --config.eval.model_dir runs/cifar10/reflow \
+      --config.boss.straighten_steps 1000
+  python scripts/train.py --config configs/cifar10.py:eval --workdir runs/cifar10/boss_eval \
+      --config.teacher.workdir runs/cifar10/teacher --config.eval.model_dir runs/cifar10/boss \
+      --config.sampler.grid boss --config.sampler.solver euler
   python scripts/train.py --config configs/cifar10.py:teacher,smoke --workdir /tmp/smoke
+
+``boss``: BOSS grids (K = 2, 4, 6 Euler steps) of the reflow student and the teacher saved
+beside their snapshots, and the student straightened along its 4-step grid into the workdir;
+the ``eval`` line after it scores the straightened student and the teacher on their own grids
+(``configs/image_stages.py``, ``simple_reflow.train.boss_stage``).
 
 Data: TFDS ``cifar10`` read through ``tfds.data_source`` (prepare it once with
 ``tfds build cifar10 --file_format=array_record``; ``--config.data.data_dir`` if not in
@@ -55,6 +66,6 @@ RECIPE = ImageRecipe(
 
 
 def get_config(arg: str = ""):
-    """``arg``: ``teacher`` | ``pairs`` | ``reflow`` (default) | ``eval``, plus ``,smoke``,
-    ``,ve`` (NCSN++ instead of DDPM++) and ``,cond`` (class-conditional, 10 classes)."""
+    """``arg``: ``teacher`` | ``pairs`` | ``reflow`` (default) | ``boss`` | ``eval``, plus
+    ``,smoke``, ``,ve`` (NCSN++ instead of DDPM++) and ``,cond`` (class-conditional, 10 classes)."""
     return image_config(RECIPE, arg)

@@ -1,7 +1,8 @@
-"""Shared config sections for every stage (teacher, pairs, reflow, eval).
+"""Shared config sections for every stage (teacher, pairs, reflow, boss, eval).
 
 Sections are named after the library's parts: ``data``, ``model``, ``loss``, ``time``,
-``coupling``, ``pairs``, ``sampler``, ``guidance``, ``optim``, ``training``, ``eval``, ``mesh``.
+``coupling``, ``pairs``, ``sampler``, ``guidance``, ``optim``, ``training``, ``eval``, ``boss``,
+``mesh``.
 Each dataset config starts from :func:`base_config` and overrides what it needs.
 """
 
@@ -31,7 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
     """The defaults every stage config starts from."""
     c = ml_collections.ConfigDict()
     # Which job `scripts/train.py` runs: "pipeline" (teacher → pairs → reflow → eval, toy data),
-    # "teacher", "pairs", "reflow" or "eval" (one stage, image data).
+    # "teacher", "pairs", "reflow", "boss" or "eval" (one stage, image data).
     c.stage = "pipeline"
     c.seed = 0
 
@@ -152,6 +153,33 @@ def base_config() -> ml_collections.ConfigDict:
     # The teacher's solver beside a student ("" = sampler.solver); a two-time student sampled
     # with "mean" scores its one-time teacher with "euler": the average-velocity step with u = v.
     c.eval.teacher_solver = ""
+
+    # BOSS (METHOD.md §9): the image configs' `boss` stage chooses the Bellman-optimal K-step
+    # Euler grid of a snapshot, saves it beside the snapshot (boss_grid.json; sampled by the
+    # eval stage with sampler.grid='boss', sampler.solver='euler') and optionally straightens
+    # the model along one of those grids into the stage's workdir; the toy pipeline does the
+    # same after its evaluation when boss.enabled (configs/toy2d.py:boss).
+    c.boss = ml_collections.ConfigDict()
+    c.boss.enabled = False  # toy pipeline only (the image configs run the `boss` stage)
+    # Image stage: "student" = the snapshot in eval.model_dir (the reflow stage's workdir, the
+    # model the eval stage scores), "teacher" = the snapshot in teacher.workdir.
+    c.boss.model = "student"
+    c.boss.teacher_grid = True  # also a grid beside teacher.workdir's snapshot (for eval)
+    c.boss.candidates = 100  # N candidate intervals: the grid's times are chosen among them
+    c.boss.candidate_grid = "uniform"  # uniform | edm | sigmoid, from sampler.t_max to 0
+    c.boss.num_noises = 256  # reference noises of the Euler cost matrix
+    c.boss.substeps = 4  # Heun steps per candidate interval of the reference solve
+    c.boss.batch_size = 64  # noises per compiled call (global; divides the counts of noises)
+    c.boss.num_steps = (2, 4, 6)  # the K whose grids are saved (others: from the saved cost)
+    # Straightening (0 steps: grids only): fine-tune along the K = straighten_k grid on
+    # reference trajectories of fresh noises, all weights or rank-lora_rank adapters.
+    c.boss.straighten_steps = 0
+    c.boss.straighten_k = 4
+    c.boss.straighten_noises = 1024
+    c.boss.straighten_batch = 64
+    c.boss.lr = 2e-5
+    c.boss.ema_decay = 0.999
+    c.boss.lora_rank = 0
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # devices on the data axis (-1: all)

@@ -7,7 +7,16 @@ Run the stages in order (the default workdirs chain them with no extra flags)::
   python scripts/train.py --config configs/digits.py:reflow --workdir runs/digits/reflow
   python scripts/train.py --config configs/digits.py:eval --workdir runs/digits/reflow
 
-(``,smoke`` after the stage for a seconds-long run of the same stage).
+(``,smoke`` after the stage for a seconds-long run of the same stage). BOSS (METHOD.md §9):
+``:boss`` saves the Bellman-optimal Euler grids beside ``runs/digits/reflow/ema.npz`` and the
+teacher's, and with ``--config.boss.straighten_steps=500`` straightens the student into its
+workdir; then score it::
+
+  python scripts/train.py --config configs/digits.py:boss --workdir runs/digits/boss \
+      --config.boss.straighten_steps=500
+  python scripts/train.py --config configs/digits.py:eval --workdir runs/digits/boss_eval \
+      --config.eval.model_dir=runs/digits/boss --config.sampler.grid=boss \
+      --config.sampler.solver=euler
 
 Data: the 1,500-image ``train`` split, evaluated against the 297 held-out ``test`` images with
 the pixel-space Fréchet distance (floor, train vs test: 0.563). Native 8×8 (see
@@ -70,7 +79,8 @@ RECIPE = ImageRecipe(
 
 
 def get_config(arg: str = ""):
-    """``arg``: ``teacher`` (default) | ``pairs`` | ``reflow`` | ``eval``, plus ``,smoke``."""
+    """``arg``: ``teacher`` (default) | ``pairs`` | ``reflow`` | ``boss`` | ``eval``, plus
+    ``,smoke``."""
     c = image_config(RECIPE, arg, default_stage="teacher")
     smoke = parse_arg(arg, default="teacher", options=recipe_options(RECIPE))[1]
     c.data.split = "train"
@@ -79,6 +89,8 @@ def get_config(arg: str = ""):
     c.training.log_every = 100
     c.training.ckpt_every = 500
     c.pairs.chunk = 512
+    if c.stage == "boss":  # the reflow student of the default chain
+        c.eval.model_dir = "runs/digits/reflow"
     if smoke:
         c.data.source = "digits"  # the real digits are already tiny
         c.model.num_blocks = 1

@@ -1,4 +1,4 @@
-"""Shared stage logic of the image configs (teacher → pairs → reflow → eval).
+"""Shared stage logic of the image configs (teacher → pairs → reflow → boss → eval).
 
 Each dataset file (``cifar10.py``, ``afhqv2.py``, ``ffhq.py``, ``imagenet64.py``,
 ``digits.py``) describes its dataset with a :class:`ImageRecipe` and calls
@@ -26,6 +26,15 @@ Stages:
 - ``reflow``: Simple ReFlow's student training on those pairs (``pairs.dir``), initialised
   from the teacher: normalised HPF loss, 10^t time distribution, forward-pair ratio ρ, the
   paper's batch, learning rate, EMA and iteration count (METHOD.md §7).
+- ``boss``: BOSS (METHOD.md §9, :mod:`simple_reflow.train.boss_stage`): the Bellman-optimal
+  K-step Euler grids (K = 2, 4, 6) of the snapshot in ``eval.model_dir`` (the reflow student;
+  ``--config.boss.model=teacher`` for ``teacher.workdir``'s), from the Euler cost matrix of 256
+  reference noises on 100 uniform candidate times, saved beside it (``boss_grid.json``) and
+  beside the teacher's snapshot; with ``--config.boss.straighten_steps=N`` the model is then
+  straightened along its K = ``boss.straighten_k`` grid into the stage's workdir (all weights,
+  or ``boss.lora_rank`` adapters), its grids beside it. ``eval`` with
+  ``--config.eval.model_dir=<that workdir> --config.sampler.grid=boss
+  --config.sampler.solver=euler`` scores it. The other sections keep the reflow settings.
 - ``eval``: the reflow settings, sampling with DPM-Solver-2 on the sigmoid grid.
 
 ``smoke`` swaps in a tiny backbone, mock data of the dataset's channels at 8×8 and a few steps,
@@ -53,7 +62,7 @@ __all__ = [
     "apply_image_mean",
 ]
 
-STAGES = ("teacher", "pairs", "reflow", "eval")
+STAGES = ("teacher", "pairs", "reflow", "boss", "eval")
 _SONG_ARCH = (
     "name",
     "embedding_type",
@@ -310,7 +319,8 @@ def apply_image_mean(c: ml_collections.ConfigDict, recipe: ImageRecipe, kind, *,
 
 
 def apply_smoke(c: ml_collections.ConfigDict, recipe: ImageRecipe) -> None:
-    """Tiny backbone, 8×8 mock data of the dataset's channels, a few steps (CPU, seconds)."""
+    """Tiny backbone, 8×8 mock data of the dataset's channels, a few steps, BOSS on 8 candidate
+    times with 2 straightening steps (CPU, seconds)."""
     dropout, classes = c.model.dropout, c.model.get("num_classes", 0)
     song = {f: c.model[f] for f in _SONG_ARCH} if c.model.name != "adm" else {}
     c.model = recipe.smoke_model_fn()
@@ -339,3 +349,12 @@ def apply_smoke(c: ml_collections.ConfigDict, recipe: ImageRecipe) -> None:
     c.guidance.w = 0.0
     c.eval.nfe = (1, 2)
     c.eval.num_samples = 8
+    c.boss.candidates = 8
+    c.boss.substeps = 2
+    c.boss.num_noises = 8
+    c.boss.batch_size = 8
+    c.boss.straighten_steps = 2
+    c.boss.straighten_k = 4
+    c.boss.straighten_noises = 8
+    c.boss.straighten_batch = 4
+    c.boss.lr = 1e-4

@@ -52,5 +52,6 @@ RECIPE = ImageRecipe(
 
 
 def get_config(arg: str = ""):
-    """``arg``: ``teacher`` | ``pairs`` | ``reflow`` (default) | ``eval``, plus ``,smoke``."""
+    """``arg``: ``teacher`` | ``pairs`` | ``reflow`` (default) | ``boss`` | ``eval``, plus
+    ``,smoke``."""
     return image_config(RECIPE, arg)

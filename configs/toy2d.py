@@ -7,6 +7,7 @@ Run:
   python scripts/train.py --config configs/toy2d.py:ot-cfm --workdir runs/ot  # or loom-cfm, w-cfm
   python scripts/train.py --config configs/toy2d.py:meanflow --workdir runs/meanflow
   python scripts/train.py --config configs/toy2d.py:splitmeanflow,distill --workdir runs/smf_d
+  python scripts/train.py --config configs/toy2d.py:boss --workdir runs/boss  # or boss,smoke
 
 ``8gaussians`` uses the analytic teacher (METHOD.md §6); ``moons`` and ``checkerboard`` first
 train a 1-rectified flow teacher. The student uses Simple ReFlow's techniques that apply to
@@ -23,6 +24,13 @@ velocity from the teacher instead of x1 − x0: on 8gaussians the analytic teach
 weights, so the student starts from scratch; elsewhere the trained 1-RF, whose weights the
 student starts from (``models.two_time.init_from_one_time``: at step 0 it samples exactly as the
 teacher does with Euler).
+
+``boss`` adds BOSS (METHOD.md §9) after the evaluation: each model's Bellman-optimal K-step
+Euler grid (K = 2, 4, 6; saved beside the snapshots that exist, ``boss_grid.json``), the student
+straightened along its 4-step grid into ``workdir/student_boss`` (``--config.boss.lora_rank=4``
+for adapters only; ``--config.boss.straighten_steps=0`` for grids only), and a second table: W2
+of K Euler steps on the uniform, sigmoid and BOSS grids (``eval/<model>/euler_<grid>/w2@nfe=K``
+in ``eval_metrics.json``).
 """
 
 from configs import common
@@ -36,7 +44,7 @@ LOOM_NUM_EXAMPLES = 16_384  # LOOM-CFM keeps per-example state: a fixed training
 
 def get_config(arg: str = ""):
     tokens = [t for t in arg.split(",") if t]
-    known = ["smoke", *COUPLINGS, *MEAN_METHODS, DISTILL]
+    known = ["smoke", "boss", *COUPLINGS, *MEAN_METHODS, DISTILL]
     unknown = [t for t in tokens if t not in known]
     if unknown:
         raise ValueError(f"config argument {unknown[0]!r} is not one of {known} (comma-separated).")
@@ -45,6 +53,11 @@ def get_config(arg: str = ""):
         raise ValueError(f"config argument {arg!r} names more than one of {MEAN_METHODS}.")
     if DISTILL in tokens and not methods:
         raise ValueError(f"config argument {arg!r}: 'distill' needs one of {MEAN_METHODS}.")
+    if "boss" in tokens and methods:
+        raise ValueError(
+            f"config argument {arg!r}: 'boss' chooses Euler steps of a one-time flow; "
+            f"{methods[0]} trains a two-time model."
+        )
     c = base_config()
     c.stage = "pipeline"
     c.data.name = "8gaussians"
@@ -107,6 +120,23 @@ def get_config(arg: str = ""):
     if methods:
         apply_mean_method(c, methods[0], distill=DISTILL in tokens)
 
+    # BOSS after the evaluation (the `boss` token; METHOD.md §9): the settings of
+    # benchmarks/boss_toy.py — 100 uniform candidate intervals, 1,024 reference noises, 4 Heun
+    # substeps; the student straightened along its 4-step grid for 1,000 steps (Adam 1e-4,
+    # batch 512, EMA 0.99) on 4,096 fresh reference trajectories.
+    c.boss.enabled = "boss" in tokens
+    c.boss.candidates = 100
+    c.boss.num_noises = 1024
+    c.boss.substeps = 4
+    c.boss.batch_size = 1024
+    c.boss.num_steps = (2, 4, 6)
+    c.boss.straighten_steps = 1000
+    c.boss.straighten_k = 4
+    c.boss.straighten_noises = 4096
+    c.boss.straighten_batch = 512
+    c.boss.lr = 1e-4
+    c.boss.ema_decay = 0.99
+
     if "smoke" in tokens:
         c.teacher.num_steps = 200
         c.pairs.num_backward = 2000
@@ -119,4 +149,11 @@ def get_config(arg: str = ""):
         c.training.ckpt_every = 100
         c.eval.num_samples = 500
         c.eval.accurate_steps = 16
+        c.boss.candidates = 20
+        c.boss.num_noises = 256
+        c.boss.batch_size = 256
+        c.boss.substeps = 2
+        c.boss.straighten_steps = 100
+        c.boss.straighten_noises = 512
+        c.boss.straighten_batch = 256
     return c

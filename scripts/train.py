@@ -5,7 +5,7 @@
       --config.training.batch_size=256
 
 ``config.stage`` picks the job: "pipeline" (toy 2-D: teacher → pairs → student → evaluation)
-or one image stage ("teacher", "pairs", "reflow", "eval"). The resolved config is written to
+or one image stage ("teacher", "pairs", "reflow", "boss", "eval"). The resolved config is written to
 ``workdir/config.json``; a job restarted with the same workdir resumes. SIGTERM (preemption) or
 Ctrl-C saves a checkpoint and exits with status 143 / 130; a non-finite loss stops with
 status 1, keeping the last good checkpoint. A missing or damaged input (snapshot, pair store

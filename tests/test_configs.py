@@ -13,7 +13,7 @@ from configs.image_stages import edm_ema_decay, parse_arg  # noqa: E402
 from simple_reflow.train.configure import data_spec_from_config, validate_data_config  # noqa: E402
 
 DATASETS = ("cifar10", "afhqv2", "ffhq", "imagenet64", "digits")
-STAGES = ("teacher", "pairs", "reflow", "eval")
+STAGES = ("teacher", "pairs", "reflow", "boss", "eval")
 
 
 def _get(name, arg):
@@ -190,3 +190,74 @@ def test_sigma_data_and_class_count_have_one_source(name):
     cfg.model.num_classes = cfg.model.num_classes + 3
     with pytest.raises(ValueError, match="model.num_classes"):
         validate_config(cfg)
+
+
+def _boss(name="cifar10", **fields):
+    cfg = _get(name, "boss,smoke")
+    cfg.eval.model_dir = "/nonexistent/reflow"  # no model.json there: nothing to compare
+    for field, value in fields.items():
+        setattr(cfg.boss, field, value)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"candidates": 1}, "boss.candidates=1"),
+        ({"candidate_grid": "log"}, "boss.candidate_grid='log'"),
+        ({"num_steps": (2, 9)}, r"boss.num_steps=\(2, 9\).*boss.candidates=8"),
+        ({"substeps": 0}, "boss.substeps=0"),
+        ({"num_noises": 12}, "boss.num_noises=12.*boss.batch_size=8"),
+        ({"straighten_k": 9}, "boss.straighten_k=9"),
+        ({"straighten_noises": 4}, "boss.straighten_noises=4"),
+        ({"lr": 0.0}, "boss.lr=0.0"),
+        ({"ema_decay": 1.0}, "boss.ema_decay=1.0"),
+        ({"lora_rank": -1}, "boss.lora_rank=-1"),
+        ({"model": "reflow"}, "boss.model='reflow'"),
+    ],
+)
+def test_bad_boss_config_fails_fast_naming_the_field(fields, match):
+    import time
+
+    from simple_reflow.train.stages import validate_config
+
+    validate_config(_boss())  # the smoke config as built is valid
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=match):
+        validate_config(_boss(**fields))
+    assert time.perf_counter() - start < 1.0
+
+
+def test_boss_stage_names_the_snapshot_it_needs():
+    from simple_reflow.train.stages import validate_config
+
+    cfg = _boss()
+    cfg.eval.model_dir = None
+    with pytest.raises(
+        ValueError, match="boss.model='student' reads the snapshot in eval.model_dir"
+    ):
+        validate_config(cfg)
+    cfg.boss.model = "teacher"
+    with pytest.raises(ValueError, match="teacher.workdir, which is not set"):
+        validate_config(cfg)
+    cfg.teacher.workdir = "/nonexistent/teacher"
+    validate_config(cfg)
+    assert _get("digits", "boss").eval.model_dir == "runs/digits/reflow"  # the default chain
+    assert _get("digits", "eval").eval.model_dir is None
+    with pytest.raises(ValueError, match="no 'boss' stage"):
+        _get("cifar10", "boss,meanflow")
+
+
+def test_toy_boss_token():
+    from configs import toy2d
+    from simple_reflow.train.stages import validate_config
+
+    assert not toy2d.get_config("").boss.enabled
+    cfg = toy2d.get_config("boss,smoke")
+    assert cfg.boss.enabled and cfg.stage == "pipeline"
+    validate_config(cfg)
+    cfg.boss.straighten_steps = 30  # the toy fuses training.steps_per_call = 50 steps per call
+    with pytest.raises(ValueError, match="boss.straighten_steps=30.*steps_per_call=50"):
+        validate_config(cfg)
+    with pytest.raises(ValueError, match="'boss' chooses Euler steps"):
+        toy2d.get_config("boss,meanflow")

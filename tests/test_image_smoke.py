@@ -1,6 +1,7 @@
 """Every image config's smoke variant runs its stages via scripts/train.py: the whole chain
 teacher → pairs → reflow → eval for CIFAR10 (DDPM++, with projected pairs) and ImageNet64 (ADM,
-class-conditional, pairs also on 8 devices); teacher → eval for AFHQv2 and FFHQ, whose smoke
+class-conditional, pairs also on 8 devices); teacher → eval for AFHQv2 and teacher → boss →
+eval for FFHQ (the teacher's BOSS grids, scored with Euler steps on them), whose smoke
 configs differ from CIFAR10's only in the data set and in constants (dropout, learning rate,
 EMA), so their pairs and reflow stages would run CIFAR10's programs again (measured 88 and
 101 s each for the whole chain in the slow tier).
@@ -130,28 +131,22 @@ def test_imagenet64_smoke_stages_and_pairs_on_8_devices(tmp_path):
     _pairs_on_8_devices_equal_one_to_float_rounding("imagenet64", tmp_path)
 
 
-def _save_boss_grid(model_dir):
-    """A BOSS grid file for the snapshot in ``model_dir`` from a stand-in cost matrix
-    (the step selection itself is tested in tests/test_boss.py): one step from t to s costs
-    (t − s)³, which the Bellman programme splits into equal steps."""
-    from simple_reflow.train import boss as train_boss
-
-    times = np.linspace(80 / 81, 0.0, 9)
-    gap = times[:, None] - times[None, :]
-    cost = np.where(gap > 0, gap**3, np.inf)
-    train_boss.save_grid(str(model_dir), cost, times, num_steps=(1, 4))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["afhqv2", "ffhq"])
 def test_teacher_and_eval_smoke_stages(dataset, tmp_path):
-    """The eval stage scores the teacher snapshot as its model (``eval.model_dir``); for FFHQ
-    with Euler steps on the BOSS grid saved beside the snapshot (``sampler.grid='boss'``)."""
+    """The eval stage scores the teacher snapshot as its model (``eval.model_dir``). For FFHQ
+    the ``boss`` stage runs between them (``:boss,smoke`` with ``boss.model='student'``, which
+    reads ``eval.model_dir``, here the teacher): BOSS grids measured on the teacher's own
+    reference trajectories and saved beside its snapshot, which the eval stage then samples
+    with Euler steps (``sampler.grid='boss'``). Grids only (``boss.straighten_steps=0``):
+    straightening compiles a train step of the network, ~20 s more on a CPU (the fit itself
+    is tested with an MLP in tests/test_boss.py)."""
     root = tmp_path
     _stage(dataset, "teacher", root)
     extra = EVAL_ARGS
     if dataset == "ffhq":
-        _save_boss_grid(root / "teacher")
+        _stage(dataset, "boss", root, ("--config.boss.straighten_steps=0",), model="teacher")
+        _check_boss_grids(dataset, root / "teacher")
         extra = (*EVAL_ARGS, "--config.sampler.grid=boss", "--config.sampler.solver=euler")
     _stage(dataset, "eval", root, extra, model="teacher")
     metrics = json.loads((root / "eval" / "eval_metrics.json").read_text())
@@ -165,6 +160,25 @@ def test_teacher_and_eval_smoke_stages(dataset, tmp_path):
             metrics[f"eval/student/fd_pixel@nfe={n}"] == metrics[f"eval/teacher/fd_pixel@nfe={n}"]
         )
         assert 0 < metrics[f"eval/teacher/fd_pixel@nfe={n}"] < noise_fd / 2, (metrics, noise_fd)
+
+
+def _check_boss_grids(dataset, folder):
+    """The saved grids (K = 2, 4, 6 of the smoke config) are paths of K steps through the
+    candidate times from t_max to 0, each the cheapest under the saved cost matrix."""
+    from simple_reflow import boss
+    from simple_reflow.train import boss as train_boss
+    from simple_reflow.train.boss_stage import candidate_times
+
+    cfg = importlib.import_module(f"configs.{dataset}").get_config("boss,smoke")
+    times = candidate_times(cfg)
+    rec = train_boss.read_grid(str(folder))  # checked against the snapshot's SHA-256
+    np.testing.assert_array_equal(rec["times"], times)
+    assert sorted(rec["grids"]) == [2, 4, 6]
+    for k, grid in rec["grids"].items():
+        assert len(grid) == k + 1 and np.all(np.isin(grid, times))
+        assert grid[0] == times[0] and grid[-1] == 0.0
+        np.testing.assert_array_equal(grid, boss.optimal_grid(rec["cost"], times, k))
+    assert rec["info"]["num_noises"] == cfg.boss.num_noises
 
 
 def _pairs_on_8_devices_equal_one_to_float_rounding(dataset, root):

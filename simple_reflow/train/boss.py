@@ -1,22 +1,27 @@
 """BOSS beside a model snapshot: the grid saved with the model, and straightening on the fit loop.
 
-The grid (METHOD.md §9; :mod:`simple_reflow.boss`) belongs to one model: :func:`save_grid`
-writes ``model_dir/boss_grid.json`` beside the snapshot ``model_dir/ema.npz`` with the
-candidate times, the Euler cost matrix, the optimal grid for each requested K and the
-snapshot's SHA-256; :func:`load_grid` and :func:`grid_fn` read it back and refuse it
-(:class:`~simple_reflow.errors.DamagedInput`) when ``ema.npz`` is another snapshot — a grid
-chosen for one model is not a grid for the next one trained in the same folder. A K that was
-not saved is recomputed from the saved cost matrix (the Bellman programme, milliseconds), so
-:func:`grid_fn` serves :func:`simple_reflow.sampler.grid_for_budget` like a named grid.
+The grid (METHOD.md §9; :mod:`simple_reflow.boss`) is measured on the model's own reference
+trajectories (:func:`make_boss_fn`: one compiled program for the cost and the straightening
+set; :func:`mean_cost` over batches of noises, sharded over a mesh if given) and belongs to one
+model: :func:`save_grid` writes ``model_dir/boss_grid.json`` beside the snapshot
+``model_dir/ema.npz`` with the candidate times, the Euler cost matrix, the optimal grid for
+each requested K and the snapshot's SHA-256; :func:`load_grid` and :func:`grid_fn` read it
+back and refuse it (:class:`~simple_reflow.errors.DamagedInput`) when ``ema.npz`` is another
+snapshot — a grid chosen for one model is not a grid for the next one trained in the same
+folder. A K that was not saved is recomputed from the saved cost matrix (the Bellman programme,
+milliseconds), so :func:`grid_fn` serves :func:`simple_reflow.sampler.grid_for_budget` like a
+named grid.
 
 Straightening (:func:`straighten`): a short fine-tune on the pairs of
-:func:`simple_reflow.boss.straightening_pairs` — each chosen interval's endpoints on reference
-trajectories of the model itself — with :func:`simple_reflow.boss.straightening_loss`, through
-:func:`simple_reflow.train.fit.fit` (checkpoints, resume, metrics, EMA). Each step draws a batch
-of rows with replacement inside the compiled step (``fold_in(key, step)``). With ``lora_rank``
-only low-rank adapters train (:mod:`simple_reflow.models.lora`; the authors' ``use_lora``
-option, rank 4 in their scripts) and ``workdir/ema.npz`` is rewritten at the end with the
-merged weights, so the straightened snapshot loads like the base model's.
+:func:`simple_reflow.boss.straightening_pairs` (:func:`straightening_set`) — each chosen
+interval's endpoints on reference trajectories of the model itself — with
+:func:`simple_reflow.boss.straightening_loss`, through :func:`simple_reflow.train.fit.fit`
+(checkpoints, resume, metrics, EMA). Each step draws a batch of rows with replacement inside
+the compiled step (``fold_in(key, step)``). With ``lora_rank`` only low-rank adapters train
+(:mod:`simple_reflow.models.lora`; the authors' ``use_lora`` option, rank 4 in their scripts)
+and ``workdir/ema.npz`` is rewritten at the end with the merged weights, so the straightened
+snapshot loads like the base model's. The stage that runs all of it from a config:
+:mod:`simple_reflow.train.boss_stage`.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
-from simple_reflow import boss, losses
+from simple_reflow import boss, compile_options, losses
 from simple_reflow.errors import DamagedInput, MissingInput, reason
 from simple_reflow.models.lora import LoRADef, init_adapters
 from simple_reflow.pair_store import file_sha256
@@ -38,6 +44,9 @@ from simple_reflow.train.fit import DeviceBatches, fit
 
 __all__ = [
     "GRID_FILE",
+    "make_boss_fn",
+    "mean_cost",
+    "straightening_set",
     "save_grid",
     "read_grid",
     "load_grid",
@@ -49,6 +58,100 @@ __all__ = [
 GRID_FILE = "boss_grid.json"
 _SNAPSHOT = "ema.npz"
 _FORMAT = 1
+
+
+def make_boss_fn(denoiser, times, *, substeps: int = 4):
+    """``fn(params, x1, cond) -> (cost, states)`` for one batch of reference noises, jitted.
+
+    ``states`` ``[N + 1, B, ...]`` are :func:`simple_reflow.boss.reference_trajectories` of
+    ``x1 [B, ...]`` at the candidate ``times`` and ``cost`` ``[N + 1, N + 1]`` their Euler cost
+    matrix (:func:`simple_reflow.boss.euler_cost_matrix`, the batch mean). One compiled program
+    serves the cost (:func:`mean_cost`), the straightening set (:func:`straightening_set`) and
+    every snapshot of one architecture: the weights are an input, not constants. Inputs sharded
+    over a mesh's ``data`` axis (the batch) give states sharded alike and a replicated cost.
+
+    Args:
+      denoiser: ``denoiser(params) -> denoise_fn`` (``ModelDef.denoiser``; ``lambda _: fn``
+        for a closed-form teacher, called with ``params=None``).
+      times: the concrete candidate times ``[N + 1]``, strictly decreasing (τ_N = 0).
+      substeps: Heun steps per candidate interval of the reference solve.
+    """
+    tau = np.asarray(times, np.float64)
+
+    def fn(params, x1, cond):
+        denoise_fn = denoiser(params)
+        states = boss.reference_trajectories(denoise_fn, x1, tau, substeps=substeps, cond=cond)
+        return boss.euler_cost_matrix(denoise_fn, states, tau, cond=cond), states
+
+    return compile_options.jit(fn)
+
+
+def _host(x):
+    """An array (sharded or replicated over several hosts, or local) as NumPy on every host."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def mean_cost(boss_fn, params, batches, *, progress=None) -> np.ndarray:
+    """The Euler cost matrix averaged over every reference noise of ``batches``.
+
+    Args:
+      boss_fn: :func:`make_boss_fn`'s function.
+      params: the model's weights (placed as the compiled program expects them).
+      batches: an iterable of ``(x1 [b, ...], cond [b] or None)``; each batch's mean cost is
+        weighted by its size b, so the result is the mean over all noises (METHOD.md §9).
+      progress: optional ``progress(b)`` after each batch.
+
+    Returns:
+      ``[N + 1, N + 1]`` float64 NumPy: c(i, j) for i < j, +∞ elsewhere.
+    """
+    total, count = None, 0
+    for x1, cond in batches:
+        cost, _ = boss_fn(params, x1, cond)
+        b = int(x1.shape[0])
+        weighted = _host(cost).astype(np.float64) * b
+        total = weighted if total is None else total + weighted
+        count += b
+        if progress is not None:
+            progress(b)
+    if not count:
+        raise ValueError("no reference noises: batches is empty.")
+    return total / count
+
+
+def straightening_set(boss_fn, params, batches, times, indices, *, progress=None) -> dict:
+    """BOSS's straightening set of one grid on reference trajectories of fresh noises.
+
+    :func:`simple_reflow.boss.straightening_pairs` of the states at the candidate ``indices``
+    (the grid's path, :func:`simple_reflow.boss.optimal_path`), only those states kept.
+
+    Args:
+      boss_fn, params, batches, progress: as :func:`mean_cost` (the fresh noises).
+      times: the candidate times ``[N + 1]`` of ``boss_fn``.
+      indices: ``[K + 1]`` increasing candidate indices, 0 first and N last.
+
+    Returns:
+      NumPy ``{"x_from", "x_to": [K·B, ...], "t_from", "t_to": [K·B]}``, interval-major, plus
+      ``"cond"`` ``[K·B]`` (each row's label) when the batches carry labels.
+    """
+    idx = np.asarray(indices)
+    states, conds = [], []
+    for x1, cond in batches:
+        _, s = boss_fn(params, x1, cond)
+        states.append(_host(s[idx]))  # [K + 1, b, ...]
+        if cond is not None:
+            conds.append(_host(cond))
+        if progress is not None:
+            progress(int(x1.shape[0]))
+    if not states:
+        raise ValueError("no reference noises: batches is empty.")
+    tau = np.asarray(times, np.float64)[idx]
+    pairs = boss.straightening_pairs(np.concatenate(states, axis=1), tau, np.arange(len(idx)))
+    pairs = {k: np.asarray(v) for k, v in pairs.items()}
+    if conds:
+        pairs["cond"] = np.tile(np.concatenate(conds), len(idx) - 1)
+    return pairs
 
 
 def _snapshot(model_dir):

@@ -1,4 +1,4 @@
-"""The image stages: teacher (EDM loss), pairs, reflow, eval.
+"""The image stages: teacher (EDM loss), pairs, reflow, boss, eval.
 
 Each stage reads one config (``configs/<dataset>.py:<stage>``) and one workdir:
 
@@ -11,6 +11,9 @@ Each stage reads one config (``configs/<dataset>.py:<stage>``) and one workdir:
   ``workdir/forward`` — every device of every host, resumable;
 - ``reflow``: trains the student, initialised from the teacher, on pairs streamed from the
   stores of ``pairs.dir``, mixed with ratio ρ;
+- ``boss``: BOSS's Bellman-optimal Euler grids of the snapshot in ``eval.model_dir`` (or the
+  teacher's, ``boss.model``) saved beside it, and optionally the model straightened along one
+  of them into ``workdir`` (:mod:`simple_reflow.train.boss_stage`);
 - ``eval``: samples the model in ``eval.model_dir`` (default: the workdir) and the teacher at
   each NFE budget — ``eval.num_samples`` images, sample i seeded by its index, over all devices
   and hosts, quantised to uint8 as EDM does — and writes sample grids and
@@ -99,6 +102,16 @@ def _require_inputs(run, workdir):
     )
     if stage in ("pairs", "reflow") or (stage == "teacher" and _distills(cfg)):
         _snapshot(cfg.teacher.workdir, "teacher.workdir", teacher)
+    if stage == "boss":
+        from simple_reflow.train.boss_stage import model_folder
+
+        if cfg.boss.model == "student":
+            reflow = (
+                f"`python scripts/train.py --config {conf}:reflow --workdir {model_folder(cfg)}`"
+            )
+            _snapshot(model_folder(cfg), "eval.model_dir", reflow)
+        if cfg.boss.model == "teacher" or (cfg.boss.teacher_grid and cfg.teacher.workdir):
+            _snapshot(cfg.teacher.workdir, "teacher.workdir", teacher)
     if stage == "eval" and cfg.sampler.grid == "boss":  # each model's own grid, checked now
         from simple_reflow.train import boss as train_boss
 
@@ -135,7 +148,7 @@ def _require_inputs(run, workdir):
                 "guidance.bad_workdir",
                 "a shorter or smaller teacher run (the 'bad' model of AutoGuidance)",
             )
-    reads_data = (
+    reads_data = stage != "boss" and (  # BOSS solves noises only
         stage in ("teacher", "eval")
         or cfg.pairs.num_forward > 0
         or (stage in ("pairs", "reflow") and cfg.pairs.projection.fraction > 0)
@@ -659,7 +672,21 @@ def run_eval(run, workdir):
     return what + "\n" + "\n".join(lines)
 
 
-_RUNNERS = {"teacher": run_teacher, "pairs": run_pairs, "reflow": run_reflow, "eval": run_eval}
+def run_boss(run, workdir):
+    """BOSS grids beside a snapshot and, optionally, the model straightened along one
+    (:func:`simple_reflow.train.boss_stage.run_boss`)."""
+    from simple_reflow.train import boss_stage
+
+    return boss_stage.run_boss(run, workdir)
+
+
+_RUNNERS = {
+    "teacher": run_teacher,
+    "pairs": run_pairs,
+    "reflow": run_reflow,
+    "boss": run_boss,
+    "eval": run_eval,
+}
 
 
 def run_image_stage(run, workdir):

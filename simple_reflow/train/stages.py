@@ -24,7 +24,7 @@ from simple_reflow.train.toy import TOY_SHAPE, run_pipeline
 
 __all__ = ["STAGES", "Resolved", "resolve", "validate_config", "run_stage"]
 
-STAGES = ("pipeline", "teacher", "pairs", "reflow", "eval")
+STAGES = ("pipeline", "teacher", "pairs", "reflow", "boss", "eval")
 
 
 def _check(cond, msg):
@@ -126,6 +126,97 @@ def _validate_common(cfg):
     _check(all(int(n) >= 1 for n in cfg.eval.nfe), f"eval.nfe={cfg.eval.nfe!r} must be >= 1.")
 
 
+def _validate_boss(cfg, *, image):
+    """The ``boss`` section (the image ``boss`` stage; the toy pipeline with ``boss.enabled``)."""
+    import jax
+
+    b = cfg.boss
+    n = b.candidates
+    _check(isinstance(n, int) and n >= 2, f"boss.candidates={n!r} must be an integer >= 2.")
+    _check(
+        b.candidate_grid in grids.GRIDS,
+        f"boss.candidate_grid={b.candidate_grid!r} is not one of {grids.GRIDS}.",
+    )
+    ks = tuple(b.num_steps) if isinstance(b.num_steps, (tuple, list)) else (b.num_steps,)
+    _check(
+        len(ks) > 0 and all(isinstance(k, int) and 1 <= k <= n for k in ks),
+        f"boss.num_steps={b.num_steps!r} must be integers K in [1, boss.candidates={n}].",
+    )
+    _check(
+        isinstance(b.substeps, int) and b.substeps >= 1,
+        f"boss.substeps={b.substeps!r} must be an integer >= 1.",
+    )
+    _check(
+        isinstance(b.batch_size, int) and b.batch_size >= 1,
+        f"boss.batch_size={b.batch_size!r} must be an integer >= 1.",
+    )
+    _check(
+        isinstance(b.num_noises, int) and b.num_noises >= 1 and b.num_noises % b.batch_size == 0,
+        f"boss.num_noises={b.num_noises!r} must be a positive multiple of "
+        f"boss.batch_size={b.batch_size}.",
+    )
+    devices = jax.device_count()
+    _check(
+        not image or b.batch_size % devices == 0,
+        f"boss.batch_size={b.batch_size!r} must be a multiple of the {devices} devices.",
+    )
+    _check(
+        isinstance(b.straighten_steps, int) and b.straighten_steps >= 0,
+        f"boss.straighten_steps={b.straighten_steps!r} must be an integer >= 0 (0: grids only).",
+    )
+    if b.straighten_steps:
+        k = b.straighten_k
+        _check(
+            isinstance(k, int) and 1 <= k <= n,
+            f"boss.straighten_k={k!r} must be an integer K in [1, boss.candidates={n}].",
+        )
+        m = b.straighten_noises
+        _check(
+            isinstance(m, int) and m >= 1 and m % b.batch_size == 0,
+            f"boss.straighten_noises={m!r} must be a positive multiple of "
+            f"boss.batch_size={b.batch_size}.",
+        )
+        sb = b.straighten_batch
+        _check(
+            isinstance(sb, int) and sb >= 1 and sb % devices == 0,
+            f"boss.straighten_batch={sb!r} must be a positive multiple of the {devices} devices.",
+        )
+        _check(b.lr > 0, f"boss.lr={b.lr!r} must be > 0.")
+        _check(0 <= b.ema_decay < 1, f"boss.ema_decay={b.ema_decay!r} must lie in [0, 1).")
+        _check(
+            isinstance(b.lora_rank, int) and b.lora_rank >= 0,
+            f"boss.lora_rank={b.lora_rank!r} must be an integer >= 0 (0: all weights).",
+        )
+        spc = cfg.training.steps_per_call
+        _check(
+            b.straighten_steps % spc == 0,
+            f"boss.straighten_steps={b.straighten_steps} must be a multiple of "
+            f"training.steps_per_call={spc}.",
+        )
+    _check(
+        cfg.loss.kind not in configure.MEAN_KINDS and not cfg.model.get("two_time", False),
+        f"loss.kind={cfg.loss.kind!r}: BOSS chooses Euler steps of a one-time flow; a two-time "
+        "model (model.two_time) takes its steps with the 'mean' solver.",
+    )
+    if not image:
+        return
+    _check(
+        b.model in ("student", "teacher"),
+        f"boss.model={b.model!r} is not one of ('student', 'teacher').",
+    )
+    if b.model == "student":
+        _check(
+            cfg.eval.get("model_dir"),
+            "boss.model='student' reads the snapshot in eval.model_dir (the reflow stage's "
+            "workdir), which is not set: set eval.model_dir, or boss.model='teacher'.",
+        )
+    else:
+        _check(
+            cfg.teacher.workdir,
+            "boss.model='teacher' reads the snapshot in teacher.workdir, which is not set.",
+        )
+
+
 def validate_config(cfg):
     """Validates a full config for its stage; raises ``ValueError`` naming the bad field.
 
@@ -159,6 +250,8 @@ def validate_config(cfg):
             cfg.coupling, data_shape=TOY_SHAPE, num_data=num_data or None
         )  # validates it
         configure.validate_mean_config(cfg.loss, cfg.model, cfg.sampler)
+        if cfg.get("boss") is not None and cfg.boss.get("enabled", False):
+            _validate_boss(cfg, image=False)
         return None
     from simple_reflow.train.checkpoint import check_model_config
 
@@ -194,6 +287,12 @@ def validate_config(cfg):
         snapshots.append(("teacher.workdir", cfg.teacher.workdir))
     if cfg.stage == "eval" and cfg.eval.get("model_dir"):
         snapshots.append(("eval.model_dir", cfg.eval.model_dir))
+    if cfg.stage == "boss":
+        _validate_boss(cfg, image=True)
+        if cfg.boss.model == "student":
+            snapshots.append(("eval.model_dir", cfg.eval.model_dir))
+        if cfg.boss.model == "teacher" or cfg.boss.teacher_grid:
+            snapshots.append(("teacher.workdir", cfg.teacher.workdir))
     if cfg.stage == "eval" and cfg.guidance.kind == "autoguidance" and cfg.guidance.w:
         snapshots.append(("guidance.bad_workdir", cfg.guidance.bad_workdir))
     for field, workdir in snapshots:  # an imported or trained snapshot of another network

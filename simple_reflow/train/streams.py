@@ -30,6 +30,8 @@ STREAMS = (
     "eval_figure",  # the noise and target samples of the samples figure
     "coupling_data",  # the fixed data set a 1-RF's coupling draws from (B2's contenders)
     "student_batches",  # a two-time student's data batches (toy MeanFlow / SplitMeanFlow)
+    "boss_noise",  # BOSS: the reference noises (and labels) of the Euler cost matrix
+    "boss_straighten",  # BOSS: the fresh noises of the straightening set, and its fit's seed
 )
 
 

@@ -267,7 +267,10 @@ def run_pipeline(run, workdir):
     ``run`` is the resolved config (``stages.resolve``; ``stages.run_stage`` passes it).
 
     The training loop writes each trained model's EMA snapshot: ``workdir/student/ema.npz``
-    (and ``workdir/teacher/ema.npz`` for a trained teacher).
+    (and ``workdir/teacher/ema.npz`` for a trained teacher). With ``boss.enabled``
+    (``configs/toy2d.py:boss``) BOSS runs on both models after the evaluation
+    (:func:`simple_reflow.train.boss_stage.toy_boss`: grids beside the snapshots, the student
+    straightened into ``workdir/student_boss``, W2 per K Euler steps in ``metrics["boss"]``).
     """
     from simple_reflow.train.toy_eval import evaluate_models, write_outputs
 
@@ -275,7 +278,7 @@ def run_pipeline(run, workdir):
     if cfg.loss.kind in configure.MEAN_KINDS:
         return run_mean_pipeline(run, workdir)
     clock = time.perf_counter()
-    teacher, teacher_params, _ = teacher_fn(run, workdir)
+    teacher, teacher_params, teacher_def = teacher_fn(run, workdir)
     stores = jax.block_until_ready(generate_toy_pairs(teacher, run, cfg.seed))
     print(
         "pairs: "
@@ -297,8 +300,23 @@ def run_pipeline(run, workdir):
     student = model_def.denoiser(state.ema)
     clock = time.perf_counter()
     metrics = evaluate_models({"teacher": teacher, "student": student}, cfg)
-    write_outputs(workdir, cfg, metrics, {"teacher": teacher, "student": student})
     print(f"evaluation: {time.perf_counter() - clock:.1f}s", flush=True)
+    if cfg.get("boss") is not None and cfg.boss.get("enabled", False):
+        from simple_reflow.train.boss_stage import toy_boss
+
+        clock = time.perf_counter()
+        trained = teacher_def is not None
+        models = {
+            "teacher": (
+                teacher_def.denoiser if trained else (lambda _: teacher),
+                teacher_params,
+                os.path.join(workdir, "teacher") if trained else None,
+            ),
+            "student": (model_def.denoiser, state.ema, os.path.join(workdir, "student")),
+        }
+        metrics["boss"] = toy_boss(run, workdir, models, student=(model_def, state.ema))
+        print(f"BOSS: {time.perf_counter() - clock:.1f}s", flush=True)
+    write_outputs(workdir, cfg, metrics, {"teacher": teacher, "student": student})
     return metrics
 
 

@@ -1,5 +1,6 @@
 """Evaluation of toy-2D models: W2 per NFE budget, an accurate solve, straightness, and the
-coupling error against an exact ODE solution where one is known.
+coupling error against an exact ODE solution where one is known (with ``boss.enabled``, the
+BOSS rows of :func:`simple_reflow.train.boss_stage.toy_boss` in the table and the metrics).
 
 Shared by the toy pipeline (``scripts/train.py``) and the B1 benchmark
 (``benchmarks/toy2d.py``), so both report the same figures the same way.
@@ -229,7 +230,30 @@ def format_table(metrics):
         s = [r["straightness"] for r in rs if r["straightness"] is not None]
         cells = [name] + [f"{r['w2']:.4f}" for r in rs] + [f"{s[0]:.4f}" if s else "-"]
         lines.append(" | ".join(f"{c:>14}" for c in cells))
+    if metrics.get("boss"):
+        lines += _boss_table(metrics["boss"])
     return "\n".join(lines)
+
+
+def _boss_table(result):
+    """The BOSS rows (:func:`simple_reflow.train.boss_stage.toy_boss`): W2 of K Euler steps on
+    the uniform / sigmoid / BOSS grids, one row per model, one column per K."""
+    recs = result["records"]
+    ks = sorted({r["nfe"] for r in recs})
+    k = result.get("straighten_k")
+    lines = [
+        "",
+        "W2 with K Euler steps, grids uniform / sigmoid / BOSS"
+        + (f" (student_straightened: along its K = {k} BOSS grid)" if k else ""),
+        " | ".join(f"{h:>24}" for h in ["model"] + [f"NFE {n}" for n in ks]),
+    ]
+    for name in dict.fromkeys(r["model"] for r in recs):
+        cells = [name]
+        for n in ks:
+            vals = [r["w2"] for r in recs if r["model"] == name and r["nfe"] == n]
+            cells.append(" / ".join(f"{v:.4f}" for v in vals))
+        lines.append(" | ".join(f"{c:>24}" for c in cells))
+    return lines
 
 
 def _flat(metrics):
@@ -240,6 +264,8 @@ def _flat(metrics):
             out[f"eval/{name}/w2@{tag}"] = r["w2"]
             if r["straightness"] is not None:
                 out[f"eval/{name}/straightness"] = r["straightness"]
+    for r in metrics.get("boss", {}).get("records", []):  # e.g. eval/student/euler_boss/w2@nfe=4
+        out[f"eval/{r['model']}/euler_{r['grid']}/w2@nfe={r['nfe']}"] = r["w2"]
     return out
 
 
@@ -249,7 +275,8 @@ def write_outputs(workdir, cfg, metrics, models, *, solvers=None):
     from simple_reflow.viz import save_toy_figure
 
     with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
-        json.dump({**_flat(metrics), "records": metrics["models"]}, f, indent=1)
+        extra = {"boss": metrics["boss"]} if metrics.get("boss") else {}
+        json.dump({**_flat(metrics), "records": metrics["models"], **extra}, f, indent=1)
     key_noise, key_data = jax.random.split(stream_key(cfg.seed, "eval_figure"))
     x1 = jax.random.normal(key_noise, (2000, 2))
     budget = max(cfg.eval.nfe)
