@@ -828,6 +828,7 @@ def main():
             recs, t = run_seed(seed, gm, sizes, eval_set, work, methods=methods, curve=curve)
             records += recs
             timings[f"seed_{seed}"] = t
+            write_json(args.out, records)  # the seeds so far, in case the run is cut short
             print(table(records), flush=True)
     timings["total_s"] = time.perf_counter() - start
     meta = run_metadata(

@@ -17,6 +17,19 @@ subprocess a test starts (they copy ``os.environ``) reuse each other's compiled 
 of the suite's time is XLA compiling the same small programs again. It changes no result: a
 cached executable is the one XLA compiled for the same program, devices and flags, and JAX
 skips the cache for programs with host callbacks. The folder is removed at the end.
+
+XLA compiles the test programs with LLVM's optimisation off (:data:`TEST_XLA_FLAGS`, added to
+``XLA_FLAGS`` before JAX is imported and inherited by every subprocess; a subprocess that sets
+its device count takes :func:`xla_flags`): the programs are small and run briefly, so compiling
+them is most of the suite's time (the CIFAR10 MeanFlow smoke test: 106 s with XLA's defaults,
+66 s with these flags, measured back to back). HLO-level transformations (fusion, layouts) are
+unchanged; only the machine code is less optimised, and whether a multiply-add is contracted
+into an FMA may differ, which moves float32 results by an ulp. ``SIMPLE_REFLOW_TEST_XLA_OPT=full``
+runs the suite with XLA's default optimisation instead.
+
+The slow tests run longest first (:data:`LONGEST_FIRST`, measured): pytest-xdist hands out tests
+in collection order, and a long test that starts last keeps one worker busy after the others
+have finished.
 """
 
 import os
@@ -30,6 +43,17 @@ if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
     # Every program, not only those taking over a second: most here take 0.05-0.5 s.
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+# Compile time over run time (module docstring): LLVM at -O0, and without its costly passes.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if os.environ.get("SIMPLE_REFLOW_TEST_XLA_OPT", "") != "full":
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+
+
+def xla_flags(devices: int) -> str:
+    """``XLA_FLAGS`` for a subprocess on ``devices`` virtual CPU devices, with the session's."""
+    return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -64,6 +88,37 @@ def pytest_xdist_auto_num_workers(config):
     except (OSError, ValueError):
         pass
     return max(1, n or 1)
+
+
+# The slowest tests (of the slow tier, measured with --durations on a 2-core CPU), slowest
+# first; every other test keeps its collection order after them.
+LONGEST_FIRST = (
+    "tests/test_docs.py::test_strict_build_renders_every_public_name",
+    "tests/test_image_smoke.py::test_imagenet64_smoke_stages_and_pairs_on_8_devices",
+    "tests/test_image_smoke.py::test_cifar10_smoke_stages_with_projected_pairs",
+    "tests/test_fid.py::test_fid_is_independent_of_device_and_host_count",
+    "tests/test_mean_stages.py::test_cifar10_mean_smoke_stages",
+    "tests/test_image_smoke.py::test_teacher_and_eval_smoke_stages",
+    "tests/test_scaling.py::test_pair_stores_and_reflow_are_the_same_on_8_devices_and_2_processes",
+    "tests/test_edm_import.py::test_imported_teacher_feeds_pairs_and_reflow",
+    "tests/test_mean_flow.py::test_meanflow_loss_trains_through_a_unet_with_reverse_only_layers",
+    "tests/test_fid.py::test_frechet_distance_equals_scipy_sqrtm_in_2048_dims",
+    "tests/test_fid.py::test_eval_stage_scores_fid_against_reference_statistics",
+    "tests/test_ablate.py::test_runner_writes_one_record_per_variant_seed_nfe_and_reruns_skip",
+    "tests/test_reflow_store.py::test_sigkilled_reflow_resumes_bit_identical",
+    "tests/test_toy_pipeline.py::test_loom_cfm_pipeline_trains_its_1rf_with_the_coupling",
+    "tests/test_image_smoke.py::test_loom_cfm_trains_an_image_1rf_through_the_cli",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        return next(
+            (i for i, p in enumerate(LONGEST_FIRST) if item.nodeid.startswith(p)),
+            len(LONGEST_FIRST),
+        )
+
+    items.sort(key=rank)  # stable: the rest keep their order
 
 
 def pytest_configure(config):

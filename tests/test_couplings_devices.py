@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import xla_flags
 
 from simple_reflow.couplings import make_coupling
 
@@ -56,7 +57,7 @@ _SCRIPT = textwrap.dedent("""
 def test_identical_pairs_on_1_and_8_virtual_devices():
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "XLA_FLAGS": xla_flags(8),
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     }

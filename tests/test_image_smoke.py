@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import xla_flags
 from PIL import Image
 
 from simple_reflow import pair_store, pairs
@@ -67,7 +68,7 @@ def _stage(dataset, stage, root, extra=(), *, pairs="pairs", devices=1, model="r
     env = {  # with the session's compilation cache
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": xla_flags(devices),
     }
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert res.returncode == 0, f"{dataset}:{stage}\n{res.stderr[-3000:]}"

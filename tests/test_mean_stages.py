@@ -250,25 +250,47 @@ def _step_zero_student(tmp_path):
     return out
 
 
+def _teacher_snapshot(tmp_path):
+    """A randomly initialised smoke teacher, written as the teacher stage writes its snapshot
+    (the teacher stage itself runs through ``scripts/train.py`` in tests/test_image_smoke.py;
+    two smoke training steps leave it as untrained as this)."""
+    from flax import nnx
+
+    from simple_reflow.train import checkpoint
+    from simple_reflow.train.configure import model_from_config
+    from simple_reflow.train.step import split_model
+
+    cfg = _get("cifar10", "teacher,smoke")
+    model = model_from_config(cfg.model, data_shape=(8, 8, 3), rngs=nnx.Rngs(cfg.seed))
+    out = tmp_path / "teacher"
+    checkpoint.save_model_config(str(out), cfg.model)
+    checkpoint.save_params(str(out / "ema.npz"), split_model(model)[1])
+    return out
+
+
 @pytest.mark.slow
-def test_cifar10_mean_smoke_stages(tmp_path):
-    teacher = tmp_path / "teacher"
-    _train("cifar10.py:teacher,smoke", teacher)
+@pytest.mark.parametrize("arg", ["splitmeanflow,distill", "meanflow"])
+def test_cifar10_mean_smoke_stages(arg, tmp_path):
+    """Train through ``scripts/train.py``, score with the eval stage; for the distilled
+    SplitMeanFlow student also its step-0 snapshot, which must score the teacher's FD exactly.
+    One test per method, so that pytest-xdist runs them side by side."""
+    teacher = _teacher_snapshot(tmp_path)
     t_flag = f"--config.teacher.workdir={teacher}"
-    for arg, name in (("splitmeanflow,distill", "smf"), ("meanflow", "mf")):
-        _train(f"cifar10.py:{arg},smoke", tmp_path / name, t_flag)
-        assert (tmp_path / name / "ema.npz").exists()
-        _train(
-            f"cifar10.py:eval,{arg},smoke",
-            tmp_path / f"{name}_eval",
-            t_flag,
-            f"--config.eval.model_dir={tmp_path / name}",
-        )
-        scores = _scores(tmp_path / f"{name}_eval")
-        keys = {f"eval/{m}/fd_pixel@nfe={n}" for m in ("student", "teacher") for n in (1, 2)}
-        assert set(scores) == keys
-        # a sampler that hands back its noise scores ~133 (tests/test_image_smoke.py)
-        assert all(math.isfinite(v) and 0 < v < 66 for v in scores.values()), scores
+    _train(f"cifar10.py:{arg},smoke", tmp_path / "student", t_flag)
+    assert (tmp_path / "student" / "ema.npz").exists()
+    _train(
+        f"cifar10.py:eval,{arg},smoke",
+        tmp_path / "eval",
+        t_flag,
+        f"--config.eval.model_dir={tmp_path / 'student'}",
+    )
+    scores = _scores(tmp_path / "eval")
+    keys = {f"eval/{m}/fd_pixel@nfe={n}" for m in ("student", "teacher") for n in (1, 2)}
+    assert set(scores) == keys
+    # a sampler that hands back its noise scores ~133 (tests/test_image_smoke.py)
+    assert all(math.isfinite(v) and 0 < v < 66 for v in scores.values()), scores
+    if arg != "splitmeanflow,distill":
+        return
     step0 = _step_zero_student(tmp_path)
     _train(
         "cifar10.py:eval,splitmeanflow,distill,smoke",

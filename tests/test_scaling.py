@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
@@ -50,7 +51,7 @@ def _losses(workdir, *, processes=1, devices=1):
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": xla_flags(devices),
     }
     port = str(_free_port())
     procs = [
@@ -121,7 +122,7 @@ def _run_stages(workdir, stages, *, processes=1, devices=1):
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": xla_flags(devices),
     }
     port = str(_free_port())
     procs = [
