@@ -74,6 +74,8 @@ def grid_for_budget(budget, solver, grid_fn, max_intervals=4096):
       budget: the NFE budget.
       solver: the solver that will run on the grid.
       grid_fn: ``grid_fn(n) -> grid`` with n intervals.
+      max_intervals: the largest n tried (a grid with a fixed set of times, such as a BOSS
+        grid over N candidates, passes N: a larger budget then gets the N-interval grid).
 
     Returns:
       ``(grid, nfe)``; raises ``ValueError`` if even one interval costs more than the budget.

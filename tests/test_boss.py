@@ -201,6 +201,12 @@ def test_grid_file_round_trip_and_belongs_to_its_snapshot(tmp_path):
     grid, nfe = sampler.grid_for_budget(4, "euler", train_boss.grid_fn(model_dir))
     assert nfe == 4
     np.testing.assert_array_equal(grid, tau[list(_brute_force(cost, 4)[0])])
+    for budget in (7, 9):  # at or past the 7 candidate intervals: every candidate, as the eval
+        grid, nfe = sampler.grid_for_budget(  # stage asks (max_intervals from the file)
+            budget, "euler", train_boss.grid_fn(model_dir), max_intervals=len(rec["times"]) - 1
+        )
+        assert nfe == 7
+        np.testing.assert_array_equal(grid, tau)
     with pytest.raises(ValueError, match=r"K must lie in \[1, 7\]"):
         train_boss.load_grid(model_dir, 8)
     _snapshot_dir(tmp_path / "model", 2.0)  # another model trained in the same folder

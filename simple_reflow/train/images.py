@@ -614,22 +614,26 @@ def run_eval(run, workdir):
         return grids.make_grid(s.grid, k, kappa=s.kappa, rho=s.rho, t_max=s.t_max)
 
     def grid_fn_of(name):
-        """The named grid, or with ``sampler.grid='boss'`` the grid saved beside the model."""
+        """``(grid_fn, the most intervals it has)``: the named grid, or with
+        ``sampler.grid='boss'`` the grid saved beside the model, which has at most as many
+        intervals as candidate times (a larger NFE budget gets the grid of every candidate)."""
         if s.grid != "boss":
-            return named_grid
+            return named_grid, {}
         from simple_reflow.train import boss as train_boss
 
-        return train_boss.grid_fn(model_dir if name == "student" else cfg.teacher.workdir)
+        folder = model_dir if name == "student" else cfg.teacher.workdir
+        most = len(train_boss.read_grid(folder)["times"]) - 1
+        return train_boss.grid_fn(folder), {"max_intervals": most}
 
     results, lines = {}, []
     for name, (m_def, params, solver) in models.items():
-        grid_fn = grid_fn_of(name)
+        grid_fn, limit = grid_fn_of(name)
         denoiser, params = (
             _guided(cfg, m_def, params) if name == "student" else (m_def.denoiser, params)
         )
         done = set()
         for budget in cfg.eval.nfe:
-            grid, nfe = sampler.grid_for_budget(budget, solver, grid_fn)
+            grid, nfe = sampler.grid_for_budget(budget, solver, grid_fn, **limit)
             if nfe in done:  # two budgets that buy the same grid
                 continue
             done.add(nfe)
