@@ -33,11 +33,9 @@ key); on a 2-core CPU the full run takes 5–6 min once the teacher (1.5 min) is
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import statistics
 import sys
 import time
 
@@ -50,6 +48,16 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import run_metadata, write_json  # noqa: E402
+from benchmarks.search_common import (  # noqa: E402
+    LAM,
+    METHODS,
+    SAMPLERS,
+    STEPS,
+    agg,
+    parse_args,
+    read_run,
+    search_fn,
+)
 from simple_reflow import grids, search  # noqa: E402
 from simple_reflow.data.digits import digits_arrays  # noqa: E402
 from simple_reflow.losses_edm import edm_loss  # noqa: E402
@@ -60,15 +68,8 @@ from simple_reflow.train.step import split_model  # noqa: E402
 from simple_reflow.viz import to_uint8  # noqa: E402
 
 SHAPE = (8, 8, 1)
-LAM, STEPS = 1.0, 10
 TEACHER = dict(hidden=512, depth=3, steps=8000, batch=128, lr=1e-3, ema_decay=0.999)
 CLASSIFIER = dict(hidden=256, steps=2000, batch=128, lr=1e-3, weight_decay=1e-4)
-SAMPLERS = {  # name: (path, diffusion)
-    "linear-ODE": ("linear", 0.0),
-    "linear-SDE": ("linear", lambda s: 3.0 * s * s),
-    "VP-SDE": ("vp", lambda s: 3.0 * s * s),
-}
-METHODS = ("best-of-n", "ps", "ps-sample", "rbf")
 SHOWN = 8  # samples per method kept for the figure (seed 0, the largest budget; uint8 hex)
 
 
@@ -155,40 +156,11 @@ def make_reward(clf_params, digit):
 
 def make_run(model_def, sampler, method, k, n, digit):
     """``run(key, teacher_params, clf_params) -> (x0, reward, nfe)`` for one configuration."""
-    path, g = SAMPLERS[sampler]
-    grid = grids.uniform_grid(STEPS)
-    shape = (n,) + SHAPE
 
     def run(key, teacher_params, clf_params):
         denoise = model_def.denoiser(teacher_params)
         reward = make_reward(clf_params, digit)
-        if method == "best-of-n":
-            sample_fn = search.sde_sample_fn(denoise, shape, grid, diffusion=g, path=path)
-            return search.best_of_n(sample_fn, reward, key, n=k)
-        if method in ("ps", "ps-sample"):
-            return search.particle_search(
-                denoise,
-                reward,
-                key,
-                shape=shape,
-                grid=grid,
-                particles=k,
-                diffusion=g,
-                path=path,
-                lam=LAM,
-                select="max" if method == "ps" else "sample",
-            )
-        return search.rollover_budget_forcing(
-            denoise,
-            reward,
-            key,
-            shape=shape,
-            grid=grid,
-            budget=STEPS * k,
-            initial=k,
-            diffusion=g,
-            path=path,
-        )
+        return search_fn(denoise, reward, sampler, method, k, (n,) + SHAPE)(key)
 
     return run
 
@@ -257,11 +229,6 @@ def run(model_def, teacher_params, clf_params, ref_c, train_c, digit, ks, seeds,
     return records, examples
 
 
-def _agg(records, sampler, method, k, key):
-    v = [r[key] for r in records if (r["sampler"], r["method"], r["k"]) == (sampler, method, k)]
-    return statistics.mean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
-
-
 def _wins(records, sampler, method, k):
     """(seeds where ``method``'s mean reward beats best-of-N's at budget 10·K, seeds)."""
     ref = {
@@ -306,7 +273,7 @@ def markdown(records, meta):
         lines.append(f"| **{title}** | | " + " | ".join("" for _ in ks) + " |")
         for sampler in SAMPLERS:
             for method in METHODS:
-                cells = [fmt.format(*_agg(records, sampler, method, k, key)) for k in ks]
+                cells = [fmt.format(*agg(records, sampler, method, k, key)) for k in ks]
                 lines.append(f"| {sampler} | {method} | " + " | ".join(cells) + " |")
     lines.append("| **seeds beating best-of-N** | | " + " | ".join("" for _ in ks) + " |")
     for sampler in SAMPLERS:
@@ -333,7 +300,7 @@ def figure(records, meta, path):
         for row, key in enumerate(("reward", "fd_c")):
             ax = axes[row, col]
             for method in METHODS:
-                m = [_agg(records, sampler, method, k, key) for k in ks]
+                m = [agg(records, sampler, method, k, key) for k in ks]
                 ax.errorbar(
                     budgets,
                     [a for a, _ in m],
@@ -376,21 +343,15 @@ def figure(records, meta, path):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--out", default=os.path.join(os.path.dirname(__file__), "results", "search_digits.json")
+    default = os.path.join(os.path.dirname(__file__), "results", "search_digits.json")
+    extra = (
+        ("--workdir", dict(default="/tmp/search_digits", help="the cached teacher")),
+        ("--digit", dict(type=int, default=3, help="the class c of the reward")),
     )
-    ap.add_argument("--workdir", default="/tmp/search_digits", help="the cached teacher")
-    ap.add_argument("--digit", type=int, default=3, help="the class c of the reward")
-    ap.add_argument("--quick", action="store_true", help="K = 1, 4; one seed; n = 256")
-    ap.add_argument("--report", action="store_true", help="only redraw .md and .png from --out")
-    args = ap.parse_args(argv)
+    args = parse_args(__doc__, default, argv, extra)
     base = os.path.splitext(args.out)[0]
     if args.report:
-        with open(args.out) as f:
-            records = json.load(f)
-        with open(base + ".meta.json") as f:
-            meta = json.load(f)
+        records, meta = read_run(args.out)
         with open(base + ".md", "w") as f:
             f.write(markdown(records, meta))
         figure(records, meta, base + ".png")

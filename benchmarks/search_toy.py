@@ -27,7 +27,6 @@ same compiled program per configuration, another key).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -42,19 +41,22 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import run_metadata, write_json  # noqa: E402
-from simple_reflow import grids, search  # noqa: E402
+from benchmarks.search_common import (  # noqa: E402
+    LAM,
+    METHODS,
+    SAMPLERS,
+    STEPS,
+    agg,
+    parse_args,
+    read_run,
+    search_fn,
+)
 from simple_reflow.data import toy  # noqa: E402
 from simple_reflow.metrics import transport  # noqa: E402
 
 GM = toy.toy_mixture()
 MU0 = GM.means[:1]
-RHO, LAM, STEPS = 1.0, 1.0, 10
-SAMPLERS = {  # name: (path, diffusion)
-    "linear-ODE": ("linear", 0.0),
-    "linear-SDE": ("linear", lambda s: 3.0 * s * s),
-    "VP-SDE": ("vp", lambda s: 3.0 * s * s),
-}
-METHODS = ("best-of-n", "ps", "ps-sample", "rbf")
+RHO = 1.0
 
 
 def denoise(x, t, cond=None):
@@ -89,40 +91,6 @@ def mode0_fraction(x):
     return float(np.mean(np.argmin(((x[:, None] - means[None]) ** 2).sum(-1), 1) == 0))
 
 
-def make_run(sampler, method, k, n):
-    path, g = SAMPLERS[sampler]
-    grid = grids.uniform_grid(STEPS)
-    shape = (n, 2)
-    if method == "best-of-n":
-        sample_fn = search.sde_sample_fn(denoise, shape, grid, diffusion=g, path=path)
-        return lambda key: search.best_of_n(sample_fn, reward, key, n=k)
-    if method in ("ps", "ps-sample"):
-        select = "max" if method == "ps" else "sample"
-        return lambda key: search.particle_search(
-            denoise,
-            reward,
-            key,
-            shape=shape,
-            grid=grid,
-            particles=k,
-            diffusion=g,
-            path=path,
-            lam=LAM,
-            select=select,
-        )
-    return lambda key: search.rollover_budget_forcing(
-        denoise,
-        reward,
-        key,
-        shape=shape,
-        grid=grid,
-        budget=STEPS * k,
-        initial=k,
-        diffusion=g,
-        path=path,
-    )
-
-
 def run(ks, seeds, n):
     records = []
     targets = [tilted_samples(jax.random.key(1000 + s), n) for s in seeds]
@@ -140,7 +108,7 @@ def run(ks, seeds, n):
                         if r["sampler"] == sampler and r["method"] == METHODS[0] and r["k"] == 1
                     ]
                     continue
-                fn = jax.jit(make_run(sampler, method, k, n))
+                fn = jax.jit(search_fn(denoise, reward, sampler, method, k, (n, 2)))
                 start = time.perf_counter()
                 for i, s in enumerate(seeds):
                     x, r, nfe = fn(jax.random.key(s))
@@ -171,16 +139,11 @@ def run(ks, seeds, n):
     return records
 
 
-def _agg(records, sampler, method, k, key):
-    v = [r[key] for r in records if (r["sampler"], r["method"], r["k"]) == (sampler, method, k)]
-    return statistics.mean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
-
-
 def markdown(records, meta):
     ks = sorted({r["k"] for r in records})
     floor = statistics.mean({r["seed"]: r["w2_floor"] for r in records}.values())
     plain = {
-        s: _agg(records, s, "best-of-n", 1, "reward")[0] for s in SAMPLERS
+        s: agg(records, s, "best-of-n", 1, "reward")[0] for s in SAMPLERS
     }  # K = 1: plain sampling
     lines = [
         "## Inference-time search on 8gaussians (analytic teacher)",
@@ -207,7 +170,7 @@ def markdown(records, meta):
             for method in METHODS:
                 cells = []
                 for k in ks:
-                    m, sd = _agg(records, sampler, method, k, key)
+                    m, sd = agg(records, sampler, method, k, key)
                     cells.append(f"{m:.3f} ± {sd:.3f}")
                 lines.append(f"| {sampler} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -226,7 +189,7 @@ def figure(records, path):
     for sampler in SAMPLERS:
         for method in METHODS:
             for ax, key, sign in zip(axes, ("reward", "w2_tilted"), (-1.0, 1.0), strict=True):
-                m = [_agg(records, sampler, method, k, key) for k in ks]
+                m = [agg(records, sampler, method, k, key) for k in ks]
                 ax.errorbar(
                     [STEPS * k for k in ks],
                     [sign * a for a, _ in m],
@@ -252,19 +215,11 @@ def figure(records, path):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--out", default=os.path.join(os.path.dirname(__file__), "results", "search_toy.json")
-    )
-    ap.add_argument("--quick", action="store_true", help="K = 1, 4; one seed; n = 256")
-    ap.add_argument("--report", action="store_true", help="only redraw .md and .png from --out")
-    args = ap.parse_args(argv)
+    default = os.path.join(os.path.dirname(__file__), "results", "search_toy.json")
+    args = parse_args(__doc__, default, argv)
     base = os.path.splitext(args.out)[0]
     if args.report:
-        with open(args.out) as f:
-            records = json.load(f)
-        with open(base + ".meta.json") as f:
-            meta = json.load(f)
+        records, meta = read_run(args.out)
         with open(base + ".md", "w") as f:
             f.write(markdown(records, meta))
         figure(records, base + ".png")
