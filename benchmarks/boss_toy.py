@@ -97,8 +97,8 @@ def _eval_set(seed, n, exact_fn):
     }
 
 
-def _fit_noise(seed, n, which=0):
-    return jax.random.normal(jax.random.fold_in(jax.random.key(seed), _FIT + which), (n, 2))
+def _fit_noise(seed, n, which=0, shape=(2,)):
+    return jax.random.normal(jax.random.fold_in(jax.random.key(seed), _FIT + which), (n, *shape))
 
 
 def _boss_cost(fn, z, tau, substeps):
@@ -142,11 +142,12 @@ def _train_student(args):
     return model_def, state.ema, workdir
 
 
-def _straighten(model_def, params, grid, seed, args, k, lora_rank):
-    """The student straightened along ``grid`` on its own reference trajectories."""
+def _straighten(model_def, params, grid, seed, args, k, lora_rank, shape=(2,), substeps=64):
+    """The model straightened along ``grid`` on its own reference trajectories (fine Heun,
+    ``substeps`` per interval of the grid) of fresh noises ``[n, *shape]``."""
     fn = model_def.denoiser(params)
-    z = _fit_noise(seed, args.straighten_noises, which=1)
-    traj = jax.jit(lambda z: boss.reference_trajectories(fn, z, grid, substeps=64))(z)
+    z = _fit_noise(seed, args.straighten_noises, which=1, shape=shape)
+    traj = jax.jit(lambda z: boss.reference_trajectories(fn, z, grid, substeps=substeps))(z)
     pairs = boss.straightening_pairs(traj, grid, np.arange(len(grid)))
     with tempfile.TemporaryDirectory() as workdir:
         clock = time.perf_counter()
@@ -327,19 +328,23 @@ def format_table(records, extra, args):
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-    args = _args(argv)
+def main(argv=None, *, parse=_args, run_fn=None, table_fn=None):
+    """Runs, then writes FILE, its ``.meta.json`` and ``.md``; ``parse``, ``run_fn`` and
+    ``table_fn`` (default: this module's) serve the other BOSS benchmarks (boss_digits.py)."""
+    run_fn, table_fn = run_fn or run, table_fn or format_table
+    args = parse(argv)
     start = time.perf_counter()
-    records, extra = run(args)
+    records, extra = run_fn(args)
     out = os.path.abspath(args.out)
     write_json(out, {"records": records, **copy.deepcopy(extra)})
     meta = run_metadata(vars(args))
     meta["seconds"] = time.perf_counter() - start
     write_json(out[: -len(".json")] + ".meta.json", meta)
-    table = format_table(records, extra, args)
+    table = table_fn(records, extra, args)
     with open(out[: -len(".json")] + ".md", "w") as f:
         f.write(table)
     print(table)
+    print(f"{meta['seconds']:.0f} s")
 
 
 if __name__ == "__main__":
