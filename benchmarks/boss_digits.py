@@ -34,7 +34,6 @@ machine, settings and seconds; with ``.md`` the table (per seed, no averaging).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -56,13 +55,7 @@ from simple_reflow.train.toy_eval import coupling_error  # noqa: E402
 
 
 def _args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="the JSON file (and .md, .meta.json beside it)")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--budgets", default="2,4,6", help="K Euler steps (= NFE)")
-    p.add_argument("--candidates", type=int, default=100, help="N uniform candidate intervals")
-    p.add_argument("--fit-noises", type=int, default=1024, help="reference noises of the cost")
-    p.add_argument("--substeps", type=int, default=4, help="Heun steps per candidate interval")
+    p = boss_toy.boss_parser(__doc__)
     p.add_argument("--num-samples", type=int, default=2000)
     p.add_argument("--plans", default="H1P1,H1P3,H1P5", help="FlowTurbo plans, no R blocks")
     p.add_argument("--accurate-steps", type=int, default=50, help="Heun steps of the ceiling")

@@ -62,14 +62,20 @@ KAPPA = 20.0
 _FIT = 0xB055  # the BOSS reference noises of a seed: fold_in(key(seed), _FIT) (+1: straightening)
 
 
-def _args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def boss_parser(doc):
+    """The options every BOSS benchmark takes (out, seeds, budgets, the cost's settings)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--out", required=True, help="the JSON file (and .md, .meta.json beside it)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--budgets", default="2,4,6", help="K Euler steps (= NFE)")
     p.add_argument("--candidates", type=int, default=100, help="N uniform candidate intervals")
     p.add_argument("--fit-noises", type=int, default=1024, help="reference noises of the cost")
     p.add_argument("--substeps", type=int, default=4, help="Heun steps per candidate interval")
+    return p
+
+
+def _args(argv=None):
+    p = boss_parser(__doc__)
     p.add_argument("--num-samples", type=int, default=4000)
     p.add_argument("--w2-samples", type=int, default=2000)
     p.add_argument("--no-student", action="store_true", help="the analytic teacher only")
