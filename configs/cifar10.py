@@ -13,12 +13,21 @@ Run (each stage in its own workdir; ``,smoke`` runs a few CPU steps on mock data
   python scripts/train.py --config configs/cifar10.py:eval --workdir runs/cifar10/boss_eval \
       --config.teacher.workdir runs/cifar10/teacher --config.eval.model_dir runs/cifar10/boss \
       --config.sampler.grid boss --config.sampler.solver euler
+  python scripts/train.py --config configs/cifar10.py:flowturbo --workdir runs/cifar10/flowturbo \
+      --config.teacher.workdir runs/cifar10/teacher --config.eval.model_dir runs/cifar10/reflow
+  python scripts/train.py --config configs/cifar10.py:eval --workdir runs/cifar10/flowturbo_eval \
+      --config.teacher.workdir runs/cifar10/teacher --config.eval.model_dir runs/cifar10/reflow \
+      --config.sampler.solver flowturbo --config.eval.refiner_dir runs/cifar10/flowturbo
   python scripts/train.py --config configs/cifar10.py:teacher,smoke --workdir /tmp/smoke
 
 ``boss``: BOSS grids (K = 2, 4, 6 Euler steps) of the reflow student and the teacher saved
 beside their snapshots, and the student straightened along its 4-step grid into the workdir;
 the ``eval`` line after it scores the straightened student and the teacher on their own grids
 (``configs/image_stages.py``, ``simple_reflow.train.boss_stage``).
+``flowturbo``: a light velocity refiner (FlowTurbo, METHOD.md §9) trained for the plan
+``H1P3R2`` of the reflow student on EDM's ρ = 7 grid; the ``eval`` line after it samples the
+student with that plan (5 NFE and 3 refiner calls, reported apart) and scores the teacher with
+Heun at each ``eval.nfe`` budget (``simple_reflow.train.flowturbo_stage``).
 
 Data: TFDS ``cifar10`` read through ``tfds.data_source`` (prepare it once with
 ``tfds build cifar10 --file_format=array_record``; ``--config.data.data_dir`` if not in
@@ -66,6 +75,7 @@ RECIPE = ImageRecipe(
 
 
 def get_config(arg: str = ""):
-    """``arg``: ``teacher`` | ``pairs`` | ``reflow`` (default) | ``boss`` | ``eval``, plus
+    """``arg``: ``teacher`` | ``pairs`` | ``reflow`` (default) | ``boss`` | ``flowturbo`` |
+    ``eval``, plus
     ``,smoke``, ``,ve`` (NCSN++ instead of DDPM++) and ``,cond`` (class-conditional, 10 classes)."""
     return image_config(RECIPE, arg)

@@ -1,8 +1,8 @@
-"""Shared config sections for every stage (teacher, pairs, reflow, boss, eval).
+"""Shared config sections for every stage (teacher, pairs, reflow, boss, flowturbo, eval).
 
 Sections are named after the library's parts: ``data``, ``model``, ``loss``, ``time``,
 ``coupling``, ``pairs``, ``sampler``, ``guidance``, ``optim``, ``training``, ``eval``, ``boss``,
-``mesh``.
+``flowturbo``, ``mesh``.
 Each dataset config starts from :func:`base_config` and overrides what it needs.
 """
 
@@ -32,7 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
     """The defaults every stage config starts from."""
     c = ml_collections.ConfigDict()
     # Which job `scripts/train.py` runs: "pipeline" (teacher → pairs → reflow → eval, toy data),
-    # "teacher", "pairs", "reflow", "boss" or "eval" (one stage, image data).
+    # "teacher", "pairs", "reflow", "boss", "flowturbo" or "eval" (one stage, image data).
     c.stage = "pipeline"
     c.seed = 0
 
@@ -153,6 +153,10 @@ def base_config() -> ml_collections.ConfigDict:
     # The teacher's solver beside a student ("" = sampler.solver); a two-time student sampled
     # with "mean" scores its one-time teacher with "euler": the average-velocity step with u = v.
     c.eval.teacher_solver = ""
+    # With sampler.solver = "flowturbo": the workdir of the flowturbo stage, whose refiner and
+    # plan (flowturbo.json) the student (eval.model_dir, the snapshot it was trained for) is
+    # sampled with, at the plan's NFE; the teacher then uses eval.teacher_solver ('' = "heun").
+    c.eval.refiner_dir = ml_collections.FieldReference(None, field_type=str)
 
     # BOSS (METHOD.md §9): the image configs' `boss` stage chooses the Bellman-optimal K-step
     # Euler grid of a snapshot, saves it beside the snapshot (boss_grid.json; sampled by the
@@ -180,6 +184,32 @@ def base_config() -> ml_collections.ConfigDict:
     c.boss.lr = 2e-5
     c.boss.ema_decay = 0.999
     c.boss.lora_rank = 0
+
+    # FlowTurbo (METHOD.md §9): the image configs' `flowturbo` stage trains a light velocity
+    # refiner for one sampling plan of a snapshot, on the plan run with the snapshot itself in
+    # the refiner's place (simple_reflow.train.flowturbo_stage); the eval stage samples the plan
+    # with sampler.solver='flowturbo', eval.refiner_dir=<that workdir>.
+    c.flowturbo = ml_collections.ConfigDict()
+    c.flowturbo.enabled = False  # toy pipeline only (the image configs run the `flowturbo` stage)
+    # "student" = the snapshot in eval.model_dir (the reflow stage's workdir, the model the eval
+    # stage scores), "teacher" = the snapshot in teacher.workdir.
+    c.flowturbo.model = "student"
+    # Blocks of Heun (H, 2 calls a step), pseudo-corrector (P, 1) and refiner (R, no network
+    # call, 2 refiner calls) steps, run in order (simple_reflow.flowturbo); needs an R block.
+    c.flowturbo.plan = "H1P3R2"
+    # The plan's grid, one interval per step: uniform | edm | sigmoid, from sampler.t_max to 0
+    # (κ and ρ of the sampler section); the refiner is trained at these times only.
+    c.flowturbo.grid = "uniform"
+    # The refiner: hidden channels and 3×3 convolutions (ConvRefiner, images) or hidden width
+    # and layers (MLPRefiner, flat data); its output layer starts at zero (no offset).
+    c.flowturbo.width = 64
+    c.flowturbo.depth = 3
+    c.flowturbo.num_noises = 512  # noises whose plan runs make the training set
+    c.flowturbo.batch_size = 64  # noises per compiled plan run (global; divides num_noises)
+    c.flowturbo.num_steps = 2000  # refiner training steps (a multiple of steps_per_call)
+    c.flowturbo.train_batch = 64  # training rows per refiner step (global)
+    c.flowturbo.lr = 1e-3  # Adam of the optim section at this rate, no warm-up [recon]
+    c.flowturbo.ema_decay = 0.999  # the refiner's EMA, saved as ema.npz
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # devices on the data axis (-1: all)

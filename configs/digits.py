@@ -18,6 +18,14 @@ workdir; then score it::
       --config.eval.model_dir=runs/digits/boss --config.sampler.grid=boss \
       --config.sampler.solver=euler
 
+FlowTurbo (METHOD.md §9): ``:flowturbo`` trains a velocity refiner for the plan ``H1P3R2`` of
+``runs/digits/reflow``'s student into its workdir; the eval stage samples the plan with it::
+
+  python scripts/train.py --config configs/digits.py:flowturbo --workdir runs/digits/flowturbo
+  python scripts/train.py --config configs/digits.py:eval --workdir runs/digits/flowturbo_eval \
+      --config.eval.model_dir=runs/digits/reflow --config.sampler.solver=flowturbo \
+      --config.eval.refiner_dir=runs/digits/flowturbo
+
 Data: the 1,500-image ``train`` split, evaluated against the 297 held-out ``test`` images with
 the pixel-space Fréchet distance (floor, train vs test: 0.563). Native 8×8 (see
 ``simple_reflow/data/digits.py``), no flips.
@@ -79,8 +87,8 @@ RECIPE = ImageRecipe(
 
 
 def get_config(arg: str = ""):
-    """``arg``: ``teacher`` (default) | ``pairs`` | ``reflow`` | ``boss`` | ``eval``, plus
-    ``,smoke``."""
+    """``arg``: ``teacher`` (default) | ``pairs`` | ``reflow`` | ``boss`` | ``flowturbo`` |
+    ``eval``, plus ``,smoke``."""
     c = image_config(RECIPE, arg, default_stage="teacher")
     smoke = parse_arg(arg, default="teacher", options=recipe_options(RECIPE))[1]
     c.data.split = "train"
@@ -89,7 +97,7 @@ def get_config(arg: str = ""):
     c.training.log_every = 100
     c.training.ckpt_every = 500
     c.pairs.chunk = 512
-    if c.stage == "boss":  # the reflow student of the default chain
+    if c.stage in ("boss", "flowturbo"):  # the reflow student of the default chain
         c.eval.model_dir = "runs/digits/reflow"
     if smoke:
         c.data.source = "digits"  # the real digits are already tiny

@@ -1,4 +1,4 @@
-"""Shared stage logic of the image configs (teacher → pairs → reflow → boss → eval).
+"""Shared stage logic of the image configs (teacher → pairs → reflow → boss / flowturbo → eval).
 
 Each dataset file (``cifar10.py``, ``afhqv2.py``, ``ffhq.py``, ``imagenet64.py``,
 ``digits.py``) describes its dataset with a :class:`ImageRecipe` and calls
@@ -35,6 +35,13 @@ Stages:
   or ``boss.lora_rank`` adapters), its grids beside it. ``eval`` with
   ``--config.eval.model_dir=<that workdir> --config.sampler.grid=boss
   --config.sampler.solver=euler`` scores it. The other sections keep the reflow settings.
+- ``flowturbo``: FlowTurbo (METHOD.md §9, :mod:`simple_reflow.train.flowturbo_stage`): a
+  velocity refiner (a 64-channel, 3-layer ConvRefiner) trained for the plan ``H1P3R2`` on
+  EDM's ρ = 7 grid of the snapshot in ``eval.model_dir`` (``--config.flowturbo.model=teacher``
+  for ``teacher.workdir``'s), on the plan run from 512 noises with the snapshot in the
+  refiner's place, into the stage's workdir. ``eval`` with ``--config.sampler.solver=flowturbo
+  --config.eval.refiner_dir=<that workdir>`` samples the plan (its NFE; the refiner calls
+  reported beside it). The other sections keep the reflow settings.
 - ``eval``: the reflow settings, sampling with DPM-Solver-2 on the sigmoid grid.
 
 ``smoke`` swaps in a tiny backbone, mock data of the dataset's channels at 8×8 and a few steps,
@@ -62,7 +69,7 @@ __all__ = [
     "apply_image_mean",
 ]
 
-STAGES = ("teacher", "pairs", "reflow", "boss", "eval")
+STAGES = ("teacher", "pairs", "reflow", "boss", "flowturbo", "eval")
 _SONG_ARCH = (
     "name",
     "embedding_type",
@@ -215,6 +222,7 @@ def image_config(
     c.guidance.w = recipe.guidance_w
     c.eval.nfe = (1, 2, 4, 9)
     c.eval.num_samples = recipe.eval_samples
+    c.flowturbo.grid = "edm"  # EDM's ρ = 7 grid, the Heun sampler's (sampler.rho)
 
     c.model = model_fn()
     if "cond" in options:
@@ -320,7 +328,8 @@ def apply_image_mean(c: ml_collections.ConfigDict, recipe: ImageRecipe, kind, *,
 
 def apply_smoke(c: ml_collections.ConfigDict, recipe: ImageRecipe) -> None:
     """Tiny backbone, 8×8 mock data of the dataset's channels, a few steps, BOSS on 8 candidate
-    times with 2 straightening steps (CPU, seconds)."""
+    times with 2 straightening steps, a FlowTurbo ``H1R2`` refiner (8 channels, 1 layer) trained
+    for 2 steps on 8 noises (CPU, seconds)."""
     dropout, classes = c.model.dropout, c.model.get("num_classes", 0)
     song = {f: c.model[f] for f in _SONG_ARCH} if c.model.name != "adm" else {}
     c.model = recipe.smoke_model_fn()
@@ -358,3 +367,10 @@ def apply_smoke(c: ml_collections.ConfigDict, recipe: ImageRecipe) -> None:
     c.boss.straighten_noises = 8
     c.boss.straighten_batch = 4
     c.boss.lr = 1e-4
+    c.flowturbo.plan = "H1R2"  # 2 NFE + 3 refiner calls: one scan of the network to compile
+    c.flowturbo.width = 8
+    c.flowturbo.depth = 1
+    c.flowturbo.num_noises = 8
+    c.flowturbo.batch_size = 8
+    c.flowturbo.num_steps = 2
+    c.flowturbo.train_batch = 4

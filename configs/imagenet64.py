@@ -52,6 +52,7 @@ RECIPE = ImageRecipe(
 
 
 def get_config(arg: str = ""):
-    """``arg``: ``teacher`` | ``pairs`` | ``reflow`` (default) | ``boss`` | ``eval``, plus
+    """``arg``: ``teacher`` | ``pairs`` | ``reflow`` (default) | ``boss`` | ``flowturbo`` |
+    ``eval``, plus
     ``,smoke``."""
     return image_config(RECIPE, arg)

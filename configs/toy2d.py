@@ -8,6 +8,7 @@ Run:
   python scripts/train.py --config configs/toy2d.py:meanflow --workdir runs/meanflow
   python scripts/train.py --config configs/toy2d.py:splitmeanflow,distill --workdir runs/smf_d
   python scripts/train.py --config configs/toy2d.py:boss --workdir runs/boss  # or boss,smoke
+  python scripts/train.py --config configs/toy2d.py:flowturbo --workdir runs/ft  # or ,smoke
 
 ``8gaussians`` uses the analytic teacher (METHOD.md §6); ``moons`` and ``checkerboard`` first
 train a 1-rectified flow teacher. The student uses Simple ReFlow's techniques that apply to
@@ -31,6 +32,13 @@ straightened along its 4-step grid into ``workdir/student_boss`` (``--config.bos
 for adapters only; ``--config.boss.straighten_steps=0`` for grids only), and a second table: W2
 of K Euler steps on the uniform, sigmoid and BOSS grids (``eval/<model>/euler_<grid>/w2@nfe=K``
 in ``eval_metrics.json``).
+
+``flowturbo`` adds FlowTurbo (METHOD.md §9) after the evaluation: for the teacher and the
+student, a 32-wide, 2-layer MLP refiner trained for the plan ``H1P3R2`` on the uniform grid
+(1,000 steps on the plan run from 4,096 noises) into ``workdir/<model>_flowturbo``, and a third
+table: W2 of the plan with it, of the plan with a zero refiner (each R step reuses the carried
+velocity), and of the pseudo-corrector and Heun at the plan's 5 NFE
+(``eval/<model>/flowturbo_refiner/w2@nfe=5``, ... in ``eval_metrics.json``).
 """
 
 from configs import common
@@ -44,7 +52,7 @@ LOOM_NUM_EXAMPLES = 16_384  # LOOM-CFM keeps per-example state: a fixed training
 
 def get_config(arg: str = ""):
     tokens = [t for t in arg.split(",") if t]
-    known = ["smoke", "boss", *COUPLINGS, *MEAN_METHODS, DISTILL]
+    known = ["smoke", "boss", "flowturbo", *COUPLINGS, *MEAN_METHODS, DISTILL]
     unknown = [t for t in tokens if t not in known]
     if unknown:
         raise ValueError(f"config argument {unknown[0]!r} is not one of {known} (comma-separated).")
@@ -56,6 +64,11 @@ def get_config(arg: str = ""):
     if "boss" in tokens and methods:
         raise ValueError(
             f"config argument {arg!r}: 'boss' chooses Euler steps of a one-time flow; "
+            f"{methods[0]} trains a two-time model."
+        )
+    if "flowturbo" in tokens and methods:
+        raise ValueError(
+            f"config argument {arg!r}: 'flowturbo' steps the velocity of a one-time flow; "
             f"{methods[0]} trains a two-time model."
         )
     c = base_config()
@@ -137,6 +150,21 @@ def get_config(arg: str = ""):
     c.boss.lr = 1e-4
     c.boss.ema_decay = 0.99
 
+    # FlowTurbo after the evaluation (the `flowturbo` token; METHOD.md §9): a refiner per model
+    # for H1P3R2 on the uniform grid, trained as tests/test_flowturbo.py's (Adam 3e-3, batch
+    # 256) for 1,000 steps on the plan run from 4,096 noises [recon].
+    c.flowturbo.enabled = "flowturbo" in tokens
+    c.flowturbo.plan = "H1P3R2"
+    c.flowturbo.grid = "uniform"
+    c.flowturbo.width = 32
+    c.flowturbo.depth = 2
+    c.flowturbo.num_noises = 4096
+    c.flowturbo.batch_size = 4096
+    c.flowturbo.num_steps = 1000
+    c.flowturbo.train_batch = 256
+    c.flowturbo.lr = 3e-3
+    c.flowturbo.ema_decay = 0.99
+
     if "smoke" in tokens:
         c.teacher.num_steps = 200
         c.pairs.num_backward = 2000
@@ -156,4 +184,7 @@ def get_config(arg: str = ""):
         c.boss.straighten_steps = 100
         c.boss.straighten_noises = 512
         c.boss.straighten_batch = 256
+        c.flowturbo.num_noises = 1024
+        c.flowturbo.batch_size = 1024
+        c.flowturbo.num_steps = 200
     return c

@@ -13,7 +13,7 @@ from configs.image_stages import edm_ema_decay, parse_arg  # noqa: E402
 from simple_reflow.train.configure import data_spec_from_config, validate_data_config  # noqa: E402
 
 DATASETS = ("cifar10", "afhqv2", "ffhq", "imagenet64", "digits")
-STAGES = ("teacher", "pairs", "reflow", "boss", "eval")
+STAGES = ("teacher", "pairs", "reflow", "boss", "flowturbo", "eval")
 
 
 def _get(name, arg):
@@ -261,3 +261,93 @@ def test_toy_boss_token():
         validate_config(cfg)
     with pytest.raises(ValueError, match="'boss' chooses Euler steps"):
         toy2d.get_config("boss,meanflow")
+
+
+def _flowturbo(name="ffhq", **fields):
+    cfg = _get(name, "flowturbo,smoke")
+    cfg.eval.model_dir = "/nonexistent/reflow"  # no model.json there: nothing to compare
+    for field, value in fields.items():
+        setattr(cfg.flowturbo, field, value)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"plan": "H2P3"}, "flowturbo.plan='H2P3' has no refiner"),
+        ({"plan": "R1H2"}, "flowturbo.plan: plan 'R1H2': the first block 'R1' is a refiner"),
+        ({"plan": "H1Q2R1"}, "flowturbo.plan: plan 'H1Q2R1': bad block 'Q2'"),
+        ({"plan": ""}, "flowturbo.plan: a sampling plan must be a non-empty string"),
+        ({"grid": "log"}, "flowturbo.grid='log'"),
+        ({"width": 0}, "flowturbo.width=0"),
+        ({"depth": -1}, "flowturbo.depth=-1"),
+        ({"num_steps": 0}, "flowturbo.num_steps=0"),
+        ({"train_batch": 0}, "flowturbo.train_batch=0"),
+        ({"num_noises": 12}, "flowturbo.num_noises=12.*flowturbo.batch_size=8"),
+        ({"lr": 0.0}, "flowturbo.lr=0.0"),
+        ({"ema_decay": 1.0}, "flowturbo.ema_decay=1.0"),
+        ({"model": "reflow"}, "flowturbo.model='reflow'"),
+    ],
+)
+def test_bad_flowturbo_config_fails_fast_naming_the_field(fields, match):
+    import time
+
+    from simple_reflow.train.stages import validate_config
+
+    validate_config(_flowturbo())  # the smoke config as built is valid
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=match):
+        validate_config(_flowturbo(**fields))
+    assert time.perf_counter() - start < 1.0
+
+
+def test_flowturbo_stage_and_eval_name_what_they_need():
+    from simple_reflow.train.stages import validate_config
+
+    cfg = _flowturbo()
+    cfg.eval.model_dir = None
+    with pytest.raises(ValueError, match="flowturbo.model='student' reads the snapshot in eval"):
+        validate_config(cfg)
+    cfg.flowturbo.model = "teacher"
+    with pytest.raises(ValueError, match="teacher.workdir, which is not set"):
+        validate_config(cfg)
+    cfg.teacher.workdir = "/nonexistent/teacher"
+    validate_config(cfg)
+    cfg.training.steps_per_call = 4  # 2 refiner steps cannot fuse 4 per call
+    with pytest.raises(ValueError, match="flowturbo.num_steps=2 must be a multiple"):
+        validate_config(cfg)
+    assert _get("digits", "flowturbo").eval.model_dir == "runs/digits/reflow"  # default chain
+    with pytest.raises(ValueError, match="no 'flowturbo' stage"):
+        _get("cifar10", "flowturbo,meanflow")
+    # the eval stage: the plan's solver and the refiner's folder go together, nowhere else
+    ev = _get("ffhq", "eval,smoke")
+    ev.sampler.solver = "flowturbo"
+    with pytest.raises(ValueError, match="set eval.refiner_dir"):
+        validate_config(ev)
+    ev.eval.refiner_dir = "/nonexistent/flowturbo"
+    validate_config(ev)
+    ev.sampler.solver = "heun"
+    with pytest.raises(ValueError, match="eval.refiner_dir='/nonexistent/flowturbo' is read"):
+        validate_config(ev)
+    tr = _get("ffhq", "teacher,smoke")
+    tr.sampler.solver = "flowturbo"
+    with pytest.raises(ValueError, match="'flowturbo'.*is for the eval stage"):
+        validate_config(tr)
+
+
+def test_toy_flowturbo_token():
+    from configs import toy2d
+    from simple_reflow.train.stages import validate_config
+
+    assert not toy2d.get_config("").flowturbo.enabled
+    cfg = toy2d.get_config("flowturbo,smoke")
+    assert cfg.flowturbo.enabled and cfg.stage == "pipeline"
+    validate_config(cfg)
+    cfg.flowturbo.num_steps = 30  # the toy fuses training.steps_per_call = 50 steps per call
+    with pytest.raises(ValueError, match="flowturbo.num_steps=30.*steps_per_call=50"):
+        validate_config(cfg)
+    cfg.flowturbo.num_steps, cfg.flowturbo.plan = 50, "P4"
+    with pytest.raises(ValueError, match="flowturbo.plan='P4' has no refiner"):
+        validate_config(cfg)
+    with pytest.raises(ValueError, match="'flowturbo' steps the velocity of a one-time flow"):
+        toy2d.get_config("flowturbo,meanflow")

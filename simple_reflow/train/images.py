@@ -1,4 +1,4 @@
-"""The image stages: teacher (EDM loss), pairs, reflow, boss, eval.
+"""The image stages: teacher (EDM loss), pairs, reflow, boss, flowturbo, eval.
 
 Each stage reads one config (``configs/<dataset>.py:<stage>``) and one workdir:
 
@@ -14,13 +14,19 @@ Each stage reads one config (``configs/<dataset>.py:<stage>``) and one workdir:
 - ``boss``: BOSS's Bellman-optimal Euler grids of the snapshot in ``eval.model_dir`` (or the
   teacher's, ``boss.model``) saved beside it, and optionally the model straightened along one
   of them into ``workdir`` (:mod:`simple_reflow.train.boss_stage`);
+- ``flowturbo``: a FlowTurbo velocity refiner for the plan ``flowturbo.plan`` of the snapshot
+  in ``eval.model_dir`` (or the teacher's, ``flowturbo.model``), trained into ``workdir``
+  (:mod:`simple_reflow.train.flowturbo_stage`);
 - ``eval``: samples the model in ``eval.model_dir`` (default: the workdir) and the teacher at
   each NFE budget — ``eval.num_samples`` images, sample i seeded by its index, over all devices
   and hosts, quantised to uint8 as EDM does — and writes sample grids and
   ``eval_metrics.json`` (a two-time model with ``sampler.solver``, ``"mean"``; a one-time
   teacher beside it with ``eval.teacher_solver``): FID against ``eval.fid_ref`` when
   Inception weights are given (``eval.inception_weights`` or ``$SIMPLE_REFLOW_INCEPTION``),
-  else the pixel-space Fréchet distance to held-out images.
+  else the pixel-space Fréchet distance to held-out images. With ``sampler.solver =
+  "flowturbo"`` the model is sampled with the plan and refiner of ``eval.refiner_dir`` at the
+  plan's NFE (its refiner calls reported beside it), the teacher with ``eval.teacher_solver``
+  (default Heun) at each budget.
 """
 
 from __future__ import annotations
@@ -112,6 +118,20 @@ def _require_inputs(run, workdir):
             _snapshot(model_folder(cfg), "eval.model_dir", reflow)
         if cfg.boss.model == "teacher" or (cfg.boss.teacher_grid and cfg.teacher.workdir):
             _snapshot(cfg.teacher.workdir, "teacher.workdir", teacher)
+    if stage == "flowturbo":
+        from simple_reflow.train.flowturbo_stage import model_folder
+
+        if cfg.flowturbo.model == "student":
+            reflow = (
+                f"`python scripts/train.py --config {conf}:reflow --workdir {model_folder(cfg)}`"
+            )
+            _snapshot(model_folder(cfg), "eval.model_dir", reflow)
+        else:
+            _snapshot(cfg.teacher.workdir, "teacher.workdir", teacher)
+    if stage == "eval" and cfg.sampler.solver == "flowturbo":  # the refiner, checked now
+        from simple_reflow.train.flowturbo_stage import read_record
+
+        read_record(cfg.eval.refiner_dir)
     if stage == "eval" and cfg.sampler.grid == "boss":  # each model's own grid, checked now
         from simple_reflow.train import boss as train_boss
 
@@ -148,7 +168,7 @@ def _require_inputs(run, workdir):
                 "guidance.bad_workdir",
                 "a shorter or smaller teacher run (the 'bad' model of AutoGuidance)",
             )
-    reads_data = stage != "boss" and (  # BOSS solves noises only
+    reads_data = stage not in ("boss", "flowturbo") and (  # they solve noises only
         stage in ("teacher", "eval")
         or cfg.pairs.num_forward > 0
         or (stage in ("pairs", "reflow") and cfg.pairs.projection.fraction > 0)
@@ -596,10 +616,15 @@ def run_eval(run, workdir):
     s = cfg.sampler
     student = checkpoint.load_params(_snapshot(model_dir, "eval.model_dir"), like)
     models = {"student": (model_def, student, s.solver)}
+    plan = None
+    if s.solver == "flowturbo":  # the plan and the refiner trained for this snapshot
+        from simple_reflow.train import flowturbo_stage
+
+        plan = flowturbo_stage.read_plan(cfg.eval.refiner_dir, shape, model_dir)
     if cfg.teacher.workdir:  # a one-time teacher beside a two-time student: its own network
         two_time = _snapshot_two_time(cfg.teacher.workdir)
         t_def, t_like = (model_def, like) if two_time else _build(run, cfg.seed, two_time=False)
-        solver = cfg.eval.get("teacher_solver") or s.solver
+        solver = cfg.eval.get("teacher_solver") or ("heun" if s.solver == "flowturbo" else s.solver)
         if solver == "mean" and not two_time:
             raise ValueError(
                 f"teacher.workdir={cfg.teacher.workdir!r} is a one-time network, which "
@@ -631,9 +656,21 @@ def run_eval(run, workdir):
         denoiser, params = (
             _guided(cfg, m_def, params) if name == "student" else (m_def.denoiser, params)
         )
-        done = set()
-        for budget in cfg.eval.nfe:
-            grid, nfe = sampler.grid_for_budget(budget, solver, grid_fn, **limit)
+        done, sample_fn, extra = set(), None, ""
+        if solver == "flowturbo":  # the plan's own grid and NFE, whatever eval.nfe says
+            from simple_reflow.train import flowturbo_stage
+
+            rec, r_def, r_params = plan
+            sample_fn = flowturbo_stage.make_plan_sample_fn(
+                denoiser, r_def, rec["plan"], rec["times"]
+            )
+            params = {"model": params, "refiner": r_params}
+            runs = [(rec["times"], rec["nfe"])]
+            results[f"eval/{name}/refiner_calls@nfe={rec['nfe']}"] = rec["refiner_calls"]
+            extra = f" (plan {rec['plan']}, +{rec['refiner_calls']} refiner calls)"
+        else:
+            runs = (sampler.grid_for_budget(b, solver, grid_fn, **limit) for b in cfg.eval.nfe)
+        for grid, nfe in runs:
             if nfe in done:  # two budgets that buy the same grid
                 continue
             done.add(nfe)
@@ -653,6 +690,7 @@ def run_eval(run, workdir):
                 mesh=mesh,
                 keep_images=64,
                 desc=f"{name} NFE {nfe}",
+                sample_fn=sample_fn,
             )
             value = frechet_distance_from_stats(*stats.mean_cov(), ref_mu, ref_sigma)
             results[f"eval/{name}/{metric}@nfe={nfe}"] = value
@@ -664,7 +702,9 @@ def run_eval(run, workdir):
                     scale=4 if shape[0] <= 16 else 1,
                     pad=1,
                 )
-            lines.append(f"{name:>8} NFE {nfe:>3}: {metric} {value:.3f} ({stats.count} samples)")
+            lines.append(
+                f"{name:>8} NFE {nfe:>3}: {metric} {value:.3f} ({stats.count} samples){extra}"
+            )
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
             json.dump(results, f, indent=1)
@@ -684,11 +724,20 @@ def run_boss(run, workdir):
     return boss_stage.run_boss(run, workdir)
 
 
+def run_flowturbo(run, workdir):
+    """A FlowTurbo velocity refiner for one plan of a snapshot
+    (:func:`simple_reflow.train.flowturbo_stage.run_flowturbo`)."""
+    from simple_reflow.train import flowturbo_stage
+
+    return flowturbo_stage.run_flowturbo(run, workdir)
+
+
 _RUNNERS = {
     "teacher": run_teacher,
     "pairs": run_pairs,
     "reflow": run_reflow,
     "boss": run_boss,
+    "flowturbo": run_flowturbo,
     "eval": run_eval,
 }
 

@@ -46,7 +46,9 @@ def index_labels(key, indices, num_classes: int):
     )(indices)
 
 
-def make_index_sampler(denoiser, grid, *, solver: str, r: float, shape, num_classes: int, key):
+def make_index_sampler(
+    denoiser, grid, *, solver: str, r: float, shape, num_classes: int, key, sample_fn=None
+):
     """``fn(params, indices) -> uint8 images [n, *shape]`` (pure; jit it).
 
     The weights are an argument of ``fn``, so a jitted ``fn`` takes them as an input of the
@@ -61,13 +63,18 @@ def make_index_sampler(denoiser, grid, *, solver: str, r: float, shape, num_clas
       shape: one image's shape.
       num_classes: class count (0 = unconditional).
       key: the sampling key; sample ``i`` uses ``fold_in(key, i)``.
+      sample_fn: optional ``sample_fn(params, x1, cond) -> x0`` in place of
+        :func:`simple_reflow.sampler.sample` on ``denoiser(params)`` (``denoiser``, ``grid``,
+        ``solver`` and ``r`` are then unused), e.g. a FlowTurbo plan
+        (:func:`simple_reflow.train.flowturbo_stage.make_plan_sample_fn`).
     """
 
     def fn(params, indices):
-        denoise_fn = denoiser(params)
         x1 = pairs.noise_for_indices(key, indices, tuple(shape))
         cond = index_labels(key, indices, num_classes) if num_classes else None
-        x0, _ = sampler.sample(denoise_fn, x1, grid, solver=solver, r=r, cond=cond)
+        if sample_fn is not None:
+            return to_uint8(sample_fn(params, x1, cond))
+        x0, _ = sampler.sample(denoiser(params), x1, grid, solver=solver, r=r, cond=cond)
         return to_uint8(x0)
 
     return fn
@@ -132,14 +139,16 @@ def sample_features(
     mesh,
     keep_images: int = 0,
     desc: str = "sampling",
+    sample_fn: Callable | None = None,
 ):
     """Feature statistics of ``num`` samples (indices ``0 … num − 1``), merged over hosts.
 
     ``featurize`` (uint8 images → ``[n, dim]``) runs in its own compiled function, so a
     network such as the Inception compiles once for every sampler it scores.
 
-    ``denoiser(params)`` is the model (:func:`make_index_sampler`); ``params`` are placed once,
-    replicated over ``mesh``, and passed to the compiled sampler on every batch.
+    ``denoiser(params)`` is the model (or ``sample_fn`` the sampler, :func:`make_index_sampler`);
+    ``params`` are placed once, replicated over ``mesh``, and passed to the compiled sampler on
+    every batch.
 
     Returns:
       ``(FeatureStats, images)``: the statistics of all samples, and this host's first
@@ -147,7 +156,14 @@ def sample_features(
     """
     fn = compile_options.jit(
         make_index_sampler(
-            denoiser, grid, solver=solver, r=r, shape=shape, num_classes=num_classes, key=key
+            denoiser,
+            grid,
+            solver=solver,
+            r=r,
+            shape=shape,
+            num_classes=num_classes,
+            key=key,
+            sample_fn=sample_fn,
         )
     )
     params = jax.device_put(params, sharding.replicated(mesh))

@@ -24,7 +24,7 @@ from simple_reflow.train.toy import TOY_SHAPE, run_pipeline
 
 __all__ = ["STAGES", "Resolved", "resolve", "validate_config", "run_stage"]
 
-STAGES = ("pipeline", "teacher", "pairs", "reflow", "boss", "eval")
+STAGES = ("pipeline", "teacher", "pairs", "reflow", "boss", "flowturbo", "eval")
 
 
 def _check(cond, msg):
@@ -38,7 +38,13 @@ def _validate_common(cfg):
     configure.validate_time_config(cfg.time)
     s = cfg.sampler
     _check(
-        s.solver in sampler.SOLVERS, f"sampler.solver={s.solver!r} is not one of {sampler.SOLVERS}."
+        s.solver in sampler.SOLVERS or (s.solver == "flowturbo" and cfg.stage == "eval"),
+        f"sampler.solver={s.solver!r} is not one of {sampler.SOLVERS}"
+        + (
+            " ('flowturbo', a plan with the refiner of eval.refiner_dir, is for the eval stage)."
+            if s.solver == "flowturbo"
+            else "."
+        ),
     )
     _check(
         s.grid in grids.GRIDS or (s.grid == "boss" and cfg.stage == "eval"),
@@ -217,6 +223,92 @@ def _validate_boss(cfg, *, image):
         )
 
 
+def _validate_flowturbo(cfg, *, image):
+    """The ``flowturbo`` section (the image ``flowturbo`` stage)."""
+    import jax
+
+    from simple_reflow import flowturbo
+
+    f = cfg.flowturbo
+    try:
+        blocks = flowturbo.parse_plan(f.plan)
+    except ValueError as err:
+        raise ValueError(f"flowturbo.plan: {err}") from None
+    _check(
+        any(b == "R" for b, _ in blocks),
+        f"flowturbo.plan={f.plan!r} has no refiner (R) block to train a refiner for.",
+    )
+    _check(f.grid in grids.GRIDS, f"flowturbo.grid={f.grid!r} is not one of {grids.GRIDS}.")
+    for field in ("width", "depth", "num_steps", "batch_size", "train_batch"):
+        v = f[field]
+        _check(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+            f"flowturbo.{field}={v!r} must be an integer >= 1.",
+        )
+    _check(
+        isinstance(f.num_noises, int) and f.num_noises >= 1 and f.num_noises % f.batch_size == 0,
+        f"flowturbo.num_noises={f.num_noises!r} must be a positive multiple of "
+        f"flowturbo.batch_size={f.batch_size}.",
+    )
+    devices = jax.device_count()
+    for field in ("batch_size", "train_batch"):
+        _check(
+            not image or f[field] % devices == 0,
+            f"flowturbo.{field}={f[field]!r} must be a multiple of the {devices} devices.",
+        )
+    spc = cfg.training.steps_per_call
+    _check(
+        f.num_steps % spc == 0,
+        f"flowturbo.num_steps={f.num_steps} must be a multiple of training.steps_per_call={spc}.",
+    )
+    _check(f.lr > 0, f"flowturbo.lr={f.lr!r} must be > 0.")
+    _check(0 <= f.ema_decay < 1, f"flowturbo.ema_decay={f.ema_decay!r} must lie in [0, 1).")
+    _check(
+        cfg.loss.kind not in configure.MEAN_KINDS and not cfg.model.get("two_time", False),
+        f"loss.kind={cfg.loss.kind!r}: a FlowTurbo plan steps the velocity of a one-time flow; "
+        "a two-time model (model.two_time) takes its steps with the 'mean' solver.",
+    )
+    if not image:
+        return
+    _check(
+        f.model in ("student", "teacher"),
+        f"flowturbo.model={f.model!r} is not one of ('student', 'teacher').",
+    )
+    if f.model == "student":
+        _check(
+            cfg.eval.get("model_dir"),
+            "flowturbo.model='student' reads the snapshot in eval.model_dir (the reflow stage's "
+            "workdir), which is not set: set eval.model_dir, or flowturbo.model='teacher'.",
+        )
+    else:
+        _check(
+            cfg.teacher.workdir,
+            "flowturbo.model='teacher' reads the snapshot in teacher.workdir, which is not set.",
+        )
+
+
+def _validate_flowturbo_eval(cfg):
+    """``sampler.solver='flowturbo'`` and ``eval.refiner_dir`` go together (eval stage)."""
+    refiner_dir = cfg.eval.get("refiner_dir")
+    if cfg.sampler.solver != "flowturbo":
+        _check(
+            not refiner_dir,
+            f"eval.refiner_dir={refiner_dir!r} is read with sampler.solver='flowturbo' only "
+            f"(got sampler.solver={cfg.sampler.solver!r}): set both, or unset eval.refiner_dir.",
+        )
+        return
+    _check(
+        refiner_dir,
+        "sampler.solver='flowturbo' samples the plan saved by the flowturbo stage: set "
+        "eval.refiner_dir to that stage's workdir.",
+    )
+    _check(
+        cfg.loss.kind not in configure.MEAN_KINDS and not cfg.model.get("two_time", False),
+        f"sampler.solver='flowturbo' with loss.kind={cfg.loss.kind!r}: a FlowTurbo plan steps "
+        "the velocity of a one-time flow, not a two-time model.",
+    )
+
+
 def validate_config(cfg):
     """Validates a full config for its stage; raises ``ValueError`` naming the bad field.
 
@@ -252,6 +344,8 @@ def validate_config(cfg):
         configure.validate_mean_config(cfg.loss, cfg.model, cfg.sampler)
         if cfg.get("boss") is not None and cfg.boss.get("enabled", False):
             _validate_boss(cfg, image=False)
+        if cfg.get("flowturbo") is not None and cfg.flowturbo.get("enabled", False):
+            _validate_flowturbo(cfg, image=False)
         return None
     from simple_reflow.train.checkpoint import check_model_config
 
@@ -293,6 +387,14 @@ def validate_config(cfg):
             snapshots.append(("eval.model_dir", cfg.eval.model_dir))
         if cfg.boss.model == "teacher" or cfg.boss.teacher_grid:
             snapshots.append(("teacher.workdir", cfg.teacher.workdir))
+    if cfg.stage == "flowturbo":
+        _validate_flowturbo(cfg, image=True)
+        if cfg.flowturbo.model == "student":
+            snapshots.append(("eval.model_dir", cfg.eval.model_dir))
+        else:
+            snapshots.append(("teacher.workdir", cfg.teacher.workdir))
+    if cfg.stage == "eval":
+        _validate_flowturbo_eval(cfg)
     if cfg.stage == "eval" and cfg.guidance.kind == "autoguidance" and cfg.guidance.w:
         snapshots.append(("guidance.bad_workdir", cfg.guidance.bad_workdir))
     for field, workdir in snapshots:  # an imported or trained snapshot of another network

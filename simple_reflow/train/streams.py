@@ -32,6 +32,8 @@ STREAMS = (
     "student_batches",  # a two-time student's data batches (toy MeanFlow / SplitMeanFlow)
     "boss_noise",  # BOSS: the reference noises (and labels) of the Euler cost matrix
     "boss_straighten",  # BOSS: the fresh noises of the straightening set, and its fit's seed
+    "flowturbo_noise",  # FlowTurbo: the noises (and labels) whose plan runs train the refiner
+    "flowturbo_refiner",  # FlowTurbo: the refiner's initial weights and its fit's seed
 )
 
 

@@ -271,6 +271,9 @@ def run_pipeline(run, workdir):
     (``configs/toy2d.py:boss``) BOSS runs on both models after the evaluation
     (:func:`simple_reflow.train.boss_stage.toy_boss`: grids beside the snapshots, the student
     straightened into ``workdir/student_boss``, W2 per K Euler steps in ``metrics["boss"]``).
+    With ``flowturbo.enabled`` (``configs/toy2d.py:flowturbo``) a FlowTurbo refiner is trained
+    for each (:func:`simple_reflow.train.flowturbo_stage.toy_flowturbo`: into
+    ``workdir/<model>_flowturbo``, W2 of the plan in ``metrics["flowturbo"]``).
     """
     from simple_reflow.train.toy_eval import evaluate_models, write_outputs
 
@@ -316,6 +319,21 @@ def run_pipeline(run, workdir):
         }
         metrics["boss"] = toy_boss(run, workdir, models, student=(model_def, state.ema))
         print(f"BOSS: {time.perf_counter() - clock:.1f}s", flush=True)
+    if cfg.get("flowturbo") is not None and cfg.flowturbo.get("enabled", False):
+        from simple_reflow.train.flowturbo_stage import toy_flowturbo
+
+        clock = time.perf_counter()
+        trained = teacher_def is not None
+        models = {
+            "teacher": (
+                teacher_def.denoiser if trained else (lambda _: teacher),
+                teacher_params,
+                None,
+            ),
+            "student": (model_def.denoiser, state.ema, None),
+        }
+        metrics["flowturbo"] = toy_flowturbo(run, workdir, models)
+        print(f"FlowTurbo: {time.perf_counter() - clock:.1f}s", flush=True)
     write_outputs(workdir, cfg, metrics, {"teacher": teacher, "student": student})
     return metrics
 

@@ -232,6 +232,8 @@ def format_table(metrics):
         lines.append(" | ".join(f"{c:>14}" for c in cells))
     if metrics.get("boss"):
         lines += _boss_table(metrics["boss"])
+    if metrics.get("flowturbo"):
+        lines += _flowturbo_table(metrics["flowturbo"])
     return "\n".join(lines)
 
 
@@ -256,6 +258,31 @@ def _boss_table(result):
     return lines
 
 
+def _flowturbo_table(result):
+    """The FlowTurbo rows (:func:`simple_reflow.train.flowturbo_stage.toy_flowturbo`): W2 of
+    the plan with its trained refiner, with a zero refiner, and of the pseudo-corrector and
+    Heun at the plan's NFE, one row per model."""
+    recs = result["records"]
+    order = dict.fromkeys(r["sampler"] for r in recs)
+    head = {
+        s: f"{s} ({next(r['nfe'] for r in recs if r['sampler'] == s)} NFE)"
+        for s in order
+        if s not in ("refiner", "reuse")
+    }
+    head["refiner"] = f"{result['plan']} refiner"
+    head["reuse"] = f"{result['plan']} zero refiner"
+    lines = [
+        "",
+        f"W2 of the FlowTurbo plan {result['plan']} ({result['nfe']} NFE + "
+        f"{result['refiner_calls']} refiner calls) and of the samplers at its NFE",
+        " | ".join(f"{h:>22}" for h in ["model"] + [head[s] for s in order]),
+    ]
+    for name in dict.fromkeys(r["model"] for r in recs):
+        vals = {r["sampler"]: r["w2"] for r in recs if r["model"] == name}
+        lines.append(" | ".join(f"{c:>22}" for c in [name] + [f"{vals[s]:.4f}" for s in order]))
+    return lines
+
+
 def _flat(metrics):
     out = {"eval/w2_floor": metrics["w2_floor"]}
     for name, rs in metrics["models"].items():
@@ -266,6 +293,9 @@ def _flat(metrics):
                 out[f"eval/{name}/straightness"] = r["straightness"]
     for r in metrics.get("boss", {}).get("records", []):  # e.g. eval/student/euler_boss/w2@nfe=4
         out[f"eval/{r['model']}/euler_{r['grid']}/w2@nfe={r['nfe']}"] = r["w2"]
+    for r in metrics.get("flowturbo", {}).get("records", []):  # e.g. .../flowturbo_refiner/...
+        tag = f"flowturbo_{r['sampler']}" if r["sampler"] in ("refiner", "reuse") else r["sampler"]
+        out[f"eval/{r['model']}/{tag}/w2@nfe={r['nfe']}"] = r["w2"]
     return out
 
 
@@ -275,7 +305,7 @@ def write_outputs(workdir, cfg, metrics, models, *, solvers=None):
     from simple_reflow.viz import save_toy_figure
 
     with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
-        extra = {"boss": metrics["boss"]} if metrics.get("boss") else {}
+        extra = {k: metrics[k] for k in ("boss", "flowturbo") if metrics.get(k)}
         json.dump({**_flat(metrics), "records": metrics["models"], **extra}, f, indent=1)
     key_noise, key_data = jax.random.split(stream_key(cfg.seed, "eval_figure"))
     x1 = jax.random.normal(key_noise, (2000, 2))
