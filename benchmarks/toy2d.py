@@ -34,8 +34,35 @@ Methods:
   trained (once, as the ``2rf`` method) even when ``2rf`` is not asked for, and then not
   recorded.
 
-The two-time models are sampled with the ``"mean"`` solver (one average-velocity step per
-interval) on the uniform grid: at budget n, n intervals and n NFE, as Euler.
+- ``teacher+boss``, ``2rf+boss``: the task's teacher / the ``2rf`` student of the same seed (no
+  new training) with Euler on its BOSS grid (METHOD.md §9): the Bellman-optimal K-step grid of
+  that model's Euler cost matrix, computed once per model and seed as in
+  ``benchmarks/boss_toy.py`` (``boss_toy._boss_cost`` on ``boss_toy._fit_noise(seed, 1024)``:
+  100 uniform candidate intervals, 1,024 reference noises, 4 Heun substeps per candidate
+  interval); at budget K, K Euler steps (K = 1: the grid [1, 0], i.e. plain Euler). Solver label
+  ``"euler-boss"``; each record keeps its grid (``"grid"``) and, where the sigmoid grid
+  (κ = 20) of K intervals differs from the uniform one (K ≥ 3), Euler on the sigmoid grid on
+  the same sets (``"sigmoid_grid"``: ``w2_sets``, ``w2_mean``, ``coupling_error``), so BOSS can
+  be compared with both grids per seed (the uniform grid's is the base model's Euler record);
+- ``teacher+flowturbo``, ``2rf+flowturbo``: the same models with a FlowTurbo plan
+  (:func:`flowturbo_plan`, ``simple_reflow.flowturbo``) of as many network calls as the
+  budget, on the uniform grid of one interval per step: 1 NFE ``"H1"`` (one Euler step: a
+  refiner step needs a velocity from an earlier H or P step, which costs two calls unless it
+  is the last), n ≥ 2 NFE ``"H1P{n−2}R1"`` (n intervals: a Heun step, pseudo-corrector steps,
+  and the last network call replaced by one light-refiner call). The refiner
+  (:class:`~simple_reflow.models.refiner.MLPRefiner` 32 × 2) is trained per model, seed and
+  plan exactly as ``benchmarks/flowturbo_toy.py`` does (``flowturbo_toy._train``: 500 steps,
+  batch 512, Adam 3e-3 cosine, EMA 0.99, on :func:`~simple_reflow.flowturbo.refiner_pairs` of
+  4,096 noises of that model along the plan's grid). Solver label ``"flowturbo"``; ``nfe``
+  counts network calls only, the refiner calls are in ``"refiner_calls"`` (with ``"plan"``,
+  ``"intervals"`` and the refiner's held-out losses). With a zero refiner (``refiner_steps``
+  = 0 in the arguments) a plan ``H1P{n−2}R1`` is the pseudo-corrector (``pseudo_heun``) on the
+  uniform grid of n intervals.
+
+The BOSS and FlowTurbo rows' average-velocity error is their model's (u := v on the uniform
+grid, as for every one-time model). The two-time models are sampled with the ``"mean"``
+solver (one average-velocity step per interval) on the uniform grid: at budget n, n intervals
+and n NFE, as Euler.
 
 Each model is scored on ``--eval-sets`` independent evaluation sets (default 5 of 5,000
 points; fresh noise x1 and fresh target samples per set, the same sets for every method of a
@@ -122,10 +149,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from benchmarks import boss_toy, flowturbo_toy  # noqa: E402
 from benchmarks.common import run_metadata, write_json  # noqa: E402
 from configs.common import apply_mean_method  # noqa: E402
 from configs.toy2d import COUPLINGS, LOOM_NUM_EXAMPLES, get_config  # noqa: E402
-from simple_reflow import paths, sampler  # noqa: E402
+from simple_reflow import boss, flowturbo, grids, paths, sampler  # noqa: E402
 from simple_reflow.average_velocity import (  # noqa: E402
     average_velocity,
     exact_average_velocity,
@@ -147,6 +175,7 @@ from simple_reflow.train.toy import (  # noqa: E402
 from simple_reflow.train.toy_eval import (  # noqa: E402
     EXACT_ATOL,
     EXACT_RTOL,
+    _scores,
     eval_sets,
     evaluate_model,
     exact_solution_fn,
@@ -160,6 +189,20 @@ HEUN = {"solver": "heun", "grid": "uniform"}
 MEAN = {"solver": "mean", "grid": "uniform"}  # one average-velocity step per interval
 SOLVERS = {"euler": EULER, "heun": HEUN, "dpm2": DPM2}  # the teacher's (--teacher-solvers)
 CURVE_BUDGETS = (1, 2)  # the NFE budgets of the budget curves
+# The BOSS and FlowTurbo rows: labels (the sampler runs Euler on the BOSS grid / the plan).
+EULER_BOSS = {"solver": "euler-boss"}
+FLOWTURBO = {"solver": "flowturbo"}
+# BOSS settings of benchmarks/boss_toy.py (its defaults); FlowTurbo's refiner as
+# benchmarks/flowturbo_toy.py's. Arguments of the same names (``args.boss_candidates``, …)
+# override them (the tests).
+BOSS = {"boss_candidates": 100, "boss_noises": 1024, "boss_substeps": 4}
+REFINER = {
+    "refiner_steps": 500,
+    "refiner_hidden": 32,
+    "refiner_batch": 512,
+    "refiner_lr": 3e-3,
+    "refiner_pairs": 4096,
+}
 
 WCFM_KAPPA = 8.0  # best mean W2 at 2 and 4 NFE of κ ∈ {2, 4, 8, 16, 64} (quick runs, seed 0)
 
@@ -224,8 +267,24 @@ METHODS = {
         "loss": "splitmeanflow",
         "teacher": "2rf",
     },
+    # A trained model of the run (no new training) with another sampler: Euler on its BOSS
+    # grid, or a FlowTurbo plan with a light refiner (module docstring).
+    **{
+        f"{base}+{kind}": {"kind": kind, "base": base, "solvers": [solver]}
+        for kind, solver in (("boss", EULER_BOSS), ("flowturbo", FLOWTURBO))
+        for base in ("teacher", "2rf")
+    },
 }
 CURVE_METHODS = ("2rf", "meanflow", "splitmeanflow")  # --curve-methods' default
+SAMPLER_KINDS = ("boss", "flowturbo")  # methods that re-sample another method's model
+
+
+def flowturbo_plan(budget):
+    """The FlowTurbo plan of ``budget`` network calls on a grid ending at 0 (one interval per
+    step): ``"H1"`` at 1 (one Euler step), else ``"H1P{budget − 2}R1"`` (``"H1R1"`` at 2)."""
+    if budget < 1:
+        raise ValueError(f"budget={budget!r} must be >= 1.")
+    return "H1" if budget == 1 else "H1" + (f"P{budget - 2}" if budget > 2 else "") + "R1"
 
 
 def _override(section, values):
@@ -385,6 +444,7 @@ class TaskRun:
         self.seconds["teacher/train"] = time.perf_counter() - clock
         self._stores = None
         self.trained = {}  # name -> (denoise_fn, EMA params, model_def)
+        self._aves = {}  # base model -> its average-velocity errors (BOSS / FlowTurbo rows)
         self.curve = []  # curve records of every method trained with its curve
 
     @property
@@ -503,6 +563,8 @@ class TaskRun:
         EMA snapshot is scored (:meth:`curve_records`)."""
         if name == "teacher":
             return self.teacher
+        if METHODS[name]["kind"] in SAMPLER_KINDS:  # another method's model, sampled otherwise
+            return self.model(METHODS[name]["base"])
         if name not in self.trained:
             train, final = self._trainer(name)
             curve = [s for s in self.curve_steps(name) if s <= final]
@@ -564,10 +626,111 @@ class TaskRun:
         )
         return out
 
+    def _ave(self, base):
+        """The average-velocity errors of the one-time model ``base`` (once per base), None
+        without exact targets."""
+        if self.targets is None:
+            return None
+        if base not in self._aves:
+            fn = self.model(base)[0]
+            self._aves[base] = avg_velocity_errors(fn, self.targets, two_time=False)
+        return self._aves[base]
+
+    def _record(self, name, budget, nfe, solver, x0s, **extra):
+        """A record of ``name`` in :func:`toy_eval.evaluate_model`'s format (+ ``extra``)."""
+        return {
+            "task": self.task,
+            "method": name,
+            "seed": self.seed,
+            **self.floor,
+            "solver": solver,
+            "budget": budget,
+            "nfe": nfe,
+            **_scores(x0s, self.sets),
+            "straightness": None,
+            **_ave_fields(self._ave(METHODS[name]["base"]), budget),
+            **extra,
+        }
+
+    def _boss_records(self, name):
+        """Euler on the base model's BOSS grid at each budget (module docstring)."""
+        a, base = self.args, METHODS[name]["base"]
+        fn = self.model(base)[0]
+        n, noises, substeps = (_opt(a, k, v) for k, v in BOSS.items())
+        clock = time.perf_counter()
+        tau = grids.uniform_grid(n)
+        cost = boss_toy._boss_cost(fn, boss_toy._fit_noise(self.seed, noises), tau, substeps)
+        self.seconds[f"{name}/boss_cost"] += time.perf_counter() - clock
+
+        def grid_fn(k):
+            return boss.optimal_grid(cost, tau, k)
+
+        def run(grid):
+            sample = jax.jit(lambda x1: sampler.sample(fn, x1, grid, solver="euler")[0])
+            return [sample(s["x1"]) for s in self.sets]
+
+        clock, records = time.perf_counter(), []
+        for b in self.cfg.eval.nfe:
+            grid, nfe = sampler.grid_for_budget(b, "euler", grid_fn, max_intervals=n)
+            extra = {"grid": [float(t) for t in grid]}
+            sig = grids.sigmoid_grid(len(grid) - 1, boss_toy.KAPPA)
+            if not np.allclose(sig, grids.uniform_grid(len(grid) - 1)):
+                sc = _scores(run(sig), self.sets)
+                extra["sigmoid_grid"] = {
+                    "w2_sets": sc["w2_sets"],
+                    "w2_mean": sc["w2_mean"],
+                    "coupling_error": sc["coupling_error"],
+                }
+            records.append(self._record(name, b, nfe, EULER_BOSS["solver"], run(grid), **extra))
+        self.seconds[f"{name}/eval"] += time.perf_counter() - clock
+        return records
+
+    def _refiner(self, name, fn, plan, grid):
+        """``(refiner_fn, info)`` of ``plan``: trained as ``flowturbo_toy._train`` does, or
+        the zero offset with ``refiner_steps`` = 0."""
+        a = self.args
+        opts = {k: _opt(a, k, v) for k, v in REFINER.items()}
+        if opts["refiner_steps"] == 0:
+            return (lambda x, t, v, cond=None: jnp.zeros_like(x)), {"refiner_steps": 0}
+        settings = argparse.Namespace(**{k[len("refiner_") :]: v for k, v in opts.items()})
+        workdir = os.path.join(self.workdir, name, f"refiner_{plan}")
+        clock = time.perf_counter()
+        ref, info = flowturbo_toy._train(fn, plan, grid, settings, self.seed, workdir)
+        self.seconds[f"{name}/refiner_train"] += time.perf_counter() - clock
+        info = {
+            "refiner_steps": opts["refiner_steps"],
+            "refiner_loss": info["refiner_loss"],
+            "reuse_loss": info["reuse_loss"],
+            "refiner_train_seconds": info["train_seconds"],
+        }
+        return ref, info
+
+    def _flowturbo_records(self, name):
+        """The base model with :func:`flowturbo_plan` at each budget (module docstring)."""
+        fn = self.model(METHODS[name]["base"])[0]
+        records = []
+        for b in self.cfg.eval.nfe:
+            plan = flowturbo_plan(b)
+            grid = flowturbo.plan_grid(plan, grids.uniform_grid)
+            ref, info = None, {}
+            if "R" in plan:
+                ref, info = self._refiner(name, fn, plan, grid)
+            clock = time.perf_counter()
+            sample, nfe, calls = flowturbo.make_plan_sampler(fn, ref, plan, grid)
+            x0s = [sample(s["x1"]) for s in self.sets]
+            extra = {"plan": plan, "refiner_calls": calls, "intervals": len(grid) - 1, **info}
+            records.append(self._record(name, b, nfe, FLOWTURBO["solver"], x0s, **extra))
+            self.seconds[f"{name}/eval"] += time.perf_counter() - clock
+        return records
+
     def evaluate(self, name):
         """The records of ``name`` (trained first if need be)."""
-        fn = self.model(name)[0]
         spec = METHODS[name]
+        if spec["kind"] == "boss":
+            return self._boss_records(name)
+        if spec["kind"] == "flowturbo":
+            return self._flowturbo_records(name)
+        fn = self.model(name)[0]
         if name == "teacher":
             solvers = _opt(self.args, "teacher_solvers", list(SOLVERS))
             spec = {**spec, "solvers": [SOLVERS[s] for s in solvers]}
@@ -924,6 +1087,9 @@ def main(argv=None):
         for m in names:
             if m not in valid:
                 parser.error(f"{flag}: {m!r} is not one of {sorted(valid)}")
+    for m in args.curve_methods if args.curve else ():
+        if METHODS[m]["kind"] in SAMPLER_KINDS:
+            parser.error(f"--curve-methods: {m!r} trains nothing (its curve is its base's)")
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.eval_sets = args.eval_sets or (3 if args.quick else 5)
     if args.eval_sets < 1:

@@ -3,7 +3,8 @@
 - :func:`merge` joins a run's records with earlier result files (``--merge``), each method at
   the solver it is meant to be sampled with (the first of its ``toy2d.METHODS`` entry: Euler
   for the teacher, 2-RF, 2-RF++ and the 1-RFs of other couplings, DPM-Solver-2 for Simple
-  ReFlow, the ``"mean"`` solver for the two-time models), and checks that records present in
+  ReFlow, the ``"mean"`` solver for the two-time models, ``"euler-boss"`` for Euler on a
+  model's BOSS grid, ``"flowturbo"`` for a FlowTurbo plan), and checks that records present in
   both (the teacher, 2-RF of the same task and seed) are equal: a reproducibility check.
 - :func:`leaderboard` ranks the methods per task at 1, 2 and 4 NFE: W2 mean over seeds and sets
   ± std over seeds, the coupling error and the average-velocity error (8gaussians), and each
@@ -126,10 +127,10 @@ def leaderboard(records, budgets=LEADERBOARD_BUDGETS):
     Returns:
       ``{task: [row]}``, row = ``{"method", "solver", "seeds", "by_budget": {budget:
       {"w2", "w2_std", "coupling", "coupling_std", "ave", "ave_std", "best", "significant",
-      "paired_t"}}}``: means over seeds (and sets) ± std over seeds; ``best``: the lowest W2
-      of the task at that budget; ``significant``: W2 differs from the best's by more than the
-      combined std (``toy2d.significance``); ``paired_t``: and the paired t-test on equal
-      seeds passes.
+      "paired_t"}}}`` (FlowTurbo rows add ``"plans": {budget: (plan, refiner calls)}``):
+      means over seeds (and sets) ± std over seeds; ``best``: the lowest W2 of the task at
+      that budget; ``significant``: W2 differs from the best's by more than the combined std
+      (``toy2d.significance``); ``paired_t``: and the paired t-test on equal seeds passes.
     """
     keep = [
         r
@@ -165,6 +166,10 @@ def leaderboard(records, budgets=LEADERBOARD_BUDGETS):
             "ave": v["ave"],
             "ave_std": v["ave_std"],
         }
+    for r in keep:  # FlowTurbo: the plan and its refiner calls (never free) per budget
+        if "plan" in r:
+            row = table[r["task"]][r["method"]]
+            row.setdefault("plans", {})[int(r["budget"])] = (r["plan"], r["refiner_calls"])
     out = {}
     for task, rows in table.items():
         for b in budgets:
@@ -207,7 +212,9 @@ def format_leaderboard(board, checks=(), budgets=LEADERBOARD_BUDGETS):
         "",
         "Each method at its own solver (Euler: teacher, 2-RF, 2-RF++, OT-/LOOM-/W-CFM; "
         "DPM-Solver-2 on the sigmoid grid: Simple ReFlow; one average-velocity step per "
-        "interval of the uniform grid: MeanFlow / SplitMeanFlow). W2: mean over seeds and "
+        "interval of the uniform grid: MeanFlow / SplitMeanFlow; euler-boss: Euler on the "
+        "model's BOSS grid; flowturbo: a FlowTurbo plan, NFE = network calls, its light-"
+        "refiner calls listed below the table). W2: mean over seeds and "
         "evaluation sets ± std over seeds of each seed's set mean; **bold**: the task's best at "
         "that NFE; ≈: not significantly worse than the best (|difference| ≤ the combined std "
         "√(s_a² + s_b²) of the two methods' (seed, set) values, `toy2d.significance`); no mark: "
@@ -235,6 +242,13 @@ def format_leaderboard(board, checks=(), budgets=LEADERBOARD_BUDGETS):
             lines.append(
                 f"| {r['method']} | {r['solver']} | {r['seeds']} | " + " | ".join(cells) + " |"
             )
+        plans = [
+            f"{r['method']} @{b}: {p} ({c} refiner call{'s' if c != 1 else ''})"
+            for r in rows
+            for b, (p, c) in sorted(r.get("plans", {}).items())
+        ]
+        if plans:
+            lines += ["", "FlowTurbo plans (NFE = network calls): " + ", ".join(plans)]
         t_rows = [
             (r["method"], b)
             for r in rows

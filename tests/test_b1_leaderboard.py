@@ -2,6 +2,7 @@
 merge of earlier result files with its reproducibility check, the marks against the best, and
 the budget curves' flattening rule."""
 
+import argparse
 import re
 
 import jax
@@ -16,6 +17,7 @@ from simple_reflow.train.toy import build_mlp
 from simple_reflow.train.toy_eval import (
     coupling_error,
     eval_sets,
+    evaluate_model,
     exact_solution_fn,
     solver_grid_fn,
 )
@@ -141,3 +143,71 @@ def test_a_curve_has_flattened_when_the_last_doubling_moves_less_than_the_seed_s
     assert not flat["meanflow"]["flattened"]
     # curve records never enter the main tables
     assert toy2d.summarize(records) == {}
+
+
+def test_boss_and_flowturbo_rows_reuse_the_model_and_reduce_to_euler_and_the_pseudo_corrector(
+    tmp_path,
+):
+    """The teacher's BOSS and FlowTurbo rows: records in the leaderboard's format, and exact
+    identities — one BOSS step is Euler's, the 1-NFE plan "H1" is Euler, and with a zero
+    refiner "H1R1" / "H1P2R1" are the pseudo-corrector on the uniform grid of 2 / 4 steps (up
+    to float32 rounding)."""
+    args = argparse.Namespace(
+        methods=["teacher", "teacher+boss", "teacher+flowturbo"],
+        eval_sets=1,
+        steps=100,
+        teacher_steps=100,
+        num_pairs=256,
+        num_samples=128,
+        ema_decay=0.9,
+        wcfm_kappa=8.0,
+        budgets=[1, 2, 4],
+        teacher_solvers=["euler"],
+        no_accurate=True,
+        boss_candidates=16,
+        boss_noises=32,
+        refiner_steps=0,  # the zero offset
+    )
+    t = toy2d.TaskRun("8gaussians", 0, args, str(tmp_path))
+    teacher = {r["budget"]: r for r in t.evaluate("teacher")}
+    boss = {r["budget"]: r for r in t.evaluate("teacher+boss")}
+    turbo = {r["budget"]: r for r in t.evaluate("teacher+flowturbo")}
+    assert toy2d_leaderboard.own_solver("2rf+boss") == "euler-boss"
+    assert toy2d_leaderboard.own_solver("2rf+flowturbo") == "flowturbo"
+    for rows, solver in ((boss, "euler-boss"), (turbo, "flowturbo")):
+        assert sorted(rows) == [1, 2, 4]
+        for b, r in rows.items():
+            assert set(teacher[b]) <= set(r)  # every field of the teacher's records
+            assert (r["solver"], r["nfe"], r["w2_floor_sets"]) == (
+                solver,
+                b,
+                teacher[b]["w2_floor_sets"],
+            )
+            assert r["avg_velocity_error"] == teacher[b]["avg_velocity_error"]  # u := v
+    for b, r in boss.items():  # K Euler steps on candidate times (multiples of 1/16)
+        g = np.asarray(r["grid"])
+        assert len(g) == b + 1 and g[0] == 1.0 and g[-1] == 0.0
+        np.testing.assert_array_equal(g * 16, np.round(g * 16))
+    assert "sigmoid_grid" in boss[4] and "sigmoid_grid" not in boss[2]  # κ = 20: 2 is uniform
+    same = ("w2_sets", "coupling_error")
+    assert [boss[1][k] for k in same] == [teacher[1][k] for k in same]
+    assert [turbo[1][k] for k in same] == [teacher[1][k] for k in same]
+    assert [(turbo[b]["plan"], turbo[b]["refiner_calls"]) for b in (1, 2, 4)] == [
+        ("H1", 0),
+        ("H1R1", 1),
+        ("H1P2R1", 1),
+    ]
+    cfg = t.cfg
+    cfg.eval.nfe = (2, 4)
+    pseudo = toy2d._solver_cfg(cfg, {"solver": "pseudo_heun", "grid": "uniform"})
+    for r in evaluate_model(t.teacher[0], cfg, solver_cfg=pseudo, sets=t.sets, with_accurate=False):
+        assert r["nfe"] == r["budget"]
+        got = turbo[r["budget"]]  # the same steps up to float32 rounding (other XLA fusions)
+        np.testing.assert_allclose(got["w2_sets"], r["w2_sets"], rtol=1e-5)
+        assert got["coupling_error"] == pytest.approx(r["coupling_error"], rel=1e-5)
+    board = toy2d_leaderboard.leaderboard(
+        list(teacher.values()) + list(boss.values()) + list(turbo.values())
+    )
+    table = toy2d_leaderboard.format_leaderboard(board)
+    assert "| teacher+boss | euler-boss | 1 |" in table
+    assert "teacher+flowturbo @2: H1R1 (1 refiner call)" in table
