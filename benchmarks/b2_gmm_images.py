@@ -663,12 +663,18 @@ def run_seed(seed, gm, sizes, eval_set, work, methods=DEFAULT_METHODS, curve=())
     return records, {**timings, "pair_nfe": pair_nfe}
 
 
-def evaluation_set(gm, n):
-    """Eval noises, their exact ODE solutions, exact samples, and the floors' records."""
+def evaluation_noises(gm, n):
+    """The ``n`` index-seeded eval noises x1, their exact ODE solutions x0*(x1), ``n`` exact
+    samples (what every B2 model is scored on), and the solve's largest NFE."""
     x1 = np.asarray(noise_for_indices(jax.random.key(99), jnp.arange(n), gm.shape))
     x_star, nfe = exact_solution(gm, x1)
+    return x1, x_star, np.asarray(gm.sample(jax.random.key(100), n)), nfe
+
+
+def evaluation_set(gm, n):
+    """Eval noises, their exact ODE solutions, exact samples, and the floors' records."""
+    x1, x_star, exact, nfe = evaluation_noises(gm, n)
     finer, _ = exact_solution(gm, x1[:1000], rtol=1e-7)
-    exact = np.asarray(gm.sample(jax.random.key(100), n))
     other = np.asarray(gm.sample(jax.random.key(101), n))
     floor = metrics(other, gm, exact, None, jax.random.key(7))
     floor["coupling_error"] = float(np.mean((finer - x_star[:1000]) ** 2))
