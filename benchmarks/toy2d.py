@@ -1001,11 +1001,11 @@ def _steps_list(text):
         ) from None
 
 
-def _report(records, stem, args, old=None):
+def _report(records, stem, args, old=None, checks=None):
     from benchmarks.toy2d_leaderboard import report
 
     earlier = [read_json(p) for p in args.merge or ()]
-    text = report(records, stem, earlier=earlier, old=old)
+    text = report(records, stem, earlier=earlier, old=old, checks=checks)
     _write_text(stem + ".md", text)
     return text
 
@@ -1015,6 +1015,14 @@ def main(argv=None):
     parser.add_argument("--out", help="JSON file for the records.")
     parser.add_argument("--report", help="Only write FILE's tables (FILE.md) from its records.")
     parser.add_argument("--old", help="With --report: an earlier run's records to compare.")
+    parser.add_argument(
+        "--join",
+        nargs="+",
+        metavar="FILE",
+        help="OUT FILE FILE...: join the runs' records into OUT (each task and method from the "
+        "first file that has it, checked against the others: toy2d_leaderboard.join), then "
+        "write OUT's report.",
+    )
     parser.add_argument(
         "--merge",
         nargs="+",
@@ -1069,6 +1077,17 @@ def main(argv=None):
         "--wcfm-kappa", type=float, default=WCFM_KAPPA, help="W-CFM temperature ε = κ·√dim."
     )
     args = parser.parse_args(argv)
+    if args.join:
+        from benchmarks.toy2d_leaderboard import join
+
+        if len(args.join) < 3:
+            parser.error("--join OUT FILE FILE...: at least two files to join")
+        records, checks = join([read_json(p) for p in args.join[1:]])
+        for c in checks:
+            print(c)
+        write_json(args.join[0], records)
+        print(_report(records, os.path.splitext(args.join[0])[0], args, checks=checks))
+        return
     if args.report:
         records = read_json(args.report)
         old = read_json(args.old) if args.old else None

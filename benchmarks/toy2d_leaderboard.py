@@ -32,6 +32,7 @@ __all__ = [
     "METRICS",
     "own_solver",
     "merge",
+    "join",
     "leaderboard",
     "format_leaderboard",
     "curve_summary",
@@ -59,7 +60,7 @@ def _id(r):
     return (r["task"], r["method"], r["seed"], r["solver"], str(r["budget"]))
 
 
-def merge(records, earlier):
+def merge(records, earlier, *, keep_curves=False):
     """A run's records joined with earlier runs' records.
 
     Args:
@@ -67,6 +68,8 @@ def merge(records, earlier):
       earlier: lists of records of earlier result files. A (task, method) this run has keeps
         this run's records only (every seed: no leaderboard row mixes two runs); of a (task,
         method) two earlier lists share (their teacher), the first list's are kept.
+      keep_curves: also keep the budget-curve records of the earlier list that owns a (task,
+        method) (:func:`join`); by default an earlier list's curves are left out.
 
     Returns:
       ``(merged, checks)``: ``checks`` per (task, method) present in both this run and an
@@ -82,9 +85,11 @@ def merge(records, earlier):
     checks = {}
     for i, old in enumerate(earlier):
         for r in old:
-            if r.get("curve"):
-                continue
             group = (r["task"], r["method"])
+            if r.get("curve"):
+                if keep_curves and owner.setdefault(group, i) == i:
+                    merged.append(r)
+                continue
             if owner.setdefault(group, i) == i:
                 merged.append(r)
                 continue
@@ -118,6 +123,14 @@ def merge(records, earlier):
         for (task, method), c in sorted(checks.items())
     ]
     return merged, rows
+
+
+def join(lists):
+    """One record file from several runs (e.g. one run per task, and a run of the
+    sampling-time rows that retrains the teacher and 2-RF): each (task, method) with its
+    budget curves from the first list that has it, and :func:`merge`'s checks that the lists
+    repeating it reproduce it. Returns ``(records, checks)``."""
+    return merge(lists[0], lists[1:], keep_curves=True)
 
 
 def leaderboard(records, budgets=LEADERBOARD_BUDGETS):
@@ -498,11 +511,12 @@ def figures(board, records, stem, budgets=LEADERBOARD_BUDGETS):
     return paths
 
 
-def report(records, stem, *, earlier=(), old=None):
+def report(records, stem, *, earlier=(), old=None, checks=None):
     """The Markdown report of a run (``toy2d.format_table``, the leaderboard merged with
     ``earlier`` record lists, the budget curves) and its figures next to ``stem``; returns
-    the Markdown."""
-    merged, checks = merge(records, earlier)
+    the Markdown. ``checks``: :func:`join`'s, reported beside the merge's."""
+    merged, merge_checks = merge(records, earlier)
+    checks = [*(checks or ()), *merge_checks]
     board = leaderboard(merged)
     parts = [toy2d.format_table(records, old), format_leaderboard(board, checks)]
     curves = format_curves(records)

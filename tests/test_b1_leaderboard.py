@@ -132,6 +132,24 @@ def _curve(method, values):
     ]
 
 
+def test_join_keeps_each_method_and_its_curves_from_the_first_file_that_has_it():
+    """One run per task plus a sampling-time run that retrains 2rf: ``join`` keeps every
+    task's records and curves once, and checks the repeated 2rf against its first run."""
+    gauss = _runs({"teacher": 1.0, "2rf": 0.3}) + _curve("2rf", {0: 2.0, 1000: 0.5})
+    moons = [dict(r, task="moons") for r in _runs({"teacher": 0.9, "2rf": 0.2})]
+    moons += [dict(r, task="moons") for r in _curve("2rf", {0: 1.0})]
+    boss = [r for r in gauss if r["method"] == "2rf" and not r.get("curve")]
+    boss += [dict(r, method="2rf+boss", solver="euler-boss") for r in boss]
+    joined, checks = toy2d_leaderboard.join([gauss, moons, boss])
+    assert len(joined) == len(gauss) + len(moons) + 3  # 2rf+boss's records, 2rf's once
+    assert sum(r.get("curve", False) for r in joined) == 6 + 3
+    assert [(c["task"], c["method"], c["records"], c["equal"]) for c in checks] == [
+        ("8gaussians", "2rf", 3, True)
+    ]
+    changed = [dict(r, w2_sets=[v + 0.01 for v in r["w2_sets"]]) for r in boss]
+    assert not toy2d_leaderboard.join([gauss, changed])[1][0]["equal"]
+
+
 def test_a_curve_has_flattened_when_the_last_doubling_moves_less_than_the_seed_spread():
     # seed spread 0.01 (values v, v + 0.01, v + 0.02)
     records = _curve("2rf", {500: 0.9, 1000: 0.6, 2000: 0.595})
