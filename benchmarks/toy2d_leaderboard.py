@@ -60,7 +60,7 @@ def _id(r):
     return (r["task"], r["method"], r["seed"], r["solver"], str(r["budget"]))
 
 
-def merge(records, earlier, *, keep_curves=False):
+def merge(records, earlier):
     """A run's records joined with earlier runs' records.
 
     Args:
@@ -68,8 +68,6 @@ def merge(records, earlier, *, keep_curves=False):
       earlier: lists of records of earlier result files. A (task, method) this run has keeps
         this run's records only (every seed: no leaderboard row mixes two runs); of a (task,
         method) two earlier lists share (their teacher), the first list's are kept.
-      keep_curves: also keep the budget-curve records of the earlier list that owns a (task,
-        method) (:func:`join`); by default an earlier list's curves are left out.
 
     Returns:
       ``(merged, checks)``: ``checks`` per (task, method) present in both this run and an
@@ -85,32 +83,37 @@ def merge(records, earlier, *, keep_curves=False):
     checks = {}
     for i, old in enumerate(earlier):
         for r in old:
-            group = (r["task"], r["method"])
             if r.get("curve"):
-                if keep_curves and owner.setdefault(group, i) == i:
-                    merged.append(r)
                 continue
+            group = (r["task"], r["method"])
             if owner.setdefault(group, i) == i:
                 merged.append(r)
                 continue
             new = ours.get(_id(r))
             if new is None:
                 continue
-            c = checks.setdefault(
-                group, {"records": 0, "same_sets": True, "w2": 0.0, "coupling": 0.0}
-            )
-            c["records"] += 1
-            k = min(len(new["w2_sets"]), len(r["w2_sets"]))
-            floors = (new.get("w2_floor_sets") or [])[:k], (r.get("w2_floor_sets") or [])[:k]
-            c["same_sets"] &= floors[0] == floors[1]
-            d = np.abs(np.subtract(new["w2_sets"][:k], r["w2_sets"][:k]))
-            c["w2"] = max(c["w2"], float(d.max()))
-            if len(new["w2_sets"]) != len(r["w2_sets"]):
-                c["coupling"] = None
-            elif c["coupling"] is not None and new.get("coupling_error") is not None:
-                diff = abs(new["coupling_error"] - (r.get("coupling_error") or 0.0))
-                c["coupling"] = max(c["coupling"], diff)
-    rows = [
+            _check(checks, group, new, r)
+    return merged, _check_rows(checks)
+
+
+def _check(checks, group, new, r):
+    """Adds one pair of records of the same id to ``checks[group]``."""
+    c = checks.setdefault(group, {"records": 0, "same_sets": True, "w2": 0.0, "coupling": 0.0})
+    c["records"] += 1
+    k = min(len(new["w2_sets"]), len(r["w2_sets"]))
+    floors = (new.get("w2_floor_sets") or [])[:k], (r.get("w2_floor_sets") or [])[:k]
+    c["same_sets"] &= floors[0] == floors[1]
+    d = np.abs(np.subtract(new["w2_sets"][:k], r["w2_sets"][:k]))
+    c["w2"] = max(c["w2"], float(d.max()))
+    if len(new["w2_sets"]) != len(r["w2_sets"]):
+        c["coupling"] = None
+    elif c["coupling"] is not None and new.get("coupling_error") is not None:
+        diff = abs(new["coupling_error"] - (r.get("coupling_error") or 0.0))
+        c["coupling"] = max(c["coupling"], diff)
+
+
+def _check_rows(checks):
+    return [
         {
             "task": task,
             "method": method,
@@ -122,7 +125,6 @@ def merge(records, earlier, *, keep_curves=False):
         }
         for (task, method), c in sorted(checks.items())
     ]
-    return merged, rows
 
 
 def join(lists):
@@ -130,7 +132,17 @@ def join(lists):
     sampling-time rows that retrains the teacher and 2-RF): each (task, method) with its
     budget curves from the first list that has it, and :func:`merge`'s checks that the lists
     repeating it reproduce it. Returns ``(records, checks)``."""
-    return merge(lists[0], lists[1:], keep_curves=True)
+    merged, owner, first, checks = [], {}, {}, {}
+    for i, records in enumerate(lists):
+        for r in records:
+            group = (r["task"], r["method"])
+            if owner.setdefault(group, i) == i:
+                merged.append(r)
+                if not r.get("curve"):
+                    first[_id(r)] = r
+            elif not r.get("curve") and _id(r) in first:
+                _check(checks, group, first[_id(r)], r)
+    return merged, _check_rows(checks)
 
 
 def leaderboard(records, budgets=LEADERBOARD_BUDGETS):
