@@ -1,7 +1,8 @@
 """BOSS and FlowTurbo on B2 (the 16×16×3 Gaussian mixture, exact teacher) at 2, 4 and 6 NFE.
 
   python benchmarks/boss_b2.py --out benchmarks/results/boss_b2.json
-  python benchmarks/boss_b2.py --out /tmp/boss_b2.json --student 1:/path/2rf_1/ema.npz ...
+  python benchmarks/boss_b2.py --out benchmarks/results/boss_b2_student.json --seeds '' \
+      --student 1:/path/to/2rf_1/ema.npz
 
 Models:
 
@@ -10,11 +11,11 @@ Models:
   ``b2_gmm_images.py`` run trained for that seed (its DDPM++, ``build_student(shape, seed)``);
   its rows carry that seed.
 
-For each seed of ``--seeds`` (the teacher) or of ``--student`` (a student), the BOSS grid for
-each K of ``--budgets`` is chosen from ``--candidates`` uniform candidate times on
-[0, t_max = 80/81] with the Euler cost matrix on the model's own reference trajectories (Heun,
-``--substeps`` per candidate interval) of ``--fit-noises`` noises drawn for the seed
-(``boss_toy._boss_cost``). Each grid (uniform, sigmoid κ = 20, BOSS; all from t_max, as B2 samples)
+For each seed of ``--seeds`` (the teacher; ``''``: no teacher rows) or of ``--student`` (a
+student), the BOSS grid for each K of ``--budgets`` is chosen from ``--candidates`` uniform
+candidate times on [0, t_max = 80/81] with the Euler cost matrix on the model's own reference
+trajectories (Heun, ``--substeps`` per candidate interval) of ``--fit-noises`` noises drawn for
+the seed (``boss_toy._boss_cost``). Each grid (uniform, sigmoid κ = 20, BOSS; all from t_max, as B2 samples)
 with K Euler steps (K NFE), and FlowTurbo's pseudo-corrector plans without refiner (``--plans``;
 the last step, into t = 0, is first order: H1P1 is 2 NFE on 2 intervals, H1P3 4 on 4, H1P5 6
 on 6, :func:`simple_reflow.flowturbo.plan_calls`) on those grids, are scored on B2's evaluation
@@ -92,7 +93,7 @@ def _load_students(specs, shape):
 
 
 def run(args):
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",") if s]  # '' : the students' rows only
     budgets = [int(k) for k in args.budgets.split(",")]
     plans = [p for p in args.plans.split(",") if p]
     gm = b2.make_mixture(16)

@@ -199,27 +199,35 @@ def _validate_boss(cfg, *, image):
             f"boss.straighten_steps={b.straighten_steps} must be a multiple of "
             f"training.steps_per_call={spc}.",
         )
+    _validate_sampled_model(cfg, "boss", "BOSS chooses Euler steps of", image=image)
+
+
+def _validate_sampled_model(cfg, section, does, *, image):
+    """What BOSS and FlowTurbo ask of the model they act on: a one-time flow and, on image
+    configs, the snapshot ``<section>.model`` names (``does``: what the method does to it)."""
     _check(
         cfg.loss.kind not in configure.MEAN_KINDS and not cfg.model.get("two_time", False),
-        f"loss.kind={cfg.loss.kind!r}: BOSS chooses Euler steps of a one-time flow; a two-time "
-        "model (model.two_time) takes its steps with the 'mean' solver.",
+        f"loss.kind={cfg.loss.kind!r}: {does} a one-time flow; a two-time model "
+        "(model.two_time) takes its steps with the 'mean' solver.",
     )
     if not image:
         return
+    model = cfg[section].model
     _check(
-        b.model in ("student", "teacher"),
-        f"boss.model={b.model!r} is not one of ('student', 'teacher').",
+        model in ("student", "teacher"),
+        f"{section}.model={model!r} is not one of ('student', 'teacher').",
     )
-    if b.model == "student":
+    if model == "student":
         _check(
             cfg.eval.get("model_dir"),
-            "boss.model='student' reads the snapshot in eval.model_dir (the reflow stage's "
-            "workdir), which is not set: set eval.model_dir, or boss.model='teacher'.",
+            f"{section}.model='student' reads the snapshot in eval.model_dir (the reflow "
+            "stage's workdir), which is not set: set eval.model_dir, or "
+            f"{section}.model='teacher'.",
         )
     else:
         _check(
             cfg.teacher.workdir,
-            "boss.model='teacher' reads the snapshot in teacher.workdir, which is not set.",
+            f"{section}.model='teacher' reads the snapshot in teacher.workdir, which is not set.",
         )
 
 
@@ -263,28 +271,7 @@ def _validate_flowturbo(cfg, *, image):
     )
     _check(f.lr > 0, f"flowturbo.lr={f.lr!r} must be > 0.")
     _check(0 <= f.ema_decay < 1, f"flowturbo.ema_decay={f.ema_decay!r} must lie in [0, 1).")
-    _check(
-        cfg.loss.kind not in configure.MEAN_KINDS and not cfg.model.get("two_time", False),
-        f"loss.kind={cfg.loss.kind!r}: a FlowTurbo plan steps the velocity of a one-time flow; "
-        "a two-time model (model.two_time) takes its steps with the 'mean' solver.",
-    )
-    if not image:
-        return
-    _check(
-        f.model in ("student", "teacher"),
-        f"flowturbo.model={f.model!r} is not one of ('student', 'teacher').",
-    )
-    if f.model == "student":
-        _check(
-            cfg.eval.get("model_dir"),
-            "flowturbo.model='student' reads the snapshot in eval.model_dir (the reflow stage's "
-            "workdir), which is not set: set eval.model_dir, or flowturbo.model='teacher'.",
-        )
-    else:
-        _check(
-            cfg.teacher.workdir,
-            "flowturbo.model='teacher' reads the snapshot in teacher.workdir, which is not set.",
-        )
+    _validate_sampled_model(cfg, "flowturbo", "a FlowTurbo plan steps the velocity of", image=image)
 
 
 def _validate_flowturbo_eval(cfg):

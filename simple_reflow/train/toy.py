@@ -48,6 +48,9 @@ TOY_SHAPE = (2,)
 ONE_RF_LOSS = functools.partial(losses.flow_loss, space="velocity")
 
 
+_SAMPLING = ("boss", "flowturbo")  # config sections run on the pipeline's models
+
+
 def build_mlp(cfg_model, seed, *, two_time=False):
     """The toy MLP denoiser split into (ModelDef, params); ``two_time``: the average-velocity
     network of MeanFlow / SplitMeanFlow (its ``map_interval`` is zero-initialised and built
@@ -304,10 +307,8 @@ def run_pipeline(run, workdir):
     clock = time.perf_counter()
     metrics = evaluate_models({"teacher": teacher, "student": student}, cfg)
     print(f"evaluation: {time.perf_counter() - clock:.1f}s", flush=True)
-    if cfg.get("boss") is not None and cfg.boss.get("enabled", False):
-        from simple_reflow.train.boss_stage import toy_boss
-
-        clock = time.perf_counter()
+    enabled = {k: cfg.get(k) is not None and cfg[k].get("enabled", False) for k in _SAMPLING}
+    if any(enabled.values()):  # BOSS and FlowTurbo on both models
         trained = teacher_def is not None
         models = {
             "teacher": (
@@ -317,21 +318,16 @@ def run_pipeline(run, workdir):
             ),
             "student": (model_def.denoiser, state.ema, os.path.join(workdir, "student")),
         }
+    if enabled["boss"]:
+        from simple_reflow.train.boss_stage import toy_boss
+
+        clock = time.perf_counter()
         metrics["boss"] = toy_boss(run, workdir, models, student=(model_def, state.ema))
         print(f"BOSS: {time.perf_counter() - clock:.1f}s", flush=True)
-    if cfg.get("flowturbo") is not None and cfg.flowturbo.get("enabled", False):
+    if enabled["flowturbo"]:
         from simple_reflow.train.flowturbo_stage import toy_flowturbo
 
         clock = time.perf_counter()
-        trained = teacher_def is not None
-        models = {
-            "teacher": (
-                teacher_def.denoiser if trained else (lambda _: teacher),
-                teacher_params,
-                None,
-            ),
-            "student": (model_def.denoiser, state.ema, None),
-        }
         metrics["flowturbo"] = toy_flowturbo(run, workdir, models)
         print(f"FlowTurbo: {time.perf_counter() - clock:.1f}s", flush=True)
     write_outputs(workdir, cfg, metrics, {"teacher": teacher, "student": student})
