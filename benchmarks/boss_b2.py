@@ -15,13 +15,13 @@ For each seed of ``--seeds`` (the teacher; ``''``: no teacher rows) or of ``--st
 student), the BOSS grid for each K of ``--budgets`` is chosen from ``--candidates`` uniform
 candidate times on [0, t_max = 80/81] with the Euler cost matrix on the model's own reference
 trajectories (Heun, ``--substeps`` per candidate interval) of ``--fit-noises`` noises drawn for
-the seed (``boss_toy._boss_cost``). Each grid (uniform, sigmoid κ = 20, BOSS; all from t_max, as B2 samples)
-with K Euler steps (K NFE), and FlowTurbo's pseudo-corrector plans without refiner (``--plans``;
-the last step, into t = 0, is first order: H1P1 is 2 NFE on 2 intervals, H1P3 4 on 4, H1P5 6
-on 6, :func:`simple_reflow.flowturbo.plan_calls`) on those grids, are scored on B2's evaluation
-set (``b2_gmm_images.evaluation_noises``: the same ``--num-samples`` index-seeded noises every
-B2 model is scored on; the seed changes only the BOSS reference noises) with B2's metrics: FD to
-the closed-form moments, sliced W2 to exact samples, and the coupling error mean
+the seed (``boss_toy._boss_cost``). Each grid (uniform, sigmoid κ = 20, BOSS; all from t_max, as
+B2 samples) with K Euler steps (K NFE), and FlowTurbo's pseudo-corrector plans without refiner
+(``--plans``; the last step, into t = 0, is first order: H1P1 is 2 NFE on 2 intervals, H1P3 4 on
+4, H1P5 6 on 6, :func:`simple_reflow.flowturbo.plan_calls`) on those grids, are scored on B2's
+evaluation set (``b2_gmm_images.evaluation_noises``: the same ``--num-samples`` index-seeded
+noises every B2 model is scored on; the seed changes only the BOSS reference noises) with B2's
+metrics: FD to the closed-form moments, sliced W2 to exact samples, and the coupling error mean
 ‖x̂0(x1) − x0*(x1)‖²/d against the exact ODE solution.
 
 FILE receives ``{"records": [...], "floors": {...}}``; FILE with ``.meta.json`` the commit,
