@@ -18,11 +18,10 @@ Runge–Kutta pair (diffrax) under step-size control, in the dtype of ``z`` (flo
 
 from __future__ import annotations
 
-import diffrax
 import jax.numpy as jnp
 
 from simple_reflow import paths
-from simple_reflow.reference_solver import METHODS
+from simple_reflow.reference_solver import METHODS, diffrax_solver
 
 __all__ = [
     "average_velocity",
@@ -92,7 +91,7 @@ def flow_map(
         raise ValueError(f"method={method!r} is not one of {tuple(METHODS)}.")
     if not t_floor > 0:
         raise ValueError(f"t_floor={t_floor!r} must be > 0 (v is singular at t = 0).")
-    solver_cls, per_step = METHODS[method]
+    diffrax, solver, per_step = diffrax_solver(method)
     t = jnp.broadcast_to(jnp.asarray(t, z.dtype), z.shape[:1])
     r = jnp.broadcast_to(jnp.asarray(r, z.dtype), z.shape[:1])
     r_end = jnp.maximum(r, jnp.minimum(t, t_floor))  # never integrate upwards past t
@@ -104,7 +103,7 @@ def flow_map(
 
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field),
-        solver_cls(),
+        solver,
         t0=0.0,
         t1=1.0,
         dt0=1.0 / 64,

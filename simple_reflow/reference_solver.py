@@ -13,15 +13,24 @@ available.
 
 from __future__ import annotations
 
-import diffrax
 import jax.numpy as jnp
 
 from simple_reflow import paths
 
 __all__ = ["METHODS", "solve_adaptive"]
 
-# name: (diffrax solver, network evaluations per step after the first: both are FSAL pairs)
-METHODS = {"dopri5": (diffrax.Dopri5, 6), "tsit5": (diffrax.Tsit5, 6)}
+# name: (diffrax solver class name, network evaluations per step after the first: both are
+# FSAL pairs). Names, so that importing the library does not import diffrax (~0.5 s): only a
+# solve does, through :func:`diffrax_solver`.
+METHODS = {"dopri5": ("Dopri5", 6), "tsit5": ("Tsit5", 6)}
+
+
+def diffrax_solver(method: str):
+    """``(diffrax module, solver instance, evaluations per step)`` of ``METHODS[method]``."""
+    import diffrax
+
+    name, per_step = METHODS[method]
+    return diffrax, getattr(diffrax, name)(), per_step
 
 
 def solve_adaptive(
@@ -55,7 +64,7 @@ def solve_adaptive(
         raise ValueError(f"method={method!r} is not one of {tuple(METHODS)}.")
     if not 0.0 < t_end < t_start <= 1.0:
         raise ValueError(f"need 1 >= t_start > t_end > 0, got t_start={t_start}, t_end={t_end}.")
-    solver_cls, per_step = METHODS[method]
+    diffrax, solver, per_step = diffrax_solver(method)
 
     def field(t, x, args):
         tb = jnp.full((x.shape[0],), t, x.dtype)
@@ -64,7 +73,7 @@ def solve_adaptive(
     x_start = jnp.asarray(x1, jnp.float32) * t_start
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field),
-        solver_cls(),
+        solver,
         t0=t_start,
         t1=t_end,
         dt0=-(t_start - t_end) / 64,

@@ -91,22 +91,27 @@ def pytest_xdist_auto_num_workers(config):
 
 
 # The slowest tests (of the slow tier, measured with --durations on a 2-core CPU), slowest
-# first; every other test keeps its collection order after them.
+# first; every other test keeps its collection order after them. In the fast tier, the
+# toy pipeline's plain run (the longest fast test) also starts first.
 LONGEST_FIRST = (
     "tests/test_docs.py::test_strict_build_renders_every_public_name",
     "tests/test_image_smoke.py::test_imagenet64_smoke_stages_and_pairs_on_8_devices",
+    "tests/test_mean_stages.py::test_cifar10_mean_smoke_stages",
     "tests/test_image_smoke.py::test_cifar10_smoke_stages_with_projected_pairs",
     "tests/test_fid.py::test_fid_is_independent_of_device_and_host_count",
-    "tests/test_mean_stages.py::test_cifar10_mean_smoke_stages",
+    "tests/test_reflow_store.py",  # one worker runs the module (xdist_group): ~150 s in all
     "tests/test_image_smoke.py::test_teacher_and_eval_smoke_stages",
-    "tests/test_scaling.py::test_pair_stores_and_reflow_are_the_same_on_8_devices_and_2_processes",
-    "tests/test_edm_import.py::test_imported_teacher_feeds_pairs_and_reflow",
-    "tests/test_mean_flow.py::test_meanflow_loss_trains_through_a_unet_with_reverse_only_layers",
-    "tests/test_fid.py::test_frechet_distance_equals_scipy_sqrtm_in_2048_dims",
-    "tests/test_fid.py::test_eval_stage_scores_fid_against_reference_statistics",
-    "tests/test_ablate.py::test_runner_writes_one_record_per_variant_seed_nfe_and_reruns_skip",
-    "tests/test_reflow_store.py::test_sigkilled_reflow_resumes_bit_identical",
+    "tests/test_toy_pipeline.py::test_student_beats_the_analytic_teacher_at_2_nfe",
+    "tests/test_scaling.py::test_eight_devices_train_like_one",
+    "tests/test_scaling.py::test_two_processes_train_like_one",
     "tests/test_toy_pipeline.py::test_loom_cfm_pipeline_trains_its_1rf_with_the_coupling",
+    "tests/test_scaling.py::test_pair_stores_and_reflow_are_the_same_on_8_devices_and_2_processes",
+    "tests/test_mean_flow.py::test_meanflow_loss_trains_through_a_unet_with_reverse_only_layers",
+    "tests/test_compile_options.py::test_fusion_barriers_stop_recomputation_and_change_no_result",
+    "tests/test_mixed_precision.py::test_bfloat16_train_step_keeps_float32_params",
+    "tests/test_edm_import.py::test_imported_teacher_feeds_pairs_and_reflow",
+    "tests/test_couplings_devices.py::test_identical_pairs_on_1_and_8_virtual_devices",
+    "tests/test_train.py::test_sigterm_saves_a_checkpoint_and_the_restart_resumes_exactly",
     "tests/test_image_smoke.py::test_loom_cfm_trains_an_image_1rf_through_the_cli",
 )
 

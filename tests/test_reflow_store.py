@@ -72,6 +72,12 @@ def _finish(proc, code=0):
     return err
 
 
+# The tests share the module's teacher and pair stores (two subprocess stages): one
+# pytest-xdist worker runs them all, so the fixture is built once (``--dist loadgroup``,
+# pyproject.toml), not once per worker.
+pytestmark = pytest.mark.xdist_group("reflow_store")
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     """A teacher and its pair stores (backward + forward), made once."""

@@ -78,6 +78,7 @@ def reference(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("scaling_reference")  # one worker: the reference run is made once
 def test_eight_devices_train_like_one(reference, tmp_path):
     eight = _losses(tmp_path, devices=8)
     assert len(reference) == len(eight) == STEPS
@@ -85,6 +86,7 @@ def test_eight_devices_train_like_one(reference, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("scaling_reference")
 def test_two_processes_train_like_one(reference, tmp_path):
     two = _losses(tmp_path, processes=2)
     assert len(two) == STEPS

@@ -28,8 +28,6 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-import ot
-from scipy.optimize import linear_sum_assignment
 
 from simple_reflow.pairs import noise_for_indices
 
@@ -74,6 +72,9 @@ def host_assignment(x0, x1, cost="sqeuclidean"):
     Returns:
       ``(perm int32 [n], costs of the pairs before [n], after [n])``.
     """
+    import ot  # POT and scipy.optimize here, not at import: POT alone imports scikit-learn
+    from scipy.optimize import linear_sum_assignment
+
     c = _cost(x0, x1, cost)
     n = c.shape[0]
     perm = None

@@ -26,9 +26,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-from ott.geometry import geometry
-from ott.problems.linear import linear_problem
-from ott.solvers.linear import sinkhorn
 
 from simple_reflow.couplings.assignment import cost_matrix
 
@@ -85,6 +82,12 @@ def sinkhorn_solve(cost, epsilon, *, tau_b=1.0, max_iterations=2000, threshold=1
     ``jax_numpy_rank_promotion = "raise"``) rejects. So the solver call alone is traced with
     JAX's standard promotion; our code around it stays under the caller's setting.
     """
+    # OTT-JAX here, not at import: importing it costs ~1 s (scipy.stats, jaxopt), which every
+    # process of the library paid whether or not it solved a transport problem.
+    from ott.geometry import geometry
+    from ott.problems.linear import linear_problem
+    from ott.solvers.linear import sinkhorn
+
     geom = geometry.Geometry(cost_matrix=cost, epsilon=epsilon)
     prob = linear_problem.LinearProblem(geom, tau_a=1.0, tau_b=tau_b)
     with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):

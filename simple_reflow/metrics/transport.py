@@ -14,7 +14,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import ot
 
 from simple_reflow import paths, sampler
 
@@ -28,6 +27,8 @@ def w2(x, y):
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"w2 needs samples of one dimension, got {x.shape} and {y.shape}.")
     cost = np.maximum((x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * x @ y.T, 0.0)
+    import ot  # POT here, not at import: it imports scikit-learn and networkx (~1 s)
+
     a, b = np.full(len(x), 1.0 / len(x)), np.full(len(y), 1.0 / len(y))
     value, log = ot.emd2(a, b, cost, numItermax=100 * len(x) * len(y), log=True)
     if log.get("warning"):
