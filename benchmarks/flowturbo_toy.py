@@ -99,13 +99,14 @@ def _scores(sample_fn, sets):
     return {"w2_sets": w, "coupling_error_sets": c}
 
 
-def _train(teacher, plan, grid, args, seed, workdir):
-    """A refiner trained on the teacher's trajectories along the plan's grid; returns
+def _train(teacher, plan, grid, args, seed, workdir, *, dim=2):
+    """A refiner trained on the teacher's trajectories along the plan's grid (noises of
+    ``dim`` features: 2 on the toys, 64 on the digits leaderboard); returns
     ``(refiner_fn, metrics)`` with its loss and v_prev's on fresh trajectories."""
     make_pairs = jax.jit(lambda x1: flowturbo.refiner_pairs(teacher, x1, plan, grid))
     key_train, key_test = jax.random.split(jax.random.key(1000 + seed))
-    pairs = make_pairs(jax.random.normal(key_train, (args.pairs, 2)))
-    model_def, params = split_model(MLPRefiner(2, hidden=args.hidden, rngs=nnx.Rngs(seed)))
+    pairs = make_pairs(jax.random.normal(key_train, (args.pairs, dim)))
+    model_def, params = split_model(MLPRefiner(dim, hidden=args.hidden, rngs=nnx.Rngs(seed)))
     start = time.perf_counter()
     state = train_refiner(
         model_def,
@@ -121,7 +122,7 @@ def _train(teacher, plan, grid, args, seed, workdir):
         ckpt_every=args.steps,
     )
     seconds = time.perf_counter() - start
-    held_out = make_pairs(jax.random.normal(key_test, (args.pairs, 2)))
+    held_out = make_pairs(jax.random.normal(key_test, (args.pairs, dim)))
     loss, m = flowturbo.refiner_loss(model_def.merge(state.ema), held_out)
     return refiner_fn(model_def, state.ema), {
         "refiner_loss": float(loss),

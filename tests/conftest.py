@@ -102,6 +102,7 @@ LONGEST_FIRST = (
     "tests/test_reflow_store.py",  # one worker runs the module (xdist_group): ~150 s in all
     "tests/test_image_smoke.py::test_teacher_and_eval_smoke_stages",
     "tests/test_toy_pipeline.py::test_student_beats_the_analytic_teacher_at_2_nfe",
+    "tests/test_digits_leaderboard.py",  # one worker runs the module (xdist_group)
     "tests/test_scaling.py::test_eight_devices_train_like_one",
     "tests/test_scaling.py::test_two_processes_train_like_one",
     "tests/test_toy_pipeline.py::test_loom_cfm_pipeline_trains_its_1rf_with_the_coupling",
