@@ -106,8 +106,7 @@ from benchmarks import boss_toy, flowturbo_toy, toy2d, toy2d_leaderboard  # noqa
 from benchmarks.common import run_metadata, write_json  # noqa: E402
 from configs.common import apply_mean_method  # noqa: E402
 from configs.toy2d import get_config  # noqa: E402
-from simple_reflow import boss, flowturbo, grids, pairs, paths, sampler  # noqa: E402
-from simple_reflow.average_velocity import average_velocity  # noqa: E402
+from simple_reflow import boss, flowturbo, grids, pairs, sampler  # noqa: E402
 from simple_reflow.data.digits import digits_arrays  # noqa: E402
 from simple_reflow.metrics.frechet import frechet_distance  # noqa: E402
 from simple_reflow.models.mlp import MLPDenoiser  # noqa: E402
@@ -442,24 +441,13 @@ class SeedRun:
         }
 
     def aves(self, fn, two_time, budgets=None):
-        """``{budget: avg_velocity_error}``: ``toy2d.avg_velocity_errors`` / 64, with u in its
-        own jitted call and the error in NumPy (float64). toy2d's one fused jitted error gave
-        non-deterministic values (inf, 1e8, or the right one on a rerun) here for the 64-d
-        two-time MLP at initialisation; u alone is deterministic."""
-        if two_time:
-            u_fn = jax.jit(lambda z, r, t: average_velocity(fn, z, r, t))
-        else:
-            u_fn = jax.jit(lambda z, r, t: paths.velocity_from_denoised(z, t, fn(z, t, None)))
-        out = {}
-        for b, steps in self.targets[0].items():
-            if budgets is not None and b not in budgets:
-                continue
-            errs = []
-            for z, r, t, u in steps:
-                d = np.asarray(u_fn(z, r, t), np.float64) - np.asarray(u, np.float64)
-                errs.append(np.mean(np.sum(d * d, axis=-1)))
-            out[b] = float(np.mean(errs)) / DIM
-        return out
+        """``{budget: avg_velocity_error}``: ``toy2d.avg_velocity_errors`` / 64 (the seed has
+        one evaluation set), for ``budgets`` (default all)."""
+        targets = [
+            {b: steps for b, steps in self.targets[0].items() if budgets is None or b in budgets}
+        ]
+        errors = toy2d.avg_velocity_errors(fn, targets, two_time=two_time)
+        return {b: mean / DIM for b, (mean, _) in errors.items()}
 
     def _base_aves(self, base):
         if base not in self._aves:

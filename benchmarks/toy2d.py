@@ -347,7 +347,18 @@ def avg_velocity_errors(denoise_fn, targets, *, two_time):
             return average_velocity(denoise_fn, z, r, t)
         return paths.velocity_from_denoised(z, t, denoise_fn(z, t, None))
 
-    err = jax.jit(lambda z, r, t, u: jnp.mean(jnp.sum(jnp.square(u_of(z, r, t) - u), axis=-1)))
+    # u in its own program and the error in NumPy (float64): XLA:CPU of jaxlib 0.10.2 computes
+    # a fused network-then-sum wrongly (inf, NaN, 1e8: another value per compilation) when a
+    # weight matrix closed over as a constant has all-equal entries, as a zero-initialised layer
+    # does at step 0 (the two-time embedding, MLPDenoiser's output layer): its YNNPACK fusion of
+    # the dot and the reduction (tests/test_b1_leaderboard.py checks this function against a
+    # float64 reference on such a network).
+    u_fn = jax.jit(u_of)
+
+    def err(z, r, t, u_star):
+        d = np.asarray(u_fn(z, r, t), np.float64) - np.asarray(u_star, np.float64)
+        return float(np.mean(np.sum(d * d, axis=-1)))
+
     out = {}
     for b in targets[0]:
         per_set = [float(np.mean([err(*step) for step in per[b]])) for per in targets]

@@ -6,6 +6,7 @@ import argparse
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -21,6 +22,47 @@ from simple_reflow.train.toy_eval import (
     exact_solution_fn,
     solver_grid_fn,
 )
+
+
+def test_avg_velocity_error_of_a_two_time_network_at_initialisation_is_exact():
+    """A two-time MLP as ``init_from_one_time`` leaves it (its interval embedding exactly zero),
+    closed over by the denoiser as the leaderboards do, against u computed with the parameters
+    as an argument and the error in float64. With jaxlib 0.10.2's XLA:CPU the former fused
+    error (network and sum in one program) failed this test (inf), and a standalone script
+    got inf or NaN in 7-8 of 8 fresh compilations: YNNPACK's fusion of a dot with a constant
+    all-zero weight and a reduction reads memory it never wrote (with the un-copied params of
+    ``split_model`` the same program happened to pass, so the bug shows only when that memory
+    holds something else)."""
+    from flax import nnx
+
+    from simple_reflow.average_velocity import average_velocity
+    from simple_reflow.models.mlp import MLPDenoiser
+    from simple_reflow.models.two_time import init_from_one_time
+    from simple_reflow.train.step import split_model
+
+    tdef, tparams = split_model(MLPDenoiser(2, hidden=256, depth=3, rngs=nnx.Rngs(0)))
+    leaves, tree = jax.tree.flatten(tparams)  # a "trained" teacher: no zero weight matrix
+    keys = jax.random.split(jax.random.key(7), len(leaves))
+    tparams = jax.tree.unflatten(
+        tree, [0.2 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
+    )
+    two = MLPDenoiser(2, hidden=256, depth=3, two_time=True, rngs=nnx.Rngs(0))
+    model_def, params = split_model(init_from_one_time(two, tdef.merge(tparams)))
+    params = jax.tree.map(jnp.array, params)  # as the leaderboards' training starts from them
+    n, steps, times = 5000, [], [(1.0, 0.5), (0.5, 0.25), (0.25, 0.0)]
+    for k, (t, r) in zip(jax.random.split(jax.random.key(3), 3), times, strict=True):
+        z = jax.random.normal(k, (n, 2))
+        steps.append((z, jnp.full((n,), r), jnp.full((n,), t), jnp.ones((n, 2))))
+    u_ref = jax.jit(lambda p, z, r, t: average_velocity(model_def.denoiser(p), z, r, t))
+    want = np.mean(
+        [
+            np.mean(np.sum((np.asarray(u_ref(params, z, r, t), np.float64) - 1.0) ** 2, -1))
+            for z, r, t, _ in steps
+        ]
+    )
+    for _ in range(3):  # a fresh compilation each call
+        got = toy2d.avg_velocity_errors(model_def.denoiser(params), [{3: steps}], two_time=True)
+        assert got[3][0] == pytest.approx(want, rel=1e-6)  # float32 u, float64 sums
 
 
 def _ave_setup(n=256, budgets=(1, 2)):
