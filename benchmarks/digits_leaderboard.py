@@ -42,10 +42,9 @@ the sigmoid (κ = 20) grid of as many intervals) and ``teacher+flowturbo`` / ``2
 Same network, batch (``--batch``, 250: LOOM-CFM's epochs need a divisor of 1,500) and step
 budget (``--steps``) for every trained method, the from-scratch ones (``ot-cfm``, ``loom-cfm``,
 ``meanflow``, ``splitmeanflow``) included; only the teacher gets ``--teacher-steps``. Students
-start from the teacher's weights as in toy2d. The training loop is the library's ``fit``
-(``toy.train_flow`` builds a 2-d MLP, so :func:`train_mlp` calls ``fit`` with a 64-d one; the
-config sections, losses, couplings, pair mixing and optimiser are toy2d's, from
-``configs/toy2d.get_config``).
+start from the teacher's weights as in toy2d. The training loop is ``toy.train_flow`` (the
+library's ``fit``) with a 64-pixel MLP (:func:`train_mlp`); the config sections, losses,
+couplings, pair mixing and optimiser are toy2d's, from ``configs/toy2d.get_config``).
 
 Metrics per (method, seed, solver, NFE budget) on ``--num-samples`` index-seeded noises x1 (the
 same for every method of a seed: ``noise_for_indices(stream_key(seed, "eval"), …)``):
@@ -112,10 +111,14 @@ from simple_reflow.metrics.frechet import frechet_distance  # noqa: E402
 from simple_reflow.models.mlp import MLPDenoiser  # noqa: E402
 from simple_reflow.models.two_time import init_from_one_time  # noqa: E402
 from simple_reflow.train import configure, stages  # noqa: E402
-from simple_reflow.train.fit import DeviceBatches, fit  # noqa: E402
-from simple_reflow.train.step import make_optimizer, split_model  # noqa: E402
+from simple_reflow.train.step import split_model  # noqa: E402
 from simple_reflow.train.streams import stream_key, stream_seed  # noqa: E402
-from simple_reflow.train.toy import ONE_RF_LOSS, make_data_batch_fn, pair_batch_fn  # noqa: E402
+from simple_reflow.train.toy import (  # noqa: E402
+    ONE_RF_LOSS,
+    make_data_batch_fn,
+    pair_batch_fn,
+    train_flow,
+)
 from simple_reflow.train.toy_eval import coupling_error, solver_grid_fn  # noqa: E402
 
 TASK = "digits"
@@ -217,38 +220,21 @@ def base_config(args, seed):
     return cfg
 
 
-def train_mlp(cfg, workdir, *, loss_fn, batch_fn, data, num_steps, seed, desc, **kw):
-    """``toy.train_flow`` on the 64-pixel MLP (``train_flow`` builds a 2-d one): ``fit`` with
-    the config's optimiser and loop options; ``init_params``, ``coupling``, ``two_time`` as
-    there. Returns ``(model_def, final state)``."""
-    init_params, two_time = kw.pop("init_params", None), kw.pop("two_time", False)
-    model = MLPDenoiser(
-        DIM,
-        hidden=cfg.model.hidden,
-        depth=cfg.model.depth,
-        two_time=two_time,
-        rngs=nnx.Rngs(seed),
-    )
-    model_def, params = split_model(model)
-    if init_params is not None:
-        params = jax.tree.map(jnp.array, init_params)
-    opts = configure.fit_options(cfg.training)
-    if num_steps % opts["steps_per_call"]:
-        opts["steps_per_call"] = 1
-    state = fit(
-        model_def,
-        params,
-        loss_fn=loss_fn,
-        optimizer=make_optimizer(cfg.optim),
-        batches=DeviceBatches(batch_fn, data),
+def train_mlp(cfg, workdir, *, num_steps, **kw):
+    """``toy.train_flow`` on the 64-pixel MLP: one compiled call of ``steps_per_call`` steps
+    only where it divides ``num_steps`` (a curve's chunk may not), a checkpoint at the end.
+    Returns ``(model_def, final state)``."""
+    spc = configure.fit_options(cfg.training)["steps_per_call"]
+    spc = spc if num_steps % spc == 0 else 1
+    return train_flow(
+        cfg,
+        workdir,
         num_steps=num_steps,
-        workdir=workdir,
-        seed=seed,
-        desc=desc,
-        **{**opts, "ckpt_every": max(num_steps, opts["steps_per_call"])},
+        dim=DIM,
+        steps_per_call=spc,
+        ckpt_every=max(num_steps, spc),
         **kw,
     )
-    return model_def, state
 
 
 def digits_batch_fn(batch_size, seed, num_data):

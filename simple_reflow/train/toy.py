@@ -51,12 +51,13 @@ ONE_RF_LOSS = functools.partial(losses.flow_loss, space="velocity")
 _SAMPLING = ("boss", "flowturbo")  # config sections run on the pipeline's models
 
 
-def build_mlp(cfg_model, seed, *, two_time=False):
+def build_mlp(cfg_model, seed, *, two_time=False, dim=TOY_SHAPE[0]):
     """The toy MLP denoiser split into (ModelDef, params); ``two_time``: the average-velocity
     network of MeanFlow / SplitMeanFlow (its ``map_interval`` is zero-initialised and built
-    last, so the other weights are those of the one-time MLP of the same seed)."""
+    last, so the other weights are those of the one-time MLP of the same seed); ``dim``: the
+    data's features (2 on the toys; 64 for the flattened digits of a benchmark)."""
     model = MLPDenoiser(
-        TOY_SHAPE[0],
+        dim,
         hidden=cfg_model.hidden,
         depth=cfg_model.depth,
         dropout=cfg_model.dropout,
@@ -79,6 +80,8 @@ def train_flow(
     seed,
     desc,
     two_time=False,
+    dim=TOY_SHAPE[0],
+    **loop_options,
 ):
     """Trains the toy MLP with device-side batches; returns ``(model_def, final state)``.
 
@@ -98,8 +101,11 @@ def train_flow(
         the host, ``training.steps_per_call`` of them stacked per call).
       two_time: train a two-time MLP (MeanFlow / SplitMeanFlow); ``init_params`` are then its
         own (a one-time teacher's go through ``models.two_time.init_from_one_time``).
+      dim: the data's features (:func:`build_mlp`).
+      **loop_options: ``fit`` options that replace those of ``cfg.training``
+        (``configure.fit_options``), e.g. ``steps_per_call``, ``ckpt_every``.
     """
-    model_def, params = build_mlp(cfg.model, seed, two_time=two_time)
+    model_def, params = build_mlp(cfg.model, seed, two_time=two_time, dim=dim)
     if init_params is not None:
         params = jax.tree.map(jnp.array, init_params)
     state = fit(
@@ -114,7 +120,7 @@ def train_flow(
         workdir=workdir,
         seed=seed,
         desc=desc,
-        **configure.fit_options(cfg.training),
+        **{**configure.fit_options(cfg.training), **loop_options},
     )
     return model_def, state
 
