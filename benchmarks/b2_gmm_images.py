@@ -67,6 +67,11 @@ teacher gets it on its Euler rows, every student on its own rows.
 
 ``--curve S1 S2 …`` also evaluates each trained model's EMA at those step counts (budget curves:
 records with ``"curve": true`` and ``train_steps``, a second table in the ``.md``).
+``--workdir W`` keeps the pretrained networks, the students' checkpoints and EMA snapshots and
+the compilation cache in W instead of a temporary folder: a rerun with the same W (a cut-short
+run, or more ``--steps``: the learning rate is constant, so the run continues exactly) resumes
+every training from its last checkpoint, and other runners can load the students
+(``W/<method>_<seed>``).
 
 FILE receives JSON records ``{"method", "seed", "solver", "budget", "nfe", "fd", "sw2",
 "coupling_error", "avg_velocity_error", "train_steps"}`` (``nfe``: what the solver's largest grid
@@ -80,6 +85,7 @@ first, which holds the compilation).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -809,6 +815,12 @@ def main():
     parser.add_argument(
         "--curve", type=int, nargs="+", default=[], help="also evaluate at these step counts"
     )
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="keep checkpoints, snapshots and the compilation cache here (default: a temporary "
+        "folder); a rerun with the same folder resumes every training from it",
+    )
     args = parser.parse_args()
     sizes = dict(QUICK if args.quick else FULL)
     for k in ("seeds", "steps", "pretrain_steps", "scratch_steps"):
@@ -816,7 +828,8 @@ def main():
             sizes[k] = tuple(getattr(args, k)) if k == "seeds" else getattr(args, k)
     methods = selected_methods(args.methods)
     curve = tuple(sorted(set(args.curve)))
-    with tempfile.TemporaryDirectory() as work:
+    with contextlib.ExitStack() as stack:
+        work = args.workdir or stack.enter_context(tempfile.TemporaryDirectory())
         # Compiled steps and samplers persist across seeds (the seed is an argument); set
         # before anything compiles (JAX reads it once).
         jax.config.update("jax_compilation_cache_dir", os.path.join(work, "jax_cache"))

@@ -22,7 +22,7 @@ for ``--teacher-steps`` steps. It is trained ONCE (seed 0) and shared by every s
 cost down, the seed changes the students (initialisation, batches, the teacher pairs' noises)
 and the evaluation noises, not the teacher. Its accurate flow Φ is an adaptive Dormand–Prince
 solve (``average_velocity.exact_average_velocity`` at ``toy_eval``'s tolerance 1e-6, through
-``toy2d.exact_mean_targets``).
+``toy_eval.exact_mean_targets``).
 
 Methods (``--methods``; names, losses, solvers and samplers as ``toy2d.METHODS`` defines them):
 ``teacher`` (Euler at each budget, and an ``accurate`` row: Heun on ``--accurate-steps``
@@ -54,7 +54,7 @@ same for every method of a seed: ``noise_for_indices(stream_key(seed, "eval"), �
   training digits against them;
 - ``coupling_error``: mean ‖x̂0(x1) − x0_T(x1)‖²/64 against the teacher's accurate solution
   x0_T(x1) = Φ_{1→0}(x1) from the same noise (the map ReFlow learns);
-- ``avg_velocity_error``: ``toy2d.avg_velocity_errors`` divided by 64 — at budget n on the
+- ``avg_velocity_error``: ``toy_eval.avg_velocity_errors`` divided by 64 — at budget n on the
   uniform grid 1 = t_0 > … > t_n = 0, at the teacher's exact points z*_k = Φ_{1→t_k}(x1),
   mean_k mean_i ‖u(z*_ik, t_{k+1}, t_k) − u*(z*_ik, t_{k+1}, t_k)‖²/64 with
   u*(z, r, t) = (z − Φ_{t→r}(z))/(t − r); one-time models use u := v(z, t_k). At n = 1 it
@@ -110,7 +110,7 @@ from simple_reflow.data.digits import digits_arrays  # noqa: E402
 from simple_reflow.metrics.frechet import frechet_distance  # noqa: E402
 from simple_reflow.models.mlp import MLPDenoiser  # noqa: E402
 from simple_reflow.models.two_time import init_from_one_time  # noqa: E402
-from simple_reflow.train import configure, stages  # noqa: E402
+from simple_reflow.train import configure, stages, toy_eval  # noqa: E402
 from simple_reflow.train.step import split_model  # noqa: E402
 from simple_reflow.train.streams import stream_key, stream_seed  # noqa: E402
 from simple_reflow.train.toy import (  # noqa: E402
@@ -282,7 +282,7 @@ class SeedRun:
         idx = jnp.arange(args.num_samples, dtype=jnp.int32)
         self.x1 = pairs.noise_for_indices(stream_key(seed, "eval"), idx, SHAPE)
         budgets = sorted({*args.budgets, *CURVE_BUDGETS})
-        self.targets = toy2d.exact_mean_targets(teacher[0], [{"x1": self.x1}], budgets, _uniform)
+        self.targets = toy_eval.exact_mean_targets(teacher[0], [{"x1": self.x1}], budgets, _uniform)
         z, r, t, u = self.targets[0][1][0]  # one interval [0, 1]: Φ_{1→0}(x1) = x1 − u*
         self.exact = np.asarray(z - (t - r)[:, None] * u)
         self.seconds["exact_targets"] = time.perf_counter() - clock
@@ -427,12 +427,12 @@ class SeedRun:
         }
 
     def aves(self, fn, two_time, budgets=None):
-        """``{budget: avg_velocity_error}``: ``toy2d.avg_velocity_errors`` / 64 (the seed has
+        """``{budget: avg_velocity_error}``: ``toy_eval.avg_velocity_errors`` / 64 (the seed has
         one evaluation set), for ``budgets`` (default all)."""
         targets = [
             {b: steps for b, steps in self.targets[0].items() if budgets is None or b in budgets}
         ]
-        errors = toy2d.avg_velocity_errors(fn, targets, two_time=two_time)
+        errors = toy_eval.avg_velocity_errors(fn, targets, two_time=two_time)
         return {b: mean / DIM for b, (mean, _) in errors.items()}
 
     def _base_aves(self, base):

@@ -83,7 +83,7 @@ along the model's own trajectory is the coupling error),
     avg_velocity_error = mean_k mean_i ‖u(z*_ik, t_{k+1}, t_k) − u*(z*_ik, t_{k+1}, t_k)‖²,
 
 with u* = (z − Φ_{t→r}(z))/(t − r) from ``average_velocity.exact_average_velocity`` of
-``toy_mixture()`` (adaptive solves at toy_eval's tolerance 1e-6, :func:`exact_mean_targets`),
+``toy_mixture()`` (adaptive solves at toy_eval's tolerance 1e-6, ``toy_eval.exact_mean_targets``),
 u the two-time model's average velocity, or for a one-time model (the teacher, 2-RF, …) its
 instantaneous velocity v(z, t_k), which is what one Euler step uses — so the column is
 comparable across methods, and is the squared error of the step's displacement divided by
@@ -134,7 +134,6 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
-import functools
 import json
 import os
 import sys
@@ -153,11 +152,7 @@ from benchmarks import boss_toy, flowturbo_toy  # noqa: E402
 from benchmarks.common import run_metadata, write_json  # noqa: E402
 from configs.common import apply_mean_method  # noqa: E402
 from configs.toy2d import COUPLINGS, LOOM_NUM_EXAMPLES, get_config  # noqa: E402
-from simple_reflow import boss, flowturbo, grids, paths, sampler  # noqa: E402
-from simple_reflow.average_velocity import (  # noqa: E402
-    average_velocity,
-    exact_average_velocity,
-)
+from simple_reflow import boss, flowturbo, grids, sampler  # noqa: E402
 from simple_reflow.data.toy import TOY_DATASETS, toy_mixture  # noqa: E402
 from simple_reflow.train import configure, stages  # noqa: E402
 from simple_reflow.train.streams import stream_key, stream_seed  # noqa: E402
@@ -173,11 +168,11 @@ from simple_reflow.train.toy import (  # noqa: E402
     train_mean_student,
 )
 from simple_reflow.train.toy_eval import (  # noqa: E402
-    EXACT_ATOL,
-    EXACT_RTOL,
     _scores,
+    avg_velocity_errors,
     eval_sets,
     evaluate_model,
+    exact_mean_targets,
     exact_solution_fn,
     solver_grid_fn,
     w2_floors,
@@ -303,67 +298,6 @@ def _opt(args, name, default):
     predate the option)."""
     value = getattr(args, name, None)
     return default if value is None else value
-
-
-def exact_mean_targets(teacher, sets, budgets, grid_fn):
-    """The analytic teacher's exact average velocities along its own ODE trajectories.
-
-    For each evaluation set and budget n: the ``"mean"`` solver's grid of n intervals
-    t_0 = 1 > … > t_n = 0 (``grid_fn``), the exact points z*_0 = x1,
-    z*_{k+1} = z*_k − (t_k − t_{k+1})·u*_k = Φ_{t_k→t_{k+1}}(z*_k), and
-    u*_k = u*(z*_k, t_{k+1}, t_k) from :func:`~simple_reflow.average_velocity.
-    exact_average_velocity` (an adaptive solve at toy_eval's tolerances, 1e-6).
-
-    Returns:
-      ``[{budget: [(z [N, 2], r [N], t [N], u* [N, 2]) per interval]} per set]``.
-    """
-    solve = jax.jit(
-        functools.partial(exact_average_velocity, teacher, rtol=EXACT_RTOL, atol=EXACT_ATOL)
-    )
-    out = []
-    for s in sets:
-        per = {}
-        for b in budgets:
-            grid, _ = sampler.grid_for_budget(b, "mean", grid_fn)
-            z = s["x1"] * float(grid[0])
-            steps = []
-            for t, r in zip(grid[:-1], grid[1:], strict=True):
-                tb, rb = (jnp.full(z.shape[:1], v, z.dtype) for v in (t, r))
-                u = solve(z, rb, tb)
-                steps.append((z, rb, tb, u))
-                z = z - float(t - r) * u
-            per[b] = steps
-        out.append(per)
-    return out
-
-
-def avg_velocity_errors(denoise_fn, targets, *, two_time):
-    """``{budget: (mean, std)}`` over the sets of mean_k mean_i ‖u(z*_ik, t_{k+1}, t_k) − u*_ik‖²
-    (:func:`exact_mean_targets`); u is the two-time model's average velocity, or a one-time
-    model's v(z, t_k) (what one Euler step uses). std: None for one set."""
-
-    def u_of(z, r, t):
-        if two_time:
-            return average_velocity(denoise_fn, z, r, t)
-        return paths.velocity_from_denoised(z, t, denoise_fn(z, t, None))
-
-    # u in its own program and the error in NumPy (float64): XLA:CPU of jaxlib 0.10.2 computes
-    # a fused network-then-sum wrongly (inf, NaN, 1e8: another value per compilation) when a
-    # weight matrix closed over as a constant has all-equal entries, as a zero-initialised layer
-    # does at step 0 (the two-time embedding, MLPDenoiser's output layer): its YNNPACK fusion of
-    # the dot and the reduction (tests/test_b1_leaderboard.py checks this function against a
-    # float64 reference on such a network).
-    u_fn = jax.jit(u_of)
-
-    def err(z, r, t, u_star):
-        d = np.asarray(u_fn(z, r, t), np.float64) - np.asarray(u_star, np.float64)
-        return float(np.mean(np.sum(d * d, axis=-1)))
-
-    out = {}
-    for b in targets[0]:
-        per_set = [float(np.mean([err(*step) for step in per[b]])) for per in targets]
-        out[b] = (float(np.mean(per_set)), _std(per_set) if len(per_set) > 1 else None)
-    return out
 
 
 def _ave_fields(ave, budget):

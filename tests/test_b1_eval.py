@@ -17,6 +17,7 @@ from simple_reflow.train.toy_eval import (
     coupling_error,
     eval_sets,
     evaluate_model,
+    evaluate_models,
     exact_solution_fn,
     w2_floors,
 )
@@ -57,6 +58,28 @@ def test_coupling_error_is_near_zero_for_the_teacher_and_large_untrained():
     # no exact solution, no coupling error
     plain = evaluate_model(toy_mixture(), cfg, sets=eval_sets(cfg), with_accurate=False)
     assert all(r["coupling_error"] is None and r["w2_std"] is None for r in plain)
+
+
+def test_evaluation_stage_reports_the_average_velocity_error_on_the_analytic_task():
+    """The toy pipelines' evaluation (``evaluate_models``) on 8gaussians: at 1 NFE one step
+    x̂0 = x1 − u, so the average-velocity error is the 1-NFE coupling error (two independent
+    exact solves, tolerance 1e-6) — for the analytic teacher (u := v, Euler) and for an untrained
+    two-time MLP sampled with the "mean" solver; more intervals follow the flow more closely
+    for the teacher; no analytic teacher, no error."""
+    cfg = _cfg()
+    model_def, params = build_mlp(cfg.model, 0, two_time=True)
+    models = {"teacher": toy_mixture(), "mlp": model_def.denoiser(params)}
+    metrics = evaluate_models(models, cfg, solvers={"teacher": "euler", "mlp": "mean"})
+    for name, recs in metrics["models"].items():
+        by = {r["budget"]: r for r in recs}
+        assert by[1]["avg_velocity_error"] == pytest.approx(by[1]["coupling_error"], rel=1e-4)
+        assert by["accurate"]["avg_velocity_error"] is None, name
+    teacher = {r["budget"]: r for r in metrics["models"]["teacher"]}
+    assert teacher[1]["avg_velocity_error"] == pytest.approx(16.5, rel=0.1)
+    assert teacher[4]["avg_velocity_error"] < teacher[1]["avg_velocity_error"]
+    cfg.data.name = "moons"
+    plain = evaluate_models({"teacher": toy_mixture()}, cfg)["models"]["teacher"]
+    assert all(r["avg_velocity_error"] is None for r in plain)
 
 
 def test_evaluation_sets_are_independent_and_shared():

@@ -14,6 +14,7 @@ from benchmarks import toy2d, toy2d_leaderboard
 from configs.toy2d import get_config
 from simple_reflow import sampler
 from simple_reflow.data.toy import toy_mixture
+from simple_reflow.train import toy_eval
 from simple_reflow.train.toy import build_mlp
 from simple_reflow.train.toy_eval import (
     coupling_error,
@@ -61,7 +62,7 @@ def test_avg_velocity_error_of_a_two_time_network_at_initialisation_is_exact():
         ]
     )
     for _ in range(3):  # a fresh compilation each call
-        got = toy2d.avg_velocity_errors(model_def.denoiser(params), [{3: steps}], two_time=True)
+        got = toy_eval.avg_velocity_errors(model_def.denoiser(params), [{3: steps}], two_time=True)
         assert got[3][0] == pytest.approx(want, rel=1e-6)  # float32 u, float64 sums
 
 
@@ -70,7 +71,7 @@ def _ave_setup(n=256, budgets=(1, 2)):
     cfg.eval.num_samples = n
     sets = eval_sets(cfg, num_sets=1, exact_fn=exact_solution_fn("8gaussians"))
     grid_fn = solver_grid_fn(toy2d._solver_cfg(cfg, toy2d.MEAN))
-    return cfg, sets, toy2d.exact_mean_targets(toy_mixture(), sets, budgets, grid_fn)
+    return cfg, sets, toy_eval.exact_mean_targets(toy_mixture(), sets, budgets, grid_fn)
 
 
 def test_avg_velocity_error_is_the_one_nfe_coupling_error_and_follows_the_exact_flow():
@@ -90,14 +91,14 @@ def test_avg_velocity_error_is_the_one_nfe_coupling_error_and_follows_the_exact_
     }
     grid = np.array([1.0, 0.0])
     for fn, two_time in models.values():
-        ave = toy2d.avg_velocity_errors(fn, targets, two_time=two_time)
+        ave = toy_eval.avg_velocity_errors(fn, targets, two_time=two_time)
         solver = "mean" if two_time else "euler"
         x0, _ = jax.jit(lambda x, fn=fn, s=solver: sampler.sample(fn, x, grid, solver=s))(
             sets[0]["x1"]
         )
         assert ave[1][0] == pytest.approx(coupling_error(x0, exact), rel=1e-4)
         assert ave[1][1] is None  # one set: no std
-    teacher = toy2d.avg_velocity_errors(toy_mixture(), targets, two_time=False)
+    teacher = toy_eval.avg_velocity_errors(toy_mixture(), targets, two_time=False)
     assert teacher[1][0] == pytest.approx(16.5, rel=0.1)
     assert teacher[2][0] < teacher[1][0]
 

@@ -225,6 +225,11 @@ def test_toy_mean_configs_run(method, tmp_path):
     assert m["eval/teacher/w2@nfe=1"] > 3.5
     assert m["eval/student/w2@nfe=1"] < m["eval/teacher/w2@nfe=1"] / 2, m
     assert all(math.isfinite(v) for k, v in m.items() if k.startswith("eval/"))
+    # the average-velocity error against the analytic teacher: at 1 NFE the coupling error
+    for who in ("teacher", "student"):
+        ave, ce = m[f"eval/{who}/avg_velocity_error@nfe=1"], m[f"eval/{who}/coupling_error@nfe=1"]
+        assert ave == pytest.approx(ce, rel=1e-3)
+    assert m["eval/student/avg_velocity_error@nfe=1"] < m["eval/teacher/avg_velocity_error@nfe=1"]
     assert (tmp_path / "student" / "ema.npz").exists()
 
 

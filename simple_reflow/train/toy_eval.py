@@ -12,19 +12,26 @@ independent pairs of exact sets: :func:`eval_sets`, :func:`w2_floors`. The coupl
 mean_i ‖x̂0(x1_i) − x0*(x1_i)‖² for the same noise x1_i, where x0* is the analytic teacher's
 exact ODE solution (:func:`exact_solution_fn`, an adaptive diffrax solve); its square root
 bounds W2 between the model's and the teacher's output laws. (B2's coupling error is the same
-mean divided by the dimension.)
+mean divided by the dimension.) The average-velocity error (:func:`avg_velocity_errors`) scores
+a model's step on each interval of a budget's grid against the analytic teacher's exact
+average velocity u*(z, r, t) = (z − Φ_{t→r}(z))/(t − r) (METHOD.md §9) at the teacher's own
+trajectory points (:func:`exact_mean_targets`); the evaluation stage reports both beside W2 on
+8gaussians (:func:`evaluate_models`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from simple_reflow import grids, reference_solver, sampler
+from simple_reflow import grids, paths, reference_solver, sampler
+from simple_reflow.average_velocity import average_velocity, exact_average_velocity
 from simple_reflow.data.toy import make_toy_sampler, toy_mixture
 from simple_reflow.metrics.transport import straightness, w2
 from simple_reflow.train.streams import stream_key
@@ -35,6 +42,8 @@ __all__ = [
     "eval_sets",
     "w2_floors",
     "coupling_error",
+    "exact_mean_targets",
+    "avg_velocity_errors",
     "evaluate_model",
     "evaluate_models",
     "format_table",
@@ -133,6 +142,67 @@ def _scores(x0s, sets):
     return out
 
 
+def exact_mean_targets(teacher, sets, budgets, grid_fn):
+    """The analytic teacher's exact average velocities along its own ODE trajectories.
+
+    For each evaluation set and budget n: the ``"mean"`` solver's grid of n intervals
+    t_0 = 1 > … > t_n = 0 (``grid_fn``), the exact points z*_0 = x1,
+    z*_{k+1} = z*_k − (t_k − t_{k+1})·u*_k = Φ_{t_k→t_{k+1}}(z*_k), and
+    u*_k = u*(z*_k, t_{k+1}, t_k) from :func:`~simple_reflow.average_velocity.
+    exact_average_velocity` (an adaptive solve at toy_eval's tolerances, 1e-6).
+
+    Returns:
+      ``[{budget: [(z [N, 2], r [N], t [N], u* [N, 2]) per interval]} per set]``.
+    """
+    solve = jax.jit(
+        functools.partial(exact_average_velocity, teacher, rtol=EXACT_RTOL, atol=EXACT_ATOL)
+    )
+    out = []
+    for s in sets:
+        per = {}
+        for b in budgets:
+            grid, _ = sampler.grid_for_budget(b, "mean", grid_fn)
+            z = s["x1"] * float(grid[0])
+            steps = []
+            for t, r in zip(grid[:-1], grid[1:], strict=True):
+                tb, rb = (jnp.full(z.shape[:1], v, z.dtype) for v in (t, r))
+                u = solve(z, rb, tb)
+                steps.append((z, rb, tb, u))
+                z = z - float(t - r) * u
+            per[b] = steps
+        out.append(per)
+    return out
+
+
+def avg_velocity_errors(denoise_fn, targets, *, two_time):
+    """``{budget: (mean, std)}`` over the sets of mean_k mean_i ‖u(z*_ik, t_{k+1}, t_k) − u*_ik‖²
+    (:func:`exact_mean_targets`); u is the two-time model's average velocity, or a one-time
+    model's v(z, t_k) (what one Euler step uses). std: None for one set."""
+
+    def u_of(z, r, t):
+        if two_time:
+            return average_velocity(denoise_fn, z, r, t)
+        return paths.velocity_from_denoised(z, t, denoise_fn(z, t, None))
+
+    # u in its own program and the error in NumPy (float64): XLA:CPU of jaxlib 0.10.2 computes
+    # a fused network-then-sum wrongly (inf, NaN, 1e8: another value per compilation) when a
+    # weight matrix closed over as a constant has all-equal entries, as a zero-initialised layer
+    # does at step 0 (the two-time embedding, MLPDenoiser's output layer): its YNNPACK fusion of
+    # the dot and the reduction (tests/test_toy_eval.py checks this function against a
+    # float64 reference on such a network).
+    u_fn = jax.jit(u_of)
+
+    def err(z, r, t, u_star):
+        d = np.asarray(u_fn(z, r, t), np.float64) - np.asarray(u_star, np.float64)
+        return float(np.mean(np.sum(d * d, axis=-1)))
+
+    out = {}
+    for b in targets[0]:
+        per_set = [float(np.mean([err(*step) for step in per[b]])) for per in targets]
+        out[b] = (float(np.mean(per_set)), _std(per_set))
+    return out
+
+
 def evaluate_model(denoise_fn, cfg, *, solver_cfg=None, key=None, sets=None, with_accurate=True):
     """W2 at each budget of ``cfg.eval.nfe``, and on an accurate solve with straightness.
 
@@ -198,15 +268,32 @@ def evaluate_models(models, cfg, *, solvers=None):
     """Evaluates each named model with the configured sampler on one evaluation set; adds the
     W2 floor (one pair of exact sets). ``solvers``: ``{name: solver}`` for models sampled
     with another solver than ``sampler.solver`` on the same grid (a one-time teacher beside a
-    two-time student)."""
-    sets = eval_sets(cfg)
-    return {
-        "w2_floor": w2_floors(cfg)[0],
-        "models": {
-            k: evaluate_model(f, cfg, solver_cfg=_solver_cfg(cfg, solvers, k), sets=sets)
-            for k, f in models.items()
-        },
-    }
+    two-time student).
+
+    On a target with an analytic teacher (8gaussians: :func:`exact_solution_fn`) each budget's
+    record also carries the coupling error and ``"avg_velocity_error"``: at budget n on the
+    uniform grid of n intervals from ``sampler.t_max``, :func:`avg_velocity_errors` of the
+    model against the exact average velocities along the analytic teacher's own trajectories
+    (:func:`exact_mean_targets`), u the average velocity of a model sampled with the
+    ``"mean"`` solver, else v (what an Euler step uses); None elsewhere.
+    """
+    exact_fn = exact_solution_fn(cfg.data.name)
+    sets = eval_sets(cfg, exact_fn=exact_fn)
+    targets = None
+    if exact_fn is not None:
+        uniform = ml_collections.ConfigDict({**cfg.sampler.to_dict(), "grid": "uniform"})
+        targets = exact_mean_targets(toy_mixture(), sets, cfg.eval.nfe, solver_grid_fn(uniform))
+    out = {}
+    for k, f in models.items():
+        solver_cfg = _solver_cfg(cfg, solvers, k)
+        recs = evaluate_model(f, cfg, solver_cfg=solver_cfg, sets=sets)
+        ave = {}
+        if targets is not None:
+            ave = avg_velocity_errors(f, targets, two_time=solver_cfg.solver == "mean")
+        for r in recs:
+            r["avg_velocity_error"] = ave.get(r["budget"], (None,))[0]
+        out[k] = recs
+    return {"w2_floor": w2_floors(cfg)[0], "models": out}
 
 
 def format_table(metrics):
@@ -230,6 +317,13 @@ def format_table(metrics):
         s = [r["straightness"] for r in rs if r["straightness"] is not None]
         cells = [name] + [f"{r['w2']:.4f}" for r in rs] + [f"{s[0]:.4f}" if s else "-"]
         lines.append(" | ".join(f"{c:>14}" for c in cells))
+    if any(r.get("avg_velocity_error") is not None for r in recs):
+        lines += ["", "Average-velocity error (uniform grid of n intervals)"]
+        lines.append(" | ".join(f"{h:>14}" for h in header[:-2]))
+        for name in names:
+            rs = [r for r in metrics["models"][name] if r["budget"] != "accurate"]
+            cells = [name] + [f"{r['avg_velocity_error']:.4f}" for r in rs]
+            lines.append(" | ".join(f"{c:>14}" for c in cells))
     if metrics.get("boss"):
         lines += _boss_table(metrics["boss"])
     if metrics.get("flowturbo"):
@@ -289,6 +383,9 @@ def _flat(metrics):
         for r in rs:
             tag = "accurate" if r["budget"] == "accurate" else f"nfe={r['nfe']}"
             out[f"eval/{name}/w2@{tag}"] = r["w2"]
+            for m in ("coupling_error", "avg_velocity_error"):
+                if r.get(m) is not None:
+                    out[f"eval/{name}/{m}@{tag}"] = r[m]
             if r["straightness"] is not None:
                 out[f"eval/{name}/straightness"] = r["straightness"]
     for r in metrics.get("boss", {}).get("records", []):  # e.g. eval/student/euler_boss/w2@nfe=4
