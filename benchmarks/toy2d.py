@@ -34,8 +34,8 @@ Methods:
   trained (once, as the ``2rf`` method) even when ``2rf`` is not asked for, and then not
   recorded.
 
-- ``teacher+boss``, ``2rf+boss``: the task's teacher / the ``2rf`` student of the same seed (no
-  new training) with Euler on its BOSS grid (METHOD.md §9): the Bellman-optimal K-step grid of
+- ``teacher+boss``, ``2rf+boss``, ``simple_reflow+boss``: the task's teacher / the ``2rf`` or
+  ``simple_reflow`` student of the same seed (no new training) with Euler on its BOSS grid (METHOD.md §9): the Bellman-optimal K-step grid of
   that model's Euler cost matrix, computed once per model and seed as in
   ``benchmarks/boss_toy.py`` (``boss_toy._boss_cost`` on ``boss_toy._fit_noise(seed, 1024)``:
   100 uniform candidate intervals, 1,024 reference noises, 4 Heun substeps per candidate
@@ -44,7 +44,17 @@ Methods:
   (κ = 20) of K intervals differs from the uniform one (K ≥ 3), Euler on the sigmoid grid on
   the same sets (``"sigmoid_grid"``: ``w2_sets``, ``w2_mean``, ``coupling_error``), so BOSS can
   be compared with both grids per seed (the uniform grid's is the base model's Euler record);
-- ``teacher+flowturbo``, ``2rf+flowturbo``: the same models with a FlowTurbo plan
+- ``2rf+straight``, ``simple_reflow+straight``: that student straightened along its BOSS grid
+  of each budget K (the same cost matrix and grid as its ``+boss`` row) by a short fine-tune,
+  ``boss_toy._straighten`` (:func:`simple_reflow.train.boss.straighten`: 1,000 Adam steps at
+  1e-4, batch 512, EMA 0.99, on the model's own reference trajectories of 4,096 fresh noises
+  along that grid, 64 Heun substeps per interval: :data:`STRAIGHTEN`), then Euler on that
+  grid; one fine-tune per budget (K = 1: one interval, the model distilled into one step of
+  its own flow). Solver label ``"euler-boss-straight"``; the record keeps ``"grid"``,
+  ``"straighten_steps"`` and ``"straighten_seconds"``, and its average-velocity error is the
+  straightened model's. (The analytic teacher has no weights to fine-tune.)
+- ``teacher+flowturbo``, ``2rf+flowturbo``, ``simple_reflow+flowturbo``: the same models with a
+  FlowTurbo plan
   (:func:`flowturbo_plan`, ``simple_reflow.flowturbo``) of as many network calls as the
   budget, on the uniform grid of one interval per step: 1 NFE ``"H1"`` (one Euler step: a
   refiner step needs a velocity from an earlier H or P step, which costs two calls unless it
@@ -59,7 +69,7 @@ Methods:
   = 0 in the arguments) a plan ``H1P{n−2}R1`` is the pseudo-corrector (``pseudo_heun``) on the
   uniform grid of n intervals.
 
-The BOSS and FlowTurbo rows' average-velocity error is their model's (u := v on the uniform
+The BOSS and FlowTurbo rows' average-velocity error is their base model's (u := v on the uniform
 grid, as for every one-time model). The two-time models are sampled with the ``"mean"``
 solver (one average-velocity step per interval) on the uniform grid: at budget n, n intervals
 and n NFE, as Euler.
@@ -186,11 +196,19 @@ SOLVERS = {"euler": EULER, "heun": HEUN, "dpm2": DPM2}  # the teacher's (--teach
 CURVE_BUDGETS = (1, 2)  # the NFE budgets of the budget curves
 # The BOSS and FlowTurbo rows: labels (the sampler runs Euler on the BOSS grid / the plan).
 EULER_BOSS = {"solver": "euler-boss"}
+EULER_STRAIGHT = {"solver": "euler-boss-straight"}
 FLOWTURBO = {"solver": "flowturbo"}
 # BOSS settings of benchmarks/boss_toy.py (its defaults); FlowTurbo's refiner as
 # benchmarks/flowturbo_toy.py's. Arguments of the same names (``args.boss_candidates``, …)
 # override them (the tests).
 BOSS = {"boss_candidates": 100, "boss_noises": 1024, "boss_substeps": 4}
+# BOSS straightening as benchmarks/boss_toy.py's defaults (full fine-tune, no LoRA).
+STRAIGHTEN = {
+    "straighten_steps": 1000,
+    "straighten_noises": 4096,
+    "straighten_lr": 1e-4,
+    "straighten_batch": 512,
+}
 REFINER = {
     "refiner_steps": 500,
     "refiner_hidden": 32,
@@ -267,11 +285,18 @@ METHODS = {
     **{
         f"{base}+{kind}": {"kind": kind, "base": base, "solvers": [solver]}
         for kind, solver in (("boss", EULER_BOSS), ("flowturbo", FLOWTURBO))
-        for base in ("teacher", "2rf")
+        for base in ("teacher", "2rf", "simple_reflow")
+    },
+    # A trained student straightened along its BOSS grid of each budget (a short fine-tune;
+    # the analytic teacher has no weights to fine-tune), Euler on that grid.
+    **{
+        f"{base}+straight": {"kind": "straight", "base": base, "solvers": [EULER_STRAIGHT]}
+        for base in ("2rf", "simple_reflow")
     },
 }
 CURVE_METHODS = ("2rf", "meanflow", "splitmeanflow")  # --curve-methods' default
-SAMPLER_KINDS = ("boss", "flowturbo")  # methods that re-sample another method's model
+# methods that re-sample (or, "straight", fine-tune briefly) another method's model
+SAMPLER_KINDS = ("boss", "flowturbo", "straight")
 
 
 def flowturbo_plan(budget):
@@ -390,6 +415,7 @@ class TaskRun:
         self._stores = None
         self.trained = {}  # name -> (denoise_fn, EMA params, model_def)
         self._aves = {}  # base model -> its average-velocity errors (BOSS / FlowTurbo rows)
+        self._boss_costs = {}  # base model -> (its BOSS cost matrix, candidate times)
         self.curve = []  # curve records of every method trained with its curve
 
     @property
@@ -581,8 +607,10 @@ class TaskRun:
             self._aves[base] = avg_velocity_errors(fn, self.targets, two_time=False)
         return self._aves[base]
 
-    def _record(self, name, budget, nfe, solver, x0s, **extra):
-        """A record of ``name`` in :func:`toy_eval.evaluate_model`'s format (+ ``extra``)."""
+    def _record(self, name, budget, nfe, solver, x0s, ave=None, **extra):
+        """A record of ``name`` in :func:`toy_eval.evaluate_model`'s format (+ ``extra``); the
+        average-velocity error is ``ave``'s (``{budget: (mean, std)}``), by default its base
+        model's."""
         return {
             "task": self.task,
             "method": name,
@@ -593,41 +621,81 @@ class TaskRun:
             "nfe": nfe,
             **_scores(x0s, self.sets),
             "straightness": None,
-            **_ave_fields(self._ave(METHODS[name]["base"]), budget),
+            **_ave_fields(ave or self._ave(METHODS[name]["base"]), budget),
             **extra,
         }
 
+    def _boss_grid_fn(self, base):
+        """``(k -> base's BOSS grid of k steps, number of candidate intervals)``; the cost
+        matrix is computed once per base model (module docstring)."""
+        a = self.args
+        n, noises, substeps = (_opt(a, k, v) for k, v in BOSS.items())
+        if base not in self._boss_costs:
+            clock = time.perf_counter()
+            fn = self.model(base)[0]
+            tau = grids.uniform_grid(n)
+            cost = boss_toy._boss_cost(fn, boss_toy._fit_noise(self.seed, noises), tau, substeps)
+            self._boss_costs[base] = (cost, tau)
+            self.seconds[f"{base}/boss_cost"] += time.perf_counter() - clock
+        cost, tau = self._boss_costs[base]
+        return (lambda k: boss.optimal_grid(cost, tau, k)), n
+
+    def _euler(self, fn, grid):
+        """Euler on ``grid`` from each evaluation set's noise: the samples, one per set."""
+        sample = jax.jit(lambda x1: sampler.sample(fn, x1, grid, solver="euler")[0])
+        return [sample(s["x1"]) for s in self.sets]
+
     def _boss_records(self, name):
         """Euler on the base model's BOSS grid at each budget (module docstring)."""
-        a, base = self.args, METHODS[name]["base"]
-        fn = self.model(base)[0]
-        n, noises, substeps = (_opt(a, k, v) for k, v in BOSS.items())
-        clock = time.perf_counter()
-        tau = grids.uniform_grid(n)
-        cost = boss_toy._boss_cost(fn, boss_toy._fit_noise(self.seed, noises), tau, substeps)
-        self.seconds[f"{name}/boss_cost"] += time.perf_counter() - clock
-
-        def grid_fn(k):
-            return boss.optimal_grid(cost, tau, k)
-
-        def run(grid):
-            sample = jax.jit(lambda x1: sampler.sample(fn, x1, grid, solver="euler")[0])
-            return [sample(s["x1"]) for s in self.sets]
-
+        fn = self.model(METHODS[name]["base"])[0]
+        grid_fn, n = self._boss_grid_fn(METHODS[name]["base"])
         clock, records = time.perf_counter(), []
         for b in self.cfg.eval.nfe:
             grid, nfe = sampler.grid_for_budget(b, "euler", grid_fn, max_intervals=n)
             extra = {"grid": [float(t) for t in grid]}
             sig = grids.sigmoid_grid(len(grid) - 1, boss_toy.KAPPA)
             if not np.allclose(sig, grids.uniform_grid(len(grid) - 1)):
-                sc = _scores(run(sig), self.sets)
+                sc = _scores(self._euler(fn, sig), self.sets)
                 extra["sigmoid_grid"] = {
                     "w2_sets": sc["w2_sets"],
                     "w2_mean": sc["w2_mean"],
                     "coupling_error": sc["coupling_error"],
                 }
-            records.append(self._record(name, b, nfe, EULER_BOSS["solver"], run(grid), **extra))
+            x0s = self._euler(fn, grid)
+            records.append(self._record(name, b, nfe, EULER_BOSS["solver"], x0s, **extra))
         self.seconds[f"{name}/eval"] += time.perf_counter() - clock
+        return records
+
+    def _straight_records(self, name):
+        """The base student straightened along its BOSS grid of each budget K
+        (``boss_toy._straighten``: :func:`simple_reflow.train.boss.straighten` on the model's
+        own reference trajectories, :data:`STRAIGHTEN`), Euler on that grid; the
+        average-velocity error is the straightened model's."""
+        base = METHODS[name]["base"]
+        _, params, model_def = self.model(base)
+        grid_fn, n = self._boss_grid_fn(base)
+        opts = argparse.Namespace(**{k: _opt(self.args, k, v) for k, v in STRAIGHTEN.items()})
+        records = []
+        for b in self.cfg.eval.nfe:
+            grid, nfe = sampler.grid_for_budget(b, "euler", grid_fn, max_intervals=n)
+            clock = time.perf_counter()
+            fn, seconds = boss_toy._straighten(model_def, params, grid, self.seed, opts, b, 0)
+            self.seconds[f"{name}/straighten"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            ave = None
+            if self.targets is not None:
+                targets = [{b: per[b]} for per in self.targets]
+                ave = avg_velocity_errors(fn, targets, two_time=False)
+            extra = {
+                "grid": [float(t) for t in grid],
+                "straighten_steps": opts.straighten_steps,
+                "straighten_seconds": seconds,
+            }
+            x0s = self._euler(fn, grid)
+            records.append(
+                self._record(name, b, nfe, EULER_STRAIGHT["solver"], x0s, ave=ave, **extra)
+            )
+            self.seconds[f"{name}/eval"] += time.perf_counter() - clock
         return records
 
     def _refiner(self, name, fn, plan, grid):
@@ -675,6 +743,8 @@ class TaskRun:
             return self._boss_records(name)
         if spec["kind"] == "flowturbo":
             return self._flowturbo_records(name)
+        if spec["kind"] == "straight":
+            return self._straight_records(name)
         fn = self.model(name)[0]
         if name == "teacher":
             solvers = _opt(self.args, "teacher_solvers", list(SOLVERS))

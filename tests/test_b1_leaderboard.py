@@ -272,3 +272,39 @@ def test_boss_and_flowturbo_rows_reuse_the_model_and_reduce_to_euler_and_the_pse
     table = toy2d_leaderboard.format_leaderboard(board)
     assert "| teacher+boss | euler-boss | 1 |" in table
     assert "teacher+flowturbo @2: H1R1 (1 refiner call)" in table
+
+
+def test_straightened_rows_with_a_zero_learning_rate_are_the_boss_rows(tmp_path):
+    """``<student>+straight``: the student fine-tuned along its BOSS grid of each budget, Euler
+    on that grid. With a learning rate of 0 the fine-tune leaves the weights (and their EMA)
+    unchanged, so every record equals the ``<student>+boss`` one: same grid, same samples, same
+    average-velocity error (the straightened model's own, here the student's)."""
+    args = argparse.Namespace(
+        methods=["2rf+boss", "2rf+straight"],
+        eval_sets=1,
+        steps=100,
+        teacher_steps=100,
+        num_pairs=256,
+        num_samples=128,
+        ema_decay=0.9,
+        wcfm_kappa=8.0,
+        budgets=[1, 2],
+        no_accurate=True,
+        boss_candidates=16,
+        boss_noises=32,
+        straighten_steps=50,
+        straighten_noises=64,
+        straighten_batch=32,
+        straighten_lr=0.0,
+    )
+    t = toy2d.TaskRun("8gaussians", 0, args, str(tmp_path))
+    boss = {r["budget"]: r for r in t.evaluate("2rf+boss")}
+    straight = {r["budget"]: r for r in t.evaluate("2rf+straight")}
+    assert toy2d_leaderboard.own_solver("simple_reflow+straight") == "euler-boss-straight"
+    assert sorted(straight) == [1, 2]
+    for b, r in straight.items():
+        assert (r["solver"], r["nfe"], r["straighten_steps"]) == ("euler-boss-straight", b, 50)
+        assert r["grid"] == boss[b]["grid"]
+        np.testing.assert_allclose(r["w2_sets"], boss[b]["w2_sets"], rtol=1e-6)
+        assert r["coupling_error"] == pytest.approx(boss[b]["coupling_error"], rel=1e-6)
+        assert r["avg_velocity_error"] == pytest.approx(boss[b]["avg_velocity_error"], rel=1e-6)
