@@ -35,8 +35,9 @@ Methods:
   recorded.
 
 - ``teacher+boss``, ``2rf+boss``, ``simple_reflow+boss``: the task's teacher / the ``2rf`` or
-  ``simple_reflow`` student of the same seed (no new training) with Euler on its BOSS grid (METHOD.md §9): the Bellman-optimal K-step grid of
-  that model's Euler cost matrix, computed once per model and seed as in
+  ``simple_reflow`` student of the same seed (no new training) with Euler on its BOSS grid
+  (METHOD.md §9): the Bellman-optimal K-step grid of that model's Euler cost matrix, computed
+  once per model and seed as in
   ``benchmarks/boss_toy.py`` (``boss_toy._boss_cost`` on ``boss_toy._fit_noise(seed, 1024)``:
   100 uniform candidate intervals, 1,024 reference noises, 4 Heun substeps per candidate
   interval); at budget K, K Euler steps (K = 1: the grid [1, 0], i.e. plain Euler). Solver label

@@ -134,6 +134,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.training.batch_size = 256
     c.training.num_steps = 1000
     c.training.ema_decay = 0.9999
+    # EDM's EMA ramp-up ratio, in steps (train.step.ema_decay_at): the EMA's half-life is at
+    # most this times the steps taken; 0 = none (EDM's teachers use 0.05: a short run from
+    # random weights then forgets them)
+    c.training.ema_rampup = 0.0
     c.training.log_every = 100
     c.training.ckpt_every = 1000
     c.training.keep_checkpoints = 2

@@ -113,6 +113,7 @@ def get_config(arg: str = ""):
     c.training.batch_size = 256
     c.training.num_steps = 4000
     c.training.ema_decay = 0.999
+    c.training.ema_rampup = 0.0  # EDM's EMA ramp-up ratio (configs/common.py); 0 = none
     c.training.log_every = 500
     c.training.ckpt_every = 2000
     c.training.steps_per_call = 50

@@ -61,6 +61,8 @@ def _set(cfg, dotted, value):
         ("toy2d", "meanflow", "loss.class_dropout", 0.1, "loss.class_dropout=0.1"),
         ("toy2d", "meanflow", "loss.kind", "meanflows", "loss.kind='meanflows'"),
         ("toy2d", "meanflow", "eval.teacher_solver", "rk4", "eval.teacher_solver='rk4'"),
+        ("toy2d", "meanflow", "training.ema_rampup", -0.05, "training.ema_rampup=-0.05"),
+        ("cifar10", "meanflow,smoke", "training.ema_rampup", -1.0, "training.ema_rampup=-1.0"),
         ("cifar10", "meanflow,smoke", "guidance.kind", "autoguidance", "guidance.kind="),
         ("cifar10", "splitmeanflow,distill,smoke", "teacher.workdir", None, "teacher.workdir"),
         ("cifar10", "eval,meanflow,smoke", "model.two_time", False, "model.two_time=False"),

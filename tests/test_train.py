@@ -6,6 +6,7 @@ import os
 import chex
 import jax
 import ml_collections
+import numpy as np
 import optax
 import pytest
 from flax import nnx
@@ -13,7 +14,7 @@ from flax import nnx
 from configs.toy2d import get_config
 from simple_reflow.models.mlp import MLPDenoiser
 from simple_reflow.train import checkpoint
-from simple_reflow.train.step import init_state, make_train_step, split_model
+from simple_reflow.train.step import ema_decay_at, init_state, make_train_step, split_model
 from simple_reflow.train.toy import ONE_RF_LOSS, train_flow
 
 B = 32
@@ -52,6 +53,32 @@ def test_ema_is_the_exponential_average():
     state, _ = jax.jit(step)(state, _batch(0))
     expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, p0, state.params)
     chex.assert_trees_all_close(state.ema, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_ema_rampup_is_edms_in_steps():
+    """EDM's training loop in images (``ema_rampup_ratio``), recomputed here in float64:
+    half-life = min(halflife of ema_decay, ratio · images seen), β = 0.5^(batch / half-life),
+    with the images counted after the step. Decay 0.9 (half-life 6.6 steps) and ratio 0.5: the
+    ramp covers the first 13 steps; the first step's EMA is the new weights (β = 2^-2)."""
+    decay, ratio = 0.9, 0.5
+    model_def, params = split_model(MLPDenoiser(2, hidden=32, depth=2, rngs=nnx.Rngs(0)))
+    opt = optax.adam(1e-3)
+    state = init_state(params, opt, 0)
+    step = jax.jit(make_train_step(model_def, ONE_RF_LOSS, opt, ema_decay=decay, ema_rampup=ratio))
+    halflife_images = B * np.log(0.5) / np.log(decay)
+    expected = jax.tree.map(lambda x: np.asarray(x, np.float64), state.params)
+    for i in range(20):
+        state, _ = step(state, _batch(i))
+        beta = 0.5 ** (B / min(halflife_images, (i + 1) * B * ratio))
+        expected = jax.tree.map(
+            lambda e, p, b=beta: b * e + (1 - b) * np.asarray(p, np.float64),
+            expected,
+            state.params,
+        )
+        chex.assert_trees_all_close(state.ema, expected, rtol=1e-5, atol=1e-6)
+    assert float(ema_decay_at(0, decay, ratio)) == pytest.approx(0.25)
+    assert float(ema_decay_at(99, decay, ratio)) == pytest.approx(decay)
+    assert ema_decay_at(0, decay) == decay  # no ramp-up: the constant
 
 
 def _toy_cfg(steps):

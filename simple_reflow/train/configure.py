@@ -523,6 +523,7 @@ def fit_options(training) -> dict:
     """:func:`~simple_reflow.train.fit.fit`'s loop options from a ``training`` section."""
     return dict(
         ema_decay=training.ema_decay,
+        ema_rampup=training.get("ema_rampup", 0.0),
         steps_per_call=training.get("steps_per_call", 1),
         log_every=training.log_every,
         ckpt_every=training.ckpt_every,

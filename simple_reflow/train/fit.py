@@ -93,6 +93,7 @@ def fit(
     workdir: str,
     seed: int,
     ema_decay: float,
+    ema_rampup: float = 0.0,
     coupling=None,
     mesh=None,
     steps_per_call: int = 1,
@@ -114,6 +115,8 @@ def fit(
       workdir: checkpoints, ``metrics.jsonl``, TensorBoard events and ``ema.npz``.
       seed: the run's key is ``jax.random.key(seed)``.
       ema_decay: EMA decay per step.
+      ema_rampup: > 0: EDM's EMA ramp-up ratio (:func:`~simple_reflow.train.step.ema_decay_at`:
+        the EMA's half-life at most ``ema_rampup`` times the steps taken); 0: none.
       coupling: optional :class:`~simple_reflow.couplings.Coupling` (module docstring).
       mesh: a 1-D ``data`` mesh (default: all devices); batches are split over it, the state
         replicated.
@@ -128,7 +131,14 @@ def fit(
     coupling_state = None if coupling is None else coupling.init(stream_key(seed, "coupling"))
     repl = sharding.replicated(mesh)
     state = jax.device_put(init_state(params, optimizer, seed, coupling_state), repl)
-    step = make_train_step(model_def, loss_fn, optimizer, ema_decay=ema_decay, coupling=coupling)
+    step = make_train_step(
+        model_def,
+        loss_fn,
+        optimizer,
+        ema_decay=ema_decay,
+        ema_rampup=ema_rampup,
+        coupling=coupling,
+    )
     loop = dict(
         num_steps=num_steps,
         workdir=workdir,

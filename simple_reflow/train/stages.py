@@ -128,6 +128,8 @@ def _validate_common(cfg):
     _check(t.batch_size > 0, f"training.batch_size={t.batch_size!r} must be > 0.")
     _check(t.num_steps > 0, f"training.num_steps={t.num_steps!r} must be > 0.")
     _check(0 <= t.ema_decay < 1, f"training.ema_decay={t.ema_decay!r} must lie in [0, 1).")
+    rampup = t.get("ema_rampup", 0.0)
+    _check(rampup >= 0, f"training.ema_rampup={rampup!r} must be >= 0 (0: no EMA ramp-up).")
     _check(t.steps_per_call >= 1, f"training.steps_per_call={t.steps_per_call!r} must be >= 1.")
     _check(all(int(n) >= 1 for n in cfg.eval.nfe), f"eval.nfe={cfg.eval.nfe!r} must be >= 1.")
 
