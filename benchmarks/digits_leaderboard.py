@@ -31,10 +31,14 @@ training digits), ``ot-cfm``, ``loom-cfm`` (a 1-RF from scratch with minibatch O
 persistent assignment over the 1,500 training digits), ``meanflow``, ``splitmeanflow`` (two-time
 MLP from scratch on data and independent noise), ``splitmeanflow_distill`` (v from the teacher,
 starting from its weights), ``splitmeanflow_from_2rf`` (v from the ``2rf`` student of the seed,
-its weights), and the sampling-time rows ``teacher+boss`` / ``2rf+boss`` (Euler on the model's
-BOSS grid: ``boss_toy._boss_cost`` on ``boss_toy._fit_noise(seed, 1024)``, 100 candidate
-intervals, 4 Heun substeps; each record also keeps Euler on the uniform and, where it differs,
-the sigmoid (κ = 20) grid of as many intervals) and ``teacher+flowturbo`` / ``2rf+flowturbo``
+its weights), and the sampling-time rows ``<model>+boss`` for the teacher, ``2rf`` and
+``simple_reflow`` (Euler on the model's BOSS grid: ``boss_toy._boss_cost`` on
+``boss_toy._fit_noise(seed, 1024)``, 100 candidate intervals, 4 Heun substeps, computed once per
+model; each record also keeps Euler on the uniform and, where it differs, the sigmoid (κ = 20)
+grid of as many intervals), ``<model>+straight`` (the model fine-tuned along its BOSS grid of
+each budget by ``boss_toy._straighten`` with ``toy2d.STRAIGHTEN``: 1,000 Adam steps at 1e-4,
+batch 512, EMA 0.99, on its own reference trajectories of 4,096 fresh noises; Euler on that grid,
+solver ``"euler-boss-straight"``, its own average-velocity error) and ``<model>+flowturbo``
 (``toy2d.flowturbo_plan``: ``H1`` at 1 NFE, ``H1P{n−2}R1`` at n ≥ 2, with an ``MLPRefiner``
 32 × 2 trained by ``flowturbo_toy._train`` — 500 steps, batch 512, Adam 3e-3 cosine, EMA
 0.99, 4,096 noises — on 64-d data).
@@ -137,8 +141,13 @@ NAMES = (
     "splitmeanflow_from_2rf",
     "teacher+boss",
     "2rf+boss",
+    "simple_reflow+boss",
+    "teacher+straight",
+    "2rf+straight",
+    "simple_reflow+straight",
     "teacher+flowturbo",
     "2rf+flowturbo",
+    "simple_reflow+flowturbo",
 )
 METHODS = {name: toy2d.METHODS[name] for name in NAMES}
 CURVE_METHODS = ("2rf", "meanflow", "splitmeanflow", "splitmeanflow_distill")
@@ -181,6 +190,9 @@ QUICK = dict(
     ema_decay=0.9,
 )
 QUICK_SAMPLING = dict(
+    straighten_steps=50,
+    straighten_noises=256,
+    straighten_batch=128,
     boss_candidates=10,
     boss_noises=64,
     boss_substeps=1,
@@ -287,6 +299,7 @@ class SeedRun:
         self.exact = np.asarray(z - (t - r)[:, None] * u)
         self.seconds["exact_targets"] = time.perf_counter() - clock
         self._stores, self.trained, self._aves, self.curve = None, {}, {}, []
+        self._boss_costs = {}  # base model -> (its BOSS cost matrix, candidate times)
 
     # -- data and training ------------------------------------------------------------------
 
@@ -475,19 +488,26 @@ class SeedRun:
         )
         return out
 
+    def _boss_grid_fn(self, base):
+        """``k -> base``'s BOSS grid of k steps (the cost matrix computed once per base)."""
+        a = self.args
+        if base not in self._boss_costs:
+            clock = time.perf_counter()
+            tau = grids.uniform_grid(a.boss_candidates)
+            noise = boss_toy._fit_noise(self.seed, a.boss_noises, shape=SHAPE)
+            cost = boss_toy._boss_cost(self.model(base)[0], noise, tau, a.boss_substeps)
+            self._boss_costs[base] = (cost, tau)
+            self.seconds[f"{base}/boss_cost"] += time.perf_counter() - clock
+        cost, tau = self._boss_costs[base]
+        return lambda k: boss.optimal_grid(cost, tau, k)
+
     def _boss(self, name):
         a, base = self.args, METHODS[name]["base"]
-        fn = self.model(base)[0]
-        n = a.boss_candidates
-        clock = time.perf_counter()
-        tau = grids.uniform_grid(n)
-        noise = boss_toy._fit_noise(self.seed, a.boss_noises, shape=SHAPE)
-        cost = boss_toy._boss_cost(fn, noise, tau, a.boss_substeps)
-        self.seconds[f"{name}/boss_cost"] += time.perf_counter() - clock
+        fn, grid_fn = self.model(base)[0], self._boss_grid_fn(base)
         ave, records = self._base_aves(base), []
         for b in a.budgets:
             grid, nfe = sampler.grid_for_budget(
-                b, "euler", lambda k: boss.optimal_grid(cost, tau, k), max_intervals=n
+                b, "euler", grid_fn, max_intervals=a.boss_candidates
             )
             k = len(grid) - 1
             extra = {"grid": [float(t) for t in grid]}
@@ -499,6 +519,32 @@ class SeedRun:
                 extra["sigmoid_grid"] = self.scores(_sample(fn, self.x1, sig, "euler"))
             x0 = _sample(fn, self.x1, grid, "euler")
             records.append(self.record(name, "euler-boss", b, nfe, x0, ave.get(b), **extra))
+        return records
+
+    def _straight(self, name):
+        """The base model straightened along its BOSS grid of each budget, Euler on that grid
+        (``toy2d`` module docstring, ``toy2d.STRAIGHTEN``); its own average-velocity error."""
+        a, base = self.args, METHODS[name]["base"]
+        _, params, model_def = self.model(base)
+        grid_fn, records = self._boss_grid_fn(base), []
+        opts = argparse.Namespace(**{k: getattr(a, k) for k in toy2d.STRAIGHTEN})
+        for b in a.budgets:
+            grid, nfe = sampler.grid_for_budget(
+                b, "euler", grid_fn, max_intervals=a.boss_candidates
+            )
+            clock = time.perf_counter()
+            fn, seconds = boss_toy._straighten(
+                model_def, params, grid, self.seed, opts, b, 0, shape=SHAPE
+            )
+            self.seconds[f"{name}/straighten"] += time.perf_counter() - clock
+            extra = {
+                "grid": [float(t) for t in grid],
+                "straighten_steps": opts.straighten_steps,
+                "straighten_seconds": seconds,
+            }
+            x0 = _sample(fn, self.x1, grid, "euler")
+            ave = self.aves(fn, two_time=False, budgets=(b,))[b]
+            records.append(self.record(name, "euler-boss-straight", b, nfe, x0, ave, **extra))
         return records
 
     def _flowturbo(self, name):
@@ -533,6 +579,8 @@ class SeedRun:
             return self._boss(name)
         if spec["kind"] == "flowturbo":
             return self._flowturbo(name)
+        if spec["kind"] == "straight":
+            return self._straight(name)
         fn = self.model(name)[0]
         clock, two_time = time.perf_counter(), spec["kind"] == "mean"
         ave = self.aves(fn, two_time) if two_time else self._base_aves(name)
@@ -945,7 +993,12 @@ def parse(argv=None):
     for k, v in size.items():
         if getattr(args, k, None) is None:
             setattr(args, k, list(v) if isinstance(v, tuple) else v)
-    sampling = {**toy2d.BOSS, **toy2d.REFINER, **(QUICK_SAMPLING if args.quick else {})}
+    sampling = {
+        **toy2d.BOSS,
+        **toy2d.STRAIGHTEN,
+        **toy2d.REFINER,
+        **(QUICK_SAMPLING if args.quick else {}),
+    }
     for k, v in sampling.items():
         setattr(args, k, v)
     for flag, v in (("--steps", args.steps), ("--teacher-steps", args.teacher_steps)):

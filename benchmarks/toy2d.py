@@ -45,15 +45,16 @@ Methods:
   (κ = 20) of K intervals differs from the uniform one (K ≥ 3), Euler on the sigmoid grid on
   the same sets (``"sigmoid_grid"``: ``w2_sets``, ``w2_mean``, ``coupling_error``), so BOSS can
   be compared with both grids per seed (the uniform grid's is the base model's Euler record);
-- ``2rf+straight``, ``simple_reflow+straight``: that student straightened along its BOSS grid
-  of each budget K (the same cost matrix and grid as its ``+boss`` row) by a short fine-tune,
-  ``boss_toy._straighten`` (:func:`simple_reflow.train.boss.straighten`: 1,000 Adam steps at
-  1e-4, batch 512, EMA 0.99, on the model's own reference trajectories of 4,096 fresh noises
-  along that grid, 64 Heun substeps per interval: :data:`STRAIGHTEN`), then Euler on that
-  grid; one fine-tune per budget (K = 1: one interval, the model distilled into one step of
-  its own flow). Solver label ``"euler-boss-straight"``; the record keeps ``"grid"``,
+- ``teacher+straight``, ``2rf+straight``, ``simple_reflow+straight``: that model straightened
+  along its BOSS grid of each budget K (the same cost matrix and grid as its ``+boss`` row) by
+  a short fine-tune, ``boss_toy._straighten`` (:func:`simple_reflow.train.boss.straighten`:
+  1,000 Adam steps at 1e-4, batch 512, EMA 0.99, on the model's own reference trajectories of
+  4,096 fresh noises along that grid, 64 Heun substeps per interval: :data:`STRAIGHTEN`), then
+  Euler on that grid; one fine-tune per budget (K = 1: one interval, the model distilled into
+  one step of its own flow). Solver label ``"euler-boss-straight"``; the record keeps ``"grid"``,
   ``"straighten_steps"`` and ``"straighten_seconds"``, and its average-velocity error is the
-  straightened model's. (The analytic teacher has no weights to fine-tune.)
+  straightened model's. (The analytic teacher of 8gaussians has no weights to fine-tune: no
+  records.)
 - ``teacher+flowturbo``, ``2rf+flowturbo``, ``simple_reflow+flowturbo``: the same models with a
   FlowTurbo plan
   (:func:`flowturbo_plan`, ``simple_reflow.flowturbo``) of as many network calls as the
@@ -288,11 +289,11 @@ METHODS = {
         for kind, solver in (("boss", EULER_BOSS), ("flowturbo", FLOWTURBO))
         for base in ("teacher", "2rf", "simple_reflow")
     },
-    # A trained student straightened along its BOSS grid of each budget (a short fine-tune;
-    # the analytic teacher has no weights to fine-tune), Euler on that grid.
+    # A trained model straightened along its BOSS grid of each budget (a short fine-tune),
+    # Euler on that grid; an analytic teacher (8gaussians) has no weights and no such rows.
     **{
         f"{base}+straight": {"kind": "straight", "base": base, "solvers": [EULER_STRAIGHT]}
-        for base in ("2rf", "simple_reflow")
+        for base in ("teacher", "2rf", "simple_reflow")
     },
 }
 CURVE_METHODS = ("2rf", "meanflow", "splitmeanflow")  # --curve-methods' default
@@ -674,6 +675,9 @@ class TaskRun:
         average-velocity error is the straightened model's."""
         base = METHODS[name]["base"]
         _, params, model_def = self.model(base)
+        if params is None:
+            print(f"[{self.task} seed {self.seed}] {name}: the analytic teacher has no weights")
+            return []
         grid_fn, n = self._boss_grid_fn(base)
         opts = argparse.Namespace(**{k: _opt(self.args, k, v) for k, v in STRAIGHTEN.items()})
         records = []

@@ -11,9 +11,17 @@ from benchmarks import digits_leaderboard as dl
 
 SLOW = pytest.mark.slow  # the end-to-end run: each method below trained once (~40 s)
 # One method of each kind the runner handles (a teacher, a ReFlow student, an average-velocity
-# student with its step-0 curve point, BOSS and FlowTurbo rows on another method's model); the
-# other methods differ from these only in toy2d.METHODS' settings, tested with toy2d's runner.
-METHODS = ("teacher", "2rf", "splitmeanflow_distill", "teacher+boss", "2rf+flowturbo")
+# student with its step-0 curve point, BOSS, BOSS-straightened and FlowTurbo rows on another
+# method's model); the other methods differ from these only in toy2d.METHODS' settings, tested
+# with toy2d's runner.
+METHODS = (
+    "teacher",
+    "2rf",
+    "splitmeanflow_distill",
+    "teacher+boss",
+    "teacher+straight",
+    "2rf+flowturbo",
+)
 # One pytest-xdist worker runs the module (``--dist loadgroup``): the run is made once.
 pytestmark = pytest.mark.xdist_group("digits_leaderboard")
 
@@ -62,6 +70,12 @@ def test_ground_truth_is_the_teachers_flow(run):
     # BOSS at 1 NFE is plain Euler: the grid [1, 0]
     boss1 = _get(records, method="teacher+boss", budget=1, curve=None)
     assert boss1["grid"] == [1.0, 0.0] and boss1["fd"] == euler1["fd"]
+    # the straightened teacher is fine-tuned along the same grid, and is another model
+    for b in dl.QUICK["budgets"]:
+        boss = _get(records, method="teacher+boss", budget=b, curve=None)
+        straight = _get(records, method="teacher+straight", budget=b, curve=None)
+        assert straight["grid"] == boss["grid"] and straight["straighten_steps"] == 50
+        assert straight["coupling_error"] != boss["coupling_error"]
 
 
 @SLOW
