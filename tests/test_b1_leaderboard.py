@@ -206,6 +206,25 @@ def test_a_curve_has_flattened_when_the_last_doubling_moves_less_than_the_seed_s
     assert toy2d.summarize(records) == {}
 
 
+def _sampling_args(**overrides):
+    """A tiny B1 run's arguments (8gaussians, one evaluation set, 16 BOSS candidates)."""
+    return argparse.Namespace(
+        **{
+            "eval_sets": 1,
+            "steps": 100,
+            "teacher_steps": 100,
+            "num_pairs": 256,
+            "num_samples": 128,
+            "ema_decay": 0.9,
+            "wcfm_kappa": 8.0,
+            "no_accurate": True,
+            "boss_candidates": 16,
+            "boss_noises": 32,
+            **overrides,
+        }
+    )
+
+
 def test_boss_and_flowturbo_rows_reuse_the_model_and_reduce_to_euler_and_the_pseudo_corrector(
     tmp_path,
 ):
@@ -213,20 +232,10 @@ def test_boss_and_flowturbo_rows_reuse_the_model_and_reduce_to_euler_and_the_pse
     identities — one BOSS step is Euler's, the 1-NFE plan "H1" is Euler, and with a zero
     refiner "H1R1" / "H1P2R1" are the pseudo-corrector on the uniform grid of 2 / 4 steps (up
     to float32 rounding)."""
-    args = argparse.Namespace(
+    args = _sampling_args(
         methods=["teacher", "teacher+boss", "teacher+flowturbo"],
-        eval_sets=1,
-        steps=100,
-        teacher_steps=100,
-        num_pairs=256,
-        num_samples=128,
-        ema_decay=0.9,
-        wcfm_kappa=8.0,
         budgets=[1, 2, 4],
         teacher_solvers=["euler"],
-        no_accurate=True,
-        boss_candidates=16,
-        boss_noises=32,
         refiner_steps=0,  # the zero offset
     )
     t = toy2d.TaskRun("8gaussians", 0, args, str(tmp_path))
@@ -279,19 +288,9 @@ def test_straightened_rows_with_a_zero_learning_rate_are_the_boss_rows(tmp_path)
     on that grid. With a learning rate of 0 the fine-tune leaves the weights (and their EMA)
     unchanged, so every record equals the ``<student>+boss`` one: same grid, same samples, same
     average-velocity error (the straightened model's own, here the student's)."""
-    args = argparse.Namespace(
+    args = _sampling_args(
         methods=["2rf+boss", "2rf+straight"],
-        eval_sets=1,
-        steps=100,
-        teacher_steps=100,
-        num_pairs=256,
-        num_samples=128,
-        ema_decay=0.9,
-        wcfm_kappa=8.0,
         budgets=[1, 2],
-        no_accurate=True,
-        boss_candidates=16,
-        boss_noises=32,
         straighten_steps=50,
         straighten_noises=64,
         straighten_batch=32,
