@@ -829,7 +829,9 @@ def format_report(records, meta=None):
             )
     lines += format_curves(records)
     if meta:
-        lines += ["", f"Wall time: {meta.get('wall_seconds', 0):.0f} s."]
+        added = [m.get("wall_seconds", 0) for m in meta.get("added_runs", [])]
+        more = "".join(f" + {w:.0f} s (rows added by a later run)" for w in added)
+        lines += ["", f"Wall time: {meta.get('wall_seconds', 0):.0f} s{more}."]
     return "\n".join(lines) + "\n"
 
 
