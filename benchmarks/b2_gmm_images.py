@@ -90,6 +90,7 @@ first, which holds the compilation).
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import functools
 import json
@@ -805,6 +806,67 @@ def curve_table(records, budgets=(1, 2), metrics_=("fd", "coupling_error", "avg_
     return "\n".join(lines)
 
 
+def budget_rule(records, methods=("2rf", "meanflow"), budgets=(1, 2), metric="fd"):
+    """The leaderboards' budget rule on B2's curves: ``{(method, budget): verdict}``.
+
+    Per method and NFE budget, the seed mean and the std over seeds (ddof = 1) of ``metric`` at
+    each training step count (curve points and the final model); the curve has flattened at the
+    last step S when the last doubling S/2 → S changes the seed mean by less than the std at S
+    (``toy2d`` module docstring). A verdict is ``{"means": {step: mean}, "from", "to",
+    "change", "spread", "flattened"}``; ``flattened`` is None with fewer than two seeds or
+    without the point at S/2.
+    """
+    out = {}
+    for method in methods:
+        for n in budgets:
+            by_step = collections.defaultdict(list)
+            for r in records:
+                if (r["method"], r["budget"]) == (method, n) and r.get(metric) is not None:
+                    by_step[r["train_steps"]].append(r[metric])
+            if not by_step:
+                continue
+            means = {k: statistics.mean(v) for k, v in sorted(by_step.items())}
+            last = max(means)
+            prev, seeds = last // 2, by_step[last]
+            spread = statistics.stdev(seeds) if len(seeds) > 1 else None
+            change = means[last] - means[prev] if prev in means else None
+            ok = None if spread is None or change is None else abs(change) < spread
+            out[(method, n)] = {
+                "means": means,
+                "from": prev,
+                "to": last,
+                "change": change,
+                "spread": spread,
+                "flattened": ok,
+            }
+    return out
+
+
+def budget_rule_table(records, **kw):
+    """Markdown lines of :func:`budget_rule` (empty without curve records)."""
+    if not any(r.get("curve") for r in records):
+        return ""
+    lines = [
+        "## Budget rule (FD)",
+        "",
+        "Flattened at S: the last doubling S/2 → S changes the seed mean by less than the std "
+        "over seeds at S.",
+        "",
+        "| method | NFE | seed mean per step | last doubling | change | seed std | flattened |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (method, n), v in budget_rule(records, **kw).items():
+        means = "; ".join(f"{k}: {m:.4g}" for k, m in v["means"].items())
+        change = "–" if v["change"] is None else f"{v['change']:+.4g}"
+        spread = "–" if v["spread"] is None else f"{v['spread']:.3g}"
+        verdict = {True: "yes", False: "no", None: "–"}[v["flattened"]]
+        lines.append(
+            f"| {method} | {n} | {means} | {v['from']} → {v['to']} | {change} | {spread} | "
+            f"{verdict} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True)
@@ -873,7 +935,7 @@ def main():
     write_json(args.out, records)
     write_json(args.out.replace(".json", ".meta.json"), meta)
     with open(args.out.replace(".json", ".md"), "w") as f:
-        f.write(table(records) + "\n" + curve_table(records))
+        f.write(table(records) + "\n" + curve_table(records) + "\n" + budget_rule_table(records))
     print(f"wrote {args.out} ({len(records)} records) in {timings['total_s']:.0f} s")
 
 

@@ -63,3 +63,36 @@ def test_the_distilled_student_starts_as_its_one_time_network_exactly():
         mean, nfe = b2.student_generate(two_def, start, x1, b2.MEAN, budget, two_time=True)
         assert nfe == budget
         np.testing.assert_array_equal(mean, euler)
+
+
+def test_budget_rule_compares_the_last_doubling_with_the_seed_spread():
+    """B2's budget rule on hand-made curves: 2-RF's seed mean moves 10 over 500 → 1000 against
+    a seed std of √2·1 (not flattened), MeanFlow's 0.5 against √2·2 (flattened); one seed has
+    no spread, so no verdict."""
+
+    def rec(method, seed, steps, fd, curve=True):
+        return {
+            "method": method,
+            "seed": seed,
+            "budget": 1,
+            "train_steps": steps,
+            "fd": fd,
+            "curve": curve,
+        }
+
+    records = [
+        rec("2rf", 0, 500, 60.0), rec("2rf", 1, 500, 62.0),
+        rec("2rf", 0, 1000, 50.0, False), rec("2rf", 1, 1000, 52.0, False),
+        rec("meanflow", 0, 500, 40.0), rec("meanflow", 1, 500, 44.0),
+        rec("meanflow", 0, 1000, 40.5, False), rec("meanflow", 1, 1000, 44.5, False),
+    ]  # fmt: skip
+    got = b2.budget_rule(records, budgets=(1,))
+    two, mf = got[("2rf", 1)], got[("meanflow", 1)]
+    assert (two["from"], two["to"], two["change"]) == (500, 1000, -10.0)
+    assert two["spread"] == pytest.approx(2**0.5) and two["flattened"] is False
+    assert mf["change"] == pytest.approx(0.5) and mf["flattened"] is True
+    one = b2.budget_rule([r for r in records if r["seed"] == 0], budgets=(1,))
+    assert one[("2rf", 1)]["flattened"] is None
+    assert "| 2rf | 1 | 500: 61; 1000: 51 | 500 → 1000 | -10 | 1.41 | no |" in b2.budget_rule_table(
+        records, budgets=(1,)
+    )
