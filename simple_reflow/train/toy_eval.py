@@ -146,7 +146,7 @@ def exact_mean_targets(teacher, sets, budgets, grid_fn):
     """The analytic teacher's exact average velocities along its own ODE trajectories.
 
     For each evaluation set and budget n: the ``"mean"`` solver's grid of n intervals
-    t_0 = 1 > … > t_n = 0 (``grid_fn``), the exact points z*_0 = x1,
+    t_0 > … > t_n = 0 (``grid_fn``; t_0 = 1 on the toys), the exact points z*_0 = t_0·x1,
     z*_{k+1} = z*_k − (t_k − t_{k+1})·u*_k = Φ_{t_k→t_{k+1}}(z*_k), and
     u*_k = u*(z*_k, t_{k+1}, t_k) from :func:`~simple_reflow.average_velocity.
     exact_average_velocity` (an adaptive solve at toy_eval's tolerances, 1e-6).
@@ -188,7 +188,7 @@ def avg_velocity_errors(denoise_fn, targets, *, two_time):
     # a fused network-then-sum wrongly (inf, NaN, 1e8: another value per compilation) when a
     # weight matrix closed over as a constant has all-equal entries, as a zero-initialised layer
     # does at step 0 (the two-time embedding, MLPDenoiser's output layer): its YNNPACK fusion of
-    # the dot and the reduction (tests/test_toy_eval.py checks this function against a
+    # the dot and the reduction (tests/test_b1_leaderboard.py checks this function against a
     # float64 reference on such a network).
     u_fn = jax.jit(u_of)
 
