@@ -501,7 +501,7 @@ class SeedRun:
         cost, tau = self._boss_costs[base]
         return lambda k: boss.optimal_grid(cost, tau, k)
 
-    def _boss(self, name):
+    def _boss_records(self, name):
         a, base = self.args, METHODS[name]["base"]
         fn, grid_fn = self.model(base)[0], self._boss_grid_fn(base)
         ave, records = self._base_aves(base), []
@@ -521,7 +521,7 @@ class SeedRun:
             records.append(self.record(name, "euler-boss", b, nfe, x0, ave.get(b), **extra))
         return records
 
-    def _straight(self, name):
+    def _straight_records(self, name):
         """The base model straightened along its BOSS grid of each budget, Euler on that grid
         (``toy2d`` module docstring, ``toy2d.STRAIGHTEN``); its own average-velocity error."""
         a, base = self.args, METHODS[name]["base"]
@@ -547,7 +547,7 @@ class SeedRun:
             records.append(self.record(name, "euler-boss-straight", b, nfe, x0, ave, **extra))
         return records
 
-    def _flowturbo(self, name):
+    def _flowturbo_records(self, name):
         a, base = self.args, METHODS[name]["base"]
         fn = self.model(base)[0]
         ave, records = self._base_aves(base), []
@@ -575,12 +575,8 @@ class SeedRun:
     def evaluate(self, name):
         """The records of ``name`` (trained first if need be)."""
         spec = METHODS[name]
-        if spec["kind"] == "boss":
-            return self._boss(name)
-        if spec["kind"] == "flowturbo":
-            return self._flowturbo(name)
-        if spec["kind"] == "straight":
-            return self._straight(name)
+        if spec["kind"] in toy2d.SAMPLER_KINDS:  # another method's model: _boss_records, …
+            return getattr(self, f"_{spec['kind']}_records")(name)
         fn = self.model(name)[0]
         clock, two_time = time.perf_counter(), spec["kind"] == "mean"
         ave = self.aves(fn, two_time) if two_time else self._base_aves(name)

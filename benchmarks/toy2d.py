@@ -744,12 +744,8 @@ class TaskRun:
     def evaluate(self, name):
         """The records of ``name`` (trained first if need be)."""
         spec = METHODS[name]
-        if spec["kind"] == "boss":
-            return self._boss_records(name)
-        if spec["kind"] == "flowturbo":
-            return self._flowturbo_records(name)
-        if spec["kind"] == "straight":
-            return self._straight_records(name)
+        if spec["kind"] in SAMPLER_KINDS:  # another method's model: _boss_records, …
+            return getattr(self, f"_{spec['kind']}_records")(name)
         fn = self.model(name)[0]
         if name == "teacher":
             solvers = _opt(self.args, "teacher_solvers", list(SOLVERS))
