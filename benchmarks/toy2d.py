@@ -27,6 +27,9 @@ Methods:
   trained from scratch on data with independent noise for ``--steps`` steps, as
   ``configs/toy2d.py:meanflow`` / ``:splitmeanflow`` (logit-normal(−0.4, 1) times, MeanFlow:
   r = t on 75 % of the rows, adaptive weight p = 1; SplitMeanFlow: boundary 50 %, p = 0);
+- ``imeanflow``: MeanFlow with improved MeanFlow's v-loss (``--config.loss.mean_tangent=model``:
+  the JVP along the model's own u(z, t, t) instead of x1 − x0,
+  :mod:`simple_reflow.losses_mean`), everything else as ``meanflow``;
 - ``splitmeanflow_distill``: SplitMeanFlow with v from the task's teacher (analytic on
   8gaussians, from scratch; elsewhere the 1-RF, whose weights it starts from);
 - ``splitmeanflow_from_2rf``: SplitMeanFlow with v from the ``2rf`` student of the same task
@@ -269,6 +272,8 @@ METHODS = {
     # (v from "teacher": the task's teacher, or the 2rf student; the student starts from its
     # weights when it has them, toy._mean_student_init).
     "meanflow": {"kind": "mean", "solvers": [MEAN], "loss": "meanflow"},
+    # improved MeanFlow's v-loss: the JVP along the model's own u(z, t, t) (losses_mean)
+    "imeanflow": {"kind": "mean", "solvers": [MEAN], "loss": "meanflow", "tangent": "model"},
     "splitmeanflow": {"kind": "mean", "solvers": [MEAN], "loss": "splitmeanflow"},
     "splitmeanflow_distill": {
         "kind": "mean",
@@ -469,6 +474,7 @@ class TaskRun:
         if spec["kind"] == "mean":
             mcfg = copy.deepcopy(cfg)
             apply_mean_method(mcfg, spec["loss"], distill="teacher" in spec)
+            mcfg.loss.mean_tangent = spec.get("tangent", "target")
             mrun = stages.resolve(mcfg)
             teacher, params, model_def = (
                 self.model(spec["teacher"]) if "teacher" in spec else (None,) * 3

@@ -24,7 +24,8 @@ the uniform grid beside the teacher (Euler on the same grid). ``distill`` takes 
 velocity from the teacher instead of x1 − x0: on 8gaussians the analytic teacher, which has no
 weights, so the student starts from scratch; elsewhere the trained 1-RF, whose weights the
 student starts from (``models.two_time.init_from_one_time``: at step 0 it samples exactly as the
-teacher does with Euler).
+teacher does with Euler). ``meanflow`` with ``--config.loss.mean_tangent=model`` trains with
+improved MeanFlow's v-loss (the JVP along the model's own u(z, t, t); ``losses_mean``).
 
 ``boss`` adds BOSS (METHOD.md §9) after the evaluation: each model's Bellman-optimal K-step
 Euler grid (K = 2, 4, 6; saved beside the snapshots that exist, ``boss_grid.json``), the student

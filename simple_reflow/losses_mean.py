@@ -10,6 +10,16 @@ library denoiser; stop-gradient).
 - **MeanFlow** (Geng, Deng, Bai, Kolter, He 2025, arXiv 2505.13447, §4.1 Eq. 6–10, Alg. 1):
   (u, du/dt) = jvp(u_θ, (z_t, r, t), (v, 0, 1)) — du/dt = ∂_z u·v + ∂_t u with r fixed — and
   the target u_tgt = v − (t − r)·du/dt under a stop-gradient.
+- **Improved MeanFlow's v-loss** (Geng, Lu, Wu, Shechtman, Kolter, He 2025, arXiv 2512.02012,
+  ``tangent="model"``): the loss ‖V_θ − v‖² on the compound prediction
+  V_θ = u_θ(z_t, r, t) + (t − r)·sg(du_θ/dt), the derivative taken along (v_θ, 0, 1) with the
+  model's own instantaneous velocity v_θ(z_t, t) = u_θ(z_t, t, t) (the boundary condition)
+  instead of the conditional x1 − x0, so that V_θ depends on z_t alone. Since
+  V_θ − v = u_θ − (v − (t − r)·du_θ/dt), its value and gradient are MeanFlow's with that one
+  change of tangent, which is how it is computed here (one more forward pass, stop-gradient).
+  Read from the paper's abstract and from secondary write-ups of its equations (the search
+  corpus held no full text): [recon] the adaptive weighting and the (r, t) sampler are kept
+  from MeanFlow; the paper's other change, guidance as a conditioning input, is not built.
 - **SplitMeanFlow** (Guo et al. 2025, arXiv 2507.16884, interval splitting consistency,
   Alg. 1): λ ~ U(0, 1), s = (1 − λ)t + λr, u₂ = u_θ(z_t, s, t), z_s = z_t − (t − s)·u₂,
   u₁ = u_θ(z_s, r, s); target sg((1 − λ)·u₁ + λ·u₂). No JVP: two extra forward passes.
@@ -66,6 +76,7 @@ __all__ = [
     "num_boundary",
     "adaptive_weight",
     "JVP_MODES",
+    "MEAN_TANGENTS",
     "jvp",
     "resolve_jvp_mode",
     "meanflow_target",
@@ -127,6 +138,8 @@ def adaptive_weight(sq_norm, *, p=1.0, c=1e-3):
 
 
 JVP_MODES = ("auto", "forward", "transpose")
+MEAN_TANGENTS = ("target", "model")
+"""The MeanFlow JVP's velocity along z: the target's v, or the model's own (improved MeanFlow)."""
 
 
 def jvp(fn, primals, tangents, *, mode="forward"):
@@ -162,20 +175,22 @@ def resolve_jvp_mode(model, mode="auto"):
     return "forward"
 
 
-def meanflow_target(u_fn, z_t, r, t, v, *, jvp_mode="forward"):
+def meanflow_target(u_fn, z_t, r, t, v, *, tangent=None, jvp_mode="forward"):
     """MeanFlow's target by one JVP (MeanFlow Eq. 8–10).
 
     Args:
       u_fn: ``u_fn(z, r, t) -> u`` the average velocity (``[B, ...], [B], [B]``).
       z_t: ``[B, ...]``; r, t: ``[B]``.
-      v: ``[B, ...]`` the instantaneous velocity at (z_t, t): the tangent along z.
+      v: ``[B, ...]`` the instantaneous velocity at (z_t, t) of the target.
+      tangent: ``[B, ...]`` the velocity along z of the derivative, or ``None``: v (MeanFlow).
+        Improved MeanFlow passes the model's own v_θ(z_t, t) = u_θ(z_t, t, t) here.
       jvp_mode: :func:`jvp`'s mode, ``"forward"`` or ``"transpose"``.
 
     Returns:
       ``(u, u_tgt)``: u_θ(z_t, r, t) and v − (t − r)·du/dt, du/dt the derivative along
-      (v, 0, 1) (r held fixed). No stop-gradient here; the objective applies it.
+      (tangent, 0, 1) (r held fixed). No stop-gradient here; the objective applies it.
     """
-    tangents = (v, jnp.zeros_like(r), jnp.ones_like(t))
+    tangents = (v if tangent is None else tangent, jnp.zeros_like(r), jnp.ones_like(t))
     u, dudt = jvp(u_fn, (z_t, r, t), tangents, mode=jvp_mode)
     return u, v - paths.expand_t(t - r, dudt) * dudt
 
@@ -276,18 +291,22 @@ def _frozen(model):
     return nnx.merge(graphdef, jax.lax.stop_gradient(state))
 
 
-def _meanflow_terms(model, z, r, t, v, cond, key, jvp_mode):
+def _meanflow_terms(model, z, r, t, v, cond, key, jvp_mode, tangent):
     """(u, u_tgt) for MeanFlow. Forward mode gives u and du/dt in one pass; the transpose path
     (reverse-only layers) takes du/dt from the model with frozen parameters — an outer
     ``jax.grad`` cannot differentiate a transposed VJP, and the target is stop-gradient anyway —
-    and u from a separate forward pass."""
+    and u from a separate forward pass. ``tangent="model"``: the JVP runs along the model's own
+    boundary velocity u_θ(z, t, t) (one more forward pass, stop-gradient; improved MeanFlow)."""
 
     def u_of(m):
         return lambda z_, r_, t_: average_velocity(m, z_, r_, t_, cond, key=key)
 
+    # the same dropout key as u's [recon: the papers do not say]
+    w = jax.lax.stop_gradient(u_of(_frozen(model))(z, t, t)) if tangent == "model" else None
     if resolve_jvp_mode(model, jvp_mode) == "forward":
-        return meanflow_target(u_of(model), z, r, t, v, jvp_mode="forward")
-    _, target = meanflow_target(u_of(_frozen(model)), z, r, t, v, jvp_mode="transpose")
+        return meanflow_target(u_of(model), z, r, t, v, tangent=w, jvp_mode="forward")
+    frozen = u_of(_frozen(model))
+    _, target = meanflow_target(frozen, z, r, t, v, tangent=w, jvp_mode="transpose")
     return u_of(model)(z, r, t), target
 
 
@@ -367,6 +386,7 @@ def meanflow_objective(
     norm_eps=1e-3,
     weight=None,
     jvp_mode="auto",
+    tangent="target",
     guidance: TrainingGuidance | None = None,
 ):
     """The MeanFlow loss at given times (the part of :func:`meanflow_loss` after sampling).
@@ -382,16 +402,20 @@ def meanflow_objective(
       norm_p, norm_eps: the adaptive weight's p and c.
       weight: ``[B]`` per-sample weights or ``None``.
       jvp_mode: ``"auto"`` (:func:`resolve_jvp_mode`), ``"forward"`` or ``"transpose"``.
+      tangent: the JVP's velocity along z: ``"target"`` the target's v (MeanFlow), ``"model"``
+        the model's own v_θ = u_θ(z_t, t, t) (improved MeanFlow's v-loss, module docstring).
       guidance: CFG folded into the target (:class:`TrainingGuidance`; needs ``cond`` and
         ``key``), or ``None``.
 
     Returns:
       ``(loss, metrics)``.
     """
+    if tangent not in MEAN_TANGENTS:
+        raise ValueError(f"tangent={tangent!r} is not one of {MEAN_TANGENTS}.")
 
     def interval(model, z, r, t, v, c, key_u, key_x):
         del key_x
-        return _meanflow_terms(model, z, r, t, v, c, key_u, jvp_mode)
+        return _meanflow_terms(model, z, r, t, v, c, key_u, jvp_mode, tangent)
 
     return _objective(
         interval,
@@ -470,6 +494,7 @@ def meanflow_loss(
     norm_eps=1e-3,
     t_max=1.0,
     jvp_mode="auto",
+    tangent="target",
     guidance: TrainingGuidance | None = None,
 ):
     """The MeanFlow loss on a batch of pairs (MeanFlow §4, Alg. 1), beside
@@ -485,6 +510,8 @@ def meanflow_loss(
       norm_p, norm_eps: the adaptive weight w = sg(1/(‖Δ‖² + c)^p).
       t_max: the largest time, in (0, 1].
       jvp_mode: ``"auto"`` (:func:`resolve_jvp_mode`), ``"forward"`` or ``"transpose"``.
+      tangent: ``"target"`` (MeanFlow) or ``"model"`` (improved MeanFlow's v-loss: the JVP
+        along the model's own u_θ(z_t, t, t); :func:`meanflow_objective`).
       guidance: CFG folded into the training target (:class:`TrainingGuidance`), for a
         class-conditional batch; ``None``: unguided.
 
@@ -515,6 +542,7 @@ def meanflow_loss(
         norm_eps=norm_eps,
         weight=batch.get("weight"),
         jvp_mode=jvp_mode,
+        tangent=tangent,
         guidance=guidance,
     )
 

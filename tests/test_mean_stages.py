@@ -57,6 +57,8 @@ def _set(cfg, dotted, value):
         ("toy2d", "meanflow", "loss.norm_eps", 0.0, "loss.norm_eps=0.0"),
         ("toy2d", "meanflow", "loss.norm_p", -1.0, "loss.norm_p=-1.0"),
         ("toy2d", "meanflow", "loss.jvp_mode", "reverse", "loss.jvp_mode='reverse'"),
+        ("toy2d", "meanflow", "loss.mean_tangent", "v", "loss.mean_tangent='v'"),
+        ("toy2d", "splitmeanflow", "loss.mean_tangent", "model", "loss.kind='splitmeanflow'"),
         ("toy2d", "", "loss.distill", True, "loss.distill=True"),
         ("toy2d", "meanflow", "loss.class_dropout", 0.1, "loss.class_dropout=0.1"),
         ("toy2d", "meanflow", "loss.kind", "meanflows", "loss.kind='meanflows'"),
@@ -119,6 +121,16 @@ def test_mean_configs_resolve_to_two_time_models():
         0.25,
         0.75,
     )
+
+
+def test_improved_meanflow_tangent_reaches_the_loss():
+    """``loss.mean_tangent`` is passed to MeanFlow's loss (the default: MeanFlow's own)."""
+    from simple_reflow.train.configure import loss_fn_from_config
+
+    cfg = _get("toy2d", "meanflow")
+    assert loss_fn_from_config(cfg.loss, cfg.time).keywords["tangent"] == "target"
+    cfg.loss.mean_tangent = "model"
+    assert loss_fn_from_config(cfg.loss, cfg.time).keywords["tangent"] == "model"
 
 
 # -- guidance folded into the target -------------------------------------------------------------

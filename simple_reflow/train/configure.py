@@ -55,7 +55,9 @@ LOSS_KINDS = ("flow", "edm", *MEAN_KINDS)
 # The ``loss`` fields of the average-velocity objectives (METHOD.md §9) and their defaults
 # (read with ``loss.get``, so a config without them keeps them): ``equal_fraction`` is
 # MeanFlow's r = t fraction, ``boundary_fraction`` SplitMeanFlow's; ``norm_p``, ``norm_eps`` the
-# adaptive weight's p and c; ``distill``: v from the teacher instead of x1 − x0; ``cfg_omega``,
+# adaptive weight's p and c; ``mean_tangent``: MeanFlow's JVP along the target's v ("target") or
+# the model's own u(z, t, t) ("model": improved MeanFlow's v-loss); ``distill``: v from the
+# teacher instead of x1 − x0; ``cfg_omega``,
 # ``cfg_kappa``, ``class_dropout``: guidance folded into the target (class-conditional data).
 MEAN_LOSS_DEFAULTS = {
     "equal_fraction": 0.75,
@@ -63,6 +65,7 @@ MEAN_LOSS_DEFAULTS = {
     "norm_p": 1.0,
     "norm_eps": 1e-3,
     "jvp_mode": "auto",
+    "mean_tangent": "target",
     "distill": False,
     "cfg_omega": 1.0,
     "cfg_kappa": 0.0,
@@ -206,6 +209,15 @@ def validate_loss_config(loss) -> None:
         m["jvp_mode"] in losses_mean.JVP_MODES,
         f"loss.jvp_mode={m['jvp_mode']!r} is not one of {losses_mean.JVP_MODES}.",
     )
+    _check(
+        m["mean_tangent"] in losses_mean.MEAN_TANGENTS,
+        f"loss.mean_tangent={m['mean_tangent']!r} is not one of {losses_mean.MEAN_TANGENTS}.",
+    )
+    _check(
+        m["mean_tangent"] == "target" or kind == "meanflow",
+        f"loss.mean_tangent={m['mean_tangent']!r} is MeanFlow's JVP tangent: loss.kind="
+        f"{kind!r} is not 'meanflow'.",
+    )
     _check(isinstance(m["distill"], bool), f"loss.distill={m['distill']!r} must be a bool.")
     _check(
         not m["distill"] or kind in MEAN_KINDS,
@@ -342,7 +354,12 @@ def mean_loss_kwargs(loss, time, *, num_classes=0, teacher_fn=None) -> dict:
             class_dropout=m["class_dropout"],
         )
     if kind == "meanflow":
-        return dict(kw, equal_fraction=m["equal_fraction"], jvp_mode=m["jvp_mode"])
+        return dict(
+            kw,
+            equal_fraction=m["equal_fraction"],
+            jvp_mode=m["jvp_mode"],
+            tangent=m["mean_tangent"],
+        )
     return dict(kw, boundary_fraction=m["boundary_fraction"])
 
 
