@@ -9,7 +9,15 @@ Models:
 - ``teacher``: B2's analytic teacher (``b2_gmm_images.make_mixture``, METHOD.md §6);
 - ``2rf`` (``--student SEED:EMA_NPZ``, repeatable): a B2 2-RF student, the EMA weights a
   ``b2_gmm_images.py`` run trained for that seed (its DDPM++, ``build_student(shape, seed)``);
-  its rows carry that seed.
+  its rows carry that seed;
+- ``2rf+straight``: that student straightened along its grid of each K of
+  ``--straighten-budgets`` (default 4) for each grid of ``--straighten-grids`` (BOSS, and the
+  uniform grid as a control: what straightening gains without BOSS's grid) —
+  ``boss_toy._straighten``: :func:`simple_reflow.train.boss.straighten`, ``--straighten-steps``
+  of Adam at ``--straighten-lr`` (batch ``--straighten-batch``, EMA 0.99) on the student's own
+  reference trajectories of ``--straighten-noises`` noises along that grid (Heun,
+  ``--straighten-substeps`` per interval) — and sampled with K Euler steps on that grid.
+  The analytic teacher has no weights: no such rows.
 
 For each seed of ``--seeds`` (the teacher; ``''``: no teacher rows) or of ``--student`` (a
 student), the BOSS grid for each K of ``--budgets`` is chosen from ``--candidates`` uniform
@@ -44,7 +52,14 @@ import jax  # noqa: E402
 from benchmarks import b2_gmm_images as b2  # noqa: E402
 from benchmarks import boss_toy  # noqa: E402
 from benchmarks.boss_digits import _cells  # noqa: E402
-from benchmarks.boss_toy import GRIDS, KAPPA, _boss_cost, _find, _fit_noise  # noqa: E402
+from benchmarks.boss_toy import (  # noqa: E402
+    GRIDS,
+    KAPPA,
+    _boss_cost,
+    _find,
+    _fit_noise,
+    _straighten,
+)
 from simple_reflow import boss, flowturbo, grids, sampler  # noqa: E402
 from simple_reflow.train import checkpoint  # noqa: E402
 
@@ -67,6 +82,9 @@ def _args(argv=None):
         help="a B2 2-RF student's EMA weights and the seed that built it (repeatable)",
     )
     p.add_argument("--chunk", type=int, default=1000, help="noises per compiled sampling call")
+    boss_toy.straighten_options(
+        p, steps=500, noises=512, substeps=8, lr=1e-4, batch=32, budgets="4"
+    )
     return p.parse_args(argv)
 
 
@@ -82,13 +100,14 @@ def _chunked(run, x1, chunk):
 
 
 def _load_students(specs, shape):
+    """``[(seed, model_def, params)]`` of the ``--student SEED:EMA_NPZ`` arguments."""
     out = []
     for spec in specs:
         seed, _, path = spec.partition(":")
         if not path or not os.path.exists(path):
             raise ValueError(f"--student {spec!r}: expected SEED:EMA_NPZ of an existing file.")
         model_def, params = b2.build_student(shape, int(seed))
-        out.append((int(seed), model_def.denoiser(checkpoint.load_params(path, params))))
+        out.append((int(seed), model_def, checkpoint.load_params(path, params)))
     return out
 
 
@@ -102,8 +121,11 @@ def run(args):
     extra = {"eval_set_seconds": time.perf_counter() - clock}
     other = np.asarray(gm.sample(jax.random.key(101), args.num_samples))
     extra["floors"] = b2.metrics(other, gm, exact, None, jax.random.key(7))
-    models = [("teacher", s, gm) for s in seeds]
-    models += [("2rf", s, fn) for s, fn in _load_students(args.student, gm.shape)]
+    straight_ks, straight_grids = boss_toy.straighten_plan(args)
+    models = [("teacher", s, gm, None) for s in seeds]  # analytic: no weights to straighten
+    models += [
+        ("2rf", s, d.denoiser(p), (d, p)) for s, d, p in _load_students(args.student, gm.shape)
+    ]
     tau = grids.make_grid("uniform", args.candidates, t_max=b2.T_MAX)
     records = []
 
@@ -114,7 +136,7 @@ def run(args):
         records.append(rec)
         print({k: v for k, v in rec.items() if k != "times"}, flush=True)
 
-    for name, seed, fn in models:
+    for name, seed, fn, weights in models:
         clock = time.perf_counter()
         z = _fit_noise(seed, args.fit_noises, shape=gm.shape)
         cost = _boss_cost(fn, z, tau, args.substeps)
@@ -144,6 +166,23 @@ def run(args):
                 rec |= {"nfe": nfe, "times": [float(t) for t in grid]}
                 rec |= score(_chunked(sample_fn, x1, args.chunk))
                 add(rec)
+        for k in straight_ks if weights else ():
+            for g in straight_grids:
+                grid, nfe = sampler.grid_for_budget(k, "euler", fns[g])
+                clock = time.perf_counter()
+                fn_s, seconds = _straighten(
+                    *weights, grid, seed, args, k, 0, gm.shape, args.straighten_substeps
+                )
+                run_fn = jax.jit(
+                    lambda x, fn=fn_s, grid=grid: sampler.sample(fn, x, grid, solver="euler")[0]
+                )
+                rec = {"model": f"{name}+straight", "seed": seed, "grid": g, "nfe": nfe}
+                rec |= {
+                    "times": [float(t) for t in grid],
+                    **score(_chunked(run_fn, x1, args.chunk)),
+                }
+                rec |= {"straighten_seconds": seconds, "seconds": time.perf_counter() - clock}
+                add(rec)
     return records, extra
 
 
@@ -159,6 +198,10 @@ def format_table(records, extra, args):
         "the seed changes the BOSS reference noises; a student's seed is the B2 seed that "
         "trained it). FlowTurbo: pseudo-corrector plans, no refiner, one grid interval per step. "
         "Per seed, no averaging; **bold**: the best grid of the cell. "
+        f"Straightened: {args.straighten_steps} Adam steps (lr {args.straighten_lr:g}, batch "
+        f"{args.straighten_batch}, EMA 0.99) on {args.straighten_noises} own reference "
+        f"trajectories along the grid (Heun, {args.straighten_substeps} substeps per interval), "
+        "Euler on that grid. "
         f"Floors (exact vs exact samples): FD {f['fd']:.2f}, SW2 {f['sw2']:.4f}.",
         "",
     ]
@@ -173,7 +216,13 @@ def format_table(records, extra, args):
                 + " |",
                 "|---|---|" + "---|" * len(seeds),
             ]
-            if model.endswith("+flowturbo"):
+            if model.endswith("+straight"):
+                for k in sorted({r["nfe"] for r in records if r["model"] == model}):
+                    cells = _cells(records, seeds, metric, digits, model=model, nfe=k)
+                    lines.append(
+                        f"| Euler, straightened on that grid | {k} | {' | '.join(cells)} |"
+                    )
+            elif model.endswith("+flowturbo"):
                 for plan in dict.fromkeys(r["plan"] for r in records if r["model"] == model):
                     nfe = _find(records, model=model, plan=plan)["nfe"]
                     cells = _cells(records, seeds, metric, digits, model=model, plan=plan)
@@ -184,7 +233,7 @@ def format_table(records, extra, args):
                     lines.append(f"| Euler | {k} | " + " | ".join(cells) + " |")
             lines.append("")
     lines += ["### Does BOSS beat uniform and sigmoid in every seed (Euler)?", ""]
-    for model in (m for m in groups if not m.endswith("+flowturbo")):
+    for model in (m for m in groups if "+" not in m):
         seeds = sorted({r["seed"] for r in records if r["model"] == model})
         for k in sorted({r["nfe"] for r in records if r["model"] == model}):
             for metric, label, _ in METRICS:
@@ -195,6 +244,15 @@ def format_table(records, extra, args):
                 lines.append(
                     f"- {model}, {k} NFE, {label}: BOSS best in {sum(wins)}/{len(wins)} seeds"
                 )
+    for model in (m for m in groups if m.endswith("+straight")):
+        base = model.removesuffix("+straight")
+        lines += ["", f"### Does straightening along the grid help {base} (Euler)?", ""]
+        for r in (r for r in records if r["model"] == model):
+            plain = _find(records, model=base, seed=r["seed"], grid=r["grid"], nfe=r["nfe"])
+            change = "; ".join(
+                f"{m} {plain[m]:.{d}f} → {r[m]:.{d}f}" for m, _, d in METRICS if plain
+            )
+            lines.append(f"- seed {r['seed']}, {r['nfe']} NFE, {r['grid']} grid: {change}")
     return "\n".join(lines) + "\n"
 
 

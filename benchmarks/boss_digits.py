@@ -60,15 +60,7 @@ def _args(argv=None):
     p.add_argument("--plans", default="H1P1,H1P3,H1P5", help="FlowTurbo plans, no R blocks")
     p.add_argument("--accurate-steps", type=int, default=50, help="Heun steps of the ceiling")
     p.add_argument("--teacher-dir", default="/tmp/search_digits", help="the cached teacher")
-    p.add_argument("--straighten-budgets", default="2,4,6", help="K straightened ('' none)")
-    p.add_argument(
-        "--straighten-grids", default="boss,uniform", help="grids straightened along (control)"
-    )
-    p.add_argument("--straighten-steps", type=int, default=500, help="a multiple of 50")
-    p.add_argument("--straighten-noises", type=int, default=2048)
-    p.add_argument("--straighten-substeps", type=int, default=16, help="Heun per grid interval")
-    p.add_argument("--straighten-lr", type=float, default=1e-4)
-    p.add_argument("--straighten-batch", type=int, default=256)
+    boss_toy.straighten_options(p, steps=500, noises=2048, substeps=16, lr=1e-4, batch=256)
     return p.parse_args(argv)
 
 
@@ -89,10 +81,7 @@ def _scores(x0, test, accurate):
 def run(args):
     seeds = [int(s) for s in args.seeds.split(",")]
     budgets = [int(k) for k in args.budgets.split(",")]
-    straight_ks = [int(k) for k in args.straighten_budgets.split(",") if k]
-    straight_grids = [g for g in args.straighten_grids.split(",") if g]
-    if not set(straight_grids) <= set(GRIDS):
-        raise ValueError(f"--straighten-grids={args.straighten_grids!r}: grids of {GRIDS}.")
+    straight_ks, straight_grids = boss_toy.straighten_plan(args)
     train, _ = digits_arrays("train")
     test, _ = digits_arrays("test")
     floors = {

@@ -74,6 +74,34 @@ def boss_parser(doc):
     return p
 
 
+def straighten_options(p, *, steps, noises, substeps, lr, batch, budgets="2,4,6"):
+    """Adds the straightening options of the image benchmarks (digits, B2) to parser ``p``:
+    the budgets K and grids straightened along, and :func:`_straighten`'s settings."""
+    p.add_argument("--straighten-budgets", default=budgets, help="K straightened ('' none)")
+    p.add_argument(
+        "--straighten-grids", default="boss,uniform", help="grids straightened along (control)"
+    )
+    p.add_argument("--straighten-steps", type=int, default=steps, help="a multiple of 50")
+    p.add_argument("--straighten-noises", type=int, default=noises)
+    p.add_argument(
+        "--straighten-substeps", type=int, default=substeps, help="Heun per grid interval"
+    )
+    p.add_argument("--straighten-lr", type=float, default=lr)
+    p.add_argument("--straighten-batch", type=int, default=batch)
+    return p
+
+
+def straighten_plan(args):
+    """``(budgets, grids)`` of :func:`straighten_options`' arguments, the grids checked."""
+    ks = [int(k) for k in args.straighten_budgets.split(",") if k]
+    names = [g for g in args.straighten_grids.split(",") if g]
+    if not set(names) <= set(GRIDS):
+        raise ValueError(f"--straighten-grids={args.straighten_grids!r}: grids of {GRIDS}.")
+    if args.straighten_steps % 50:
+        raise ValueError(f"--straighten-steps={args.straighten_steps}: a multiple of 50.")
+    return ks, names
+
+
 def _args(argv=None):
     p = boss_parser(__doc__)
     p.add_argument("--num-samples", type=int, default=4000)

@@ -334,3 +334,52 @@ def test_a_boss_grid_is_named_for_euler_in_the_eval_stage_only(config, overrides
     valid = importlib.import_module("configs.cifar10").get_config("eval,smoke")
     valid.sampler.grid, valid.sampler.solver = "boss", "euler"
     validate_config(valid)  # the eval stage with Euler steps takes it
+
+
+def test_b2_report_lists_the_straightened_rows_against_their_base():
+    """``benchmarks/boss_b2.py``'s report: the straightened student's rows beside the grids,
+    and per seed the change from the same grid without straightening; bad straightening
+    options are named."""
+    import argparse
+
+    from benchmarks import boss_b2, boss_toy
+    from benchmarks.boss_toy import GRIDS
+
+    def rec(model, seed, grid, fd, **kw):
+        return {
+            "model": model,
+            "seed": seed,
+            "grid": grid,
+            "nfe": 4,
+            "fd": fd,
+            "sw2": 0.1,
+            "coupling_error": 0.5,
+            **kw,
+        }
+
+    records = []
+    for s in (0, 1):
+        records += [
+            rec("2rf", s, g, fd) for g, fd in zip(GRIDS, (50.0, 90.0, 40.0 + s), strict=True)
+        ]
+        records += [rec("2rf+flowturbo", s, g, 30.0, plan="H1P3") for g in GRIDS]
+        records += [
+            rec("2rf+straight", s, "boss", 35.0 - s),
+            rec("2rf+straight", s, "uniform", 45.0),
+        ]
+    args = boss_b2._args(["--out", "x.json"])
+    md = boss_b2.format_table(records, {"floors": {"fd": 8.0, "sw2": 0.04}}, args)
+    assert (
+        "| Euler, straightened on that grid | 4 | 45.0 / – / **35.0** | 45.0 / – / **34.0** |" in md
+    )
+    assert "- 2rf, 4 NFE, FD to the exact moments: BOSS best in 2/2 seeds" in md
+    assert "- seed 1, 4 NFE, boss grid: fd 41.0 → 34.0;" in md
+    assert "- seed 0, 4 NFE, uniform grid: fd 50.0 → 45.0;" in md
+    bad = argparse.Namespace(
+        straighten_budgets="4", straighten_grids="boss,edm", straighten_steps=500
+    )
+    with pytest.raises(ValueError, match="--straighten-grids='boss,edm'"):
+        boss_toy.straighten_plan(bad)
+    bad.straighten_grids, bad.straighten_steps = "boss", 120
+    with pytest.raises(ValueError, match="--straighten-steps=120"):
+        boss_toy.straighten_plan(bad)
