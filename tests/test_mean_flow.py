@@ -227,6 +227,29 @@ def _random_mlp64(seed=0, hidden=16):
     return model
 
 
+def _gradient_batch(key):
+    """r, t, x0, x1 of 6 rows in float64, the first two with r = t (call under x64)."""
+    r, t = _times(n=6)
+    r = r.at[:2].set(t[:2])
+    x0 = jax.random.normal(jax.random.key(key), (6, 2), jnp.float64)
+    x1 = jax.random.normal(jax.random.key(key + 1), (6, 2), jnp.float64)
+    return r, t, x0, x1
+
+
+def _u_of(m, z, r, t):
+    return paths.velocity_from_denoised(z, t, m(z, t, None, r=r))
+
+
+def _dudt(model, z, r, t, tangent, h=1e-5):
+    """du/dt along (tangent, 0, 1) by a fourth-order central difference: error ~h⁴·u⁽⁵⁾,
+    rounding ~1e-16/h in float64."""
+
+    def step(d):
+        return _u_of(model, z + d * tangent, r, t + d)
+
+    return (8 * (step(h) - step(-h)) - (step(2 * h) - step(-2 * h))) / (12 * h)
+
+
 def _grad(loss_of_model, model):
     graphdef, params = nnx.split(model)
     return jax.grad(lambda p: loss_of_model(nnx.merge(graphdef, p)))(params)
@@ -246,20 +269,10 @@ def test_meanflow_gradient_stops_at_the_target():
     p, c = 1.0, 1e-3
     with jax.enable_x64(True):
         model = _random_mlp64()
-        r, t = _times(n=6)
-        r = r.at[:2].set(t[:2])
-        x0 = jax.random.normal(jax.random.key(7), (6, 2), jnp.float64)
-        x1 = jax.random.normal(jax.random.key(8), (6, 2), jnp.float64)
+        r, t, x0, x1 = _gradient_batch(7)
         z, v = paths.interpolate(x0, x1, t), x1 - x0
-
-        def u_of(m, z_, r_, t_):
-            return paths.velocity_from_denoised(z_, t_, m(z_, t_, None, r=r_))
-
-        def step(h):  # u at the point h along (v, 0, 1)
-            return u_of(model, z + h * v, r, t + h)
-
-        h = 1e-5  # fourth-order central difference: error ~h⁴·u⁽⁵⁾, rounding ~1e-16/h
-        dudt = (8 * (step(h) - step(-h)) - (step(2 * h) - step(-2 * h))) / (12 * h)
+        u_of = _u_of
+        dudt = _dudt(model, z, r, t, v)
         target = v - (t - r)[:, None] * dudt
         sq0 = jnp.sum((u_of(model, z, r, t) - target) ** 2, axis=1)
         w = 1.0 / (sq0 + c) ** p
@@ -292,22 +305,10 @@ def test_improved_meanflow_is_a_v_loss_along_the_models_own_velocity(jvp_mode):
     p, c = 1.0, 1e-3
     with jax.enable_x64(True):
         model = _random_mlp64(2)
-        r, t = _times(n=6)
-        r = r.at[:2].set(t[:2])
-        x0 = jax.random.normal(jax.random.key(11), (6, 2), jnp.float64)
-        x1 = jax.random.normal(jax.random.key(12), (6, 2), jnp.float64)
+        r, t, x0, x1 = _gradient_batch(11)
         z, v = paths.interpolate(x0, x1, t), x1 - x0
-
-        def u_of(m, z_, r_, t_):
-            return paths.velocity_from_denoised(z_, t_, m(z_, t_, None, r=r_))
-
-        own = u_of(model, z, t, t)  # v_θ(z, t), the boundary condition
-
-        def step(h):
-            return u_of(model, z + h * own, r, t + h)
-
-        h = 1e-5
-        dudt = (8 * (step(h) - step(-h)) - (step(2 * h) - step(-2 * h))) / (12 * h)
+        u_of = _u_of
+        dudt = _dudt(model, z, r, t, u_of(model, z, t, t))  # along v_θ(z, t) = u_θ(z, t, t)
         lag = (t - r)[:, None] * dudt  # zero on the boundary rows: V = u(z, t, t) there
         sq0 = jnp.sum((u_of(model, z, r, t) + lag - v) ** 2, axis=1)
         w = 1.0 / (sq0 + c) ** p
