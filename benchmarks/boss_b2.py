@@ -171,7 +171,7 @@ def run(args):
                 grid, nfe = sampler.grid_for_budget(k, "euler", fns[g])
                 clock = time.perf_counter()
                 fn_s, seconds = _straighten(
-                    *weights, grid, seed, args, k, 0, gm.shape, args.straighten_substeps
+                    *weights, grid, seed, args, k, 0, gm.shape, args.straighten_substeps, 1
                 )
                 run_fn = jax.jit(
                     lambda x, fn=fn_s, grid=grid: sampler.sample(fn, x, grid, solver="euler")[0]

@@ -176,9 +176,13 @@ def _train_student(args):
     return model_def, state.ema, workdir
 
 
-def _straighten(model_def, params, grid, seed, args, k, lora_rank, shape=(2,), substeps=64):
+def _straighten(
+    model_def, params, grid, seed, args, k, lora_rank, shape=(2,), substeps=64, steps_per_call=50
+):
     """The model straightened along ``grid`` on its own reference trajectories (fine Heun,
-    ``substeps`` per interval of the grid) of fresh noises ``[n, *shape]``."""
+    ``substeps`` per interval of the grid) of fresh noises ``[n, *shape]``. ``steps_per_call``
+    steps run in one ``lax.scan`` (MLPs); a U-Net wants 1 (its scan runs ~10× slower on
+    XLA:CPU, ``b2_gmm_images.train``)."""
     fn = model_def.denoiser(params)
     z = _fit_noise(seed, args.straighten_noises, which=1, shape=shape)
     traj = jax.jit(lambda z: boss.reference_trajectories(fn, z, grid, substeps=substeps))(z)
@@ -196,7 +200,7 @@ def _straighten(model_def, params, grid, seed, args, k, lora_rank, shape=(2,), s
             seed=seed,
             ema_decay=0.99,
             lora_rank=lora_rank,
-            steps_per_call=50,
+            steps_per_call=steps_per_call,
             log_every=args.straighten_steps,
             ckpt_every=args.straighten_steps,
             desc=f"straighten K={k} seed {seed}" + (f" LoRA r={lora_rank}" if lora_rank else ""),
