@@ -188,8 +188,10 @@ def run(args):
 
 def format_table(records, extra, args):
     f = extra["floors"]
+    nfes = sorted({r["nfe"] for r in records})
+    at = " and ".join(filter(None, [", ".join(map(str, nfes[:-1])), str(nfes[-1])]))
     lines = [
-        "## BOSS and FlowTurbo on B2 (16×16×3 mixture) at 2, 4 and 6 NFE",
+        f"## BOSS and FlowTurbo on B2 (16×16×3 mixture) at {at} NFE",
         "",
         f"BOSS: {args.candidates} uniform candidate intervals on [0, 80/81], Euler cost on "
         f"{args.fit_noises} reference noises per seed (Heun, {args.substeps} substeps per "
