@@ -218,21 +218,16 @@ def format_table(records, extra, args):
                 + " |",
                 "|---|---|" + "---|" * len(seeds),
             ]
-            if model.endswith("+straight"):
-                for k in sorted({r["nfe"] for r in records if r["model"] == model}):
-                    cells = _cells(records, seeds, metric, digits, model=model, nfe=k)
-                    lines.append(
-                        f"| Euler, straightened on that grid | {k} | {' | '.join(cells)} |"
-                    )
-            elif model.endswith("+flowturbo"):
+            if model.endswith("+flowturbo"):
                 for plan in dict.fromkeys(r["plan"] for r in records if r["model"] == model):
                     nfe = _find(records, model=model, plan=plan)["nfe"]
                     cells = _cells(records, seeds, metric, digits, model=model, plan=plan)
                     lines.append(f"| {plan} | {nfe} | " + " | ".join(cells) + " |")
             else:
+                label = "Euler, straightened on that grid" if "+straight" in model else "Euler"
                 for k in sorted({r["nfe"] for r in records if r["model"] == model}):
                     cells = _cells(records, seeds, metric, digits, model=model, nfe=k)
-                    lines.append(f"| Euler | {k} | " + " | ".join(cells) + " |")
+                    lines.append(f"| {label} | {k} | " + " | ".join(cells) + " |")
             lines.append("")
     lines += ["### Does BOSS beat uniform and sigmoid in every seed (Euler)?", ""]
     for model in (m for m in groups if "+" not in m):
