@@ -26,6 +26,9 @@ the config's optimiser, EMA; ``compile_options.jit`` with the state donated, as 
   and ``jvp_mode`` forced: forward-mode ``jax.jvp``, or the VJP transposed (the U-Nets'
   reverse-only group norm and convolutions allow only the latter: a forward-mode DDPM++ step
   is recorded as unsupported with the error's first line);
+- ``imeanflow_forward`` / ``imeanflow_transpose``: the same with ``tangent="model"``
+  (improved MeanFlow's v-loss: the JVP along the model's own u_θ(z, t, t), one more forward
+  pass without gradient on the interval rows);
 - ``splitmeanflow``: ``losses_mean.splitmeanflow_loss`` (boundary r = t on 50 % of the rows,
   two extra forward passes on the other rows, no gradient through them).
 
@@ -69,7 +72,14 @@ from simple_reflow.train.step import (  # noqa: E402
 )
 from simple_reflow.train.toy import ONE_RF_LOSS, TOY_SHAPE  # noqa: E402
 
-METHODS = ("fm", "meanflow_forward", "meanflow_transpose", "splitmeanflow")
+METHODS = (
+    "fm",
+    "meanflow_forward",
+    "meanflow_transpose",
+    "imeanflow_forward",
+    "imeanflow_transpose",
+    "splitmeanflow",
+)
 QUICK_UNET = dict(
     resolution=8, model_channels=16, channel_mult=(1,), num_blocks=1, attn_resolutions=()
 )
@@ -97,10 +107,12 @@ def nominal_passes(name, *, equal_fraction, boundary_fraction):
     rec = {"forward_with_grad": 1.0, "forward_no_grad": 0.0, "tangent": 0.0}
     if name == "splitmeanflow":
         rec["forward_no_grad"] = 2.0 * (1.0 - b)
-    elif name == "meanflow_forward":
+    elif name.endswith("meanflow_forward"):
         rec["tangent"] = 1.0 - e
-    elif name == "meanflow_transpose":
+    elif name.endswith("meanflow_transpose"):
         rec.update(forward_no_grad=1.0 - e, tangent=1.0 - e)
+    if name.startswith("imeanflow"):  # u_θ(z, t, t), the tangent
+        rec["forward_no_grad"] += 1.0 - e
     rec["forward_equivalents"] = (
         3.0 * rec["forward_with_grad"] + rec["forward_no_grad"] + rec["tangent"]
     )
@@ -152,6 +164,10 @@ def _losses(workload, cfgs, t_max):
         ),
         "splitmeanflow": functools.partial(losses_mean.splitmeanflow_loss, **smf_kw),
     }
+    for mode in ("forward", "transpose"):
+        fns[f"imeanflow_{mode}"] = functools.partial(
+            losses_mean.meanflow_loss, **{**mf_kw, "jvp_mode": mode, "tangent": "model"}
+        )
     fractions = {
         "meanflow_r_eq_t": mf_kw["equal_fraction"],
         "splitmeanflow_boundary": smf_kw["boundary_fraction"],

@@ -100,7 +100,7 @@ LONGEST_FIRST = (
     "tests/test_image_smoke.py::test_cifar10_smoke_stages_with_projected_pairs",
     "tests/test_fid.py::test_fid_is_independent_of_device_and_host_count",
     "tests/test_reflow_store.py",  # one worker runs the module (xdist_group): ~150 s in all
-    "tests/test_image_smoke.py::test_teacher_and_eval_smoke_stages",
+    "tests/test_image_smoke.py::test_teacher_boss_straightening_and_eval_smoke_stages",
     "tests/test_toy_pipeline.py::test_student_beats_the_analytic_teacher_at_2_nfe",
     "tests/test_digits_leaderboard.py",  # one worker runs the module (xdist_group)
     "tests/test_scaling.py::test_eight_devices_train_like_one",

@@ -1,7 +1,8 @@
 """Every image config's smoke variant runs its stages via scripts/train.py: the whole chain
 teacher → pairs → reflow → eval for CIFAR10 (DDPM++, with projected pairs) and ImageNet64 (ADM,
 class-conditional, pairs also on 8 devices); teacher → eval for AFHQv2 and teacher → boss →
-eval for FFHQ (the teacher's BOSS grids, scored with Euler steps on them), whose smoke
+eval for FFHQ (the teacher's BOSS grids and the teacher straightened along one, scored with Euler
+steps on them), whose smoke
 configs differ from CIFAR10's only in the data set and in constants (dropout, learning rate,
 EMA), so their pairs and reflow stages would run CIFAR10's programs again (measured 88 and
 101 s each for the whole chain in the slow tier).
@@ -133,32 +134,45 @@ def test_imagenet64_smoke_stages_and_pairs_on_8_devices(tmp_path):
 
 
 @pytest.mark.slow
-def test_teacher_and_eval_smoke_stages(tmp_path):
+def test_teacher_boss_straightening_and_eval_smoke_stages(tmp_path):
     """FFHQ's teacher, then the ``boss`` stage (``:boss,smoke`` with ``boss.model='student'``,
     which reads ``eval.model_dir``, here the teacher): BOSS grids measured on the teacher's own
-    reference trajectories and saved beside its snapshot, which the eval stage then samples
-    with Euler steps (``sampler.grid='boss'``), scoring the teacher snapshot as its model.
-    Grids only (``boss.straighten_steps=0``): straightening compiles a train step of the
-    network, ~20 s more on a CPU (the fit itself is tested with an MLP in tests/test_boss.py).
-    AFHQv2's config is FFHQ's with other numbers (tests/test_configs.py checks them), so its
-    chain would run the same programs again."""
+    reference trajectories and saved beside its snapshot, then the teacher straightened along
+    its K = 4 grid (the smoke config's 2 steps of Adam) into the stage's workdir, the same grids
+    saved beside the straightened snapshot. A second run of the stage finds it done and writes
+    nothing. The eval stage then samples the straightened snapshot (as the student) and the
+    teacher with Euler steps on their BOSS grids (``sampler.grid='boss'``). AFHQv2's config is
+    FFHQ's with other numbers (tests/test_configs.py checks them), so its chain would run the
+    same programs again."""
+    from simple_reflow.train import boss as train_boss
+
     dataset, root = "ffhq", tmp_path
     _stage(dataset, "teacher", root)
-    _stage(dataset, "boss", root, ("--config.boss.straighten_steps=0",), model="teacher")
+    _stage(dataset, "boss", root, model="teacher")
     _check_boss_grids(dataset, root / "teacher")
+    _check_boss_grids(dataset, root / "boss")  # the teacher's cost: its grids, not new ones
+    teacher, straight = (train_boss.read_grid(str(root / f)) for f in ("teacher", "boss"))
+    np.testing.assert_array_equal(teacher["cost"], straight["cost"])
+    assert straight["info"]["straightened_from"] == str(root / "teacher")
+    assert straight["info"]["straighten_k"] == 4 and straight["info"]["straighten_steps"] == 2
+    with np.load(root / "teacher" / "ema.npz") as a, np.load(root / "boss" / "ema.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        assert any(not np.array_equal(a[k], b[k]) for k in a.files)  # it was trained
+    files = {p.name: p.read_bytes() for p in (root / "boss").iterdir() if p.is_file()}
+    again = _stage(dataset, "boss", root, model="teacher")
+    assert "already done" in again.stdout + again.stderr
+    assert {p.name: p.read_bytes() for p in (root / "boss").iterdir() if p.is_file()} == files
     extra = (*EVAL_ARGS, "--config.sampler.grid=boss", "--config.sampler.solver=euler")
-    _stage(dataset, "eval", root, extra, model="teacher")
+    _stage(dataset, "eval", root, extra, model="boss")
     metrics = json.loads((root / "eval" / "eval_metrics.json").read_text())
     noise_fd = _noise_fd(dataset)
     nfes = (1, 4)  # Euler on the BOSS grids: one call per interval
     assert set(metrics) == {
         f"eval/{m}/fd_pixel@nfe={n}" for m in ("student", "teacher") for n in nfes
     }
-    for n in nfes:  # the same snapshot twice: the same samples
-        assert (
-            metrics[f"eval/student/fd_pixel@nfe={n}"] == metrics[f"eval/teacher/fd_pixel@nfe={n}"]
-        )
-        assert 0 < metrics[f"eval/teacher/fd_pixel@nfe={n}"] < noise_fd / 2, (metrics, noise_fd)
+    for n in nfes:
+        for m in ("student", "teacher"):
+            assert 0 < metrics[f"eval/{m}/fd_pixel@nfe={n}"] < noise_fd / 2, (metrics, noise_fd)
 
 
 def _check_boss_grids(dataset, folder):
