@@ -563,3 +563,26 @@ def test_losses_on_a_batch_with_weights_and_a_teacher(loss_fn):
     assert float(boundary_only) < 1e-10  # u(z, t, t) = v_T exactly at initialisation
     zero = dict(batch, weight=jnp.zeros(8))
     assert float(loss_fn(student, zero, key)[0]) == 0.0
+
+
+def test_mean_speed_benchmark_runs_every_objective_and_counts_the_extra_passes():
+    """``benchmarks/mean_speed.py`` on the toy MLP (its recipe, a small batch, one timed round):
+    every objective compiles and runs through the library's train step, and XLA's executed
+    FLOPs order as the passes do — improved MeanFlow adds a forward pass u_θ(z, t, t) to
+    MeanFlow in either JVP mode (it cannot be shared with u_θ(z, r, t): r differs), and
+    MeanFlow's and SplitMeanFlow's extra passes add to flow matching's."""
+    from benchmarks import mean_speed
+
+    out = mean_speed.bench(
+        "toy_mlp", batch=16, quick=True, channels=0, repeats=1, warmup=0, peak=1e11
+    )
+    methods = out["methods"]
+    assert set(methods) == set(mean_speed.METHODS)
+    assert all(m["supported"] and m["seconds_per_step"] > 0 for m in methods.values())
+    flops = {k: m["executed_flops_per_step"] for k, m in methods.items()}
+    for mode in ("forward", "transpose"):
+        assert flops[f"imeanflow_{mode}"] > flops[f"meanflow_{mode}"] > flops["fm"]
+    assert flops["splitmeanflow"] > flops["fm"]
+    nominal = {k: m["nominal"]["forward_equivalents"] for k, m in methods.items()}
+    e = out["row_fractions"]["meanflow_r_eq_t"]
+    assert nominal["imeanflow_transpose"] == pytest.approx(nominal["meanflow_transpose"] + 1 - e)

@@ -112,6 +112,13 @@ def ema_decay_at(step, ema_decay, ema_rampup=0.0):
     return jnp.minimum(ema_decay, 0.5 ** (1.0 / (ema_rampup * steps)))
 
 
+def _global_norm(tree):
+    """‖tree‖₂ over every leaf: ``optax.global_norm``'s definition, written out because optax
+    0.2.8 deprecates it in favour of ``optax.tree.norm``, not checked against optax 0.2.4 (the
+    oldest this package declares)."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
 def make_train_step(model_def, loss_fn, optimizer, *, ema_decay, ema_rampup=0.0, coupling=None):
     """Builds the pure ``train_step(state, batch) -> (state, metrics)`` (the caller jits it).
 
@@ -163,7 +170,7 @@ def make_train_step(model_def, loss_fn, optimizer, *, ema_decay, ema_rampup=0.0,
             **metrics,
             **aux,
             "train/loss": loss,
-            "train/grad_norm": optax.global_norm(grads),
+            "train/grad_norm": _global_norm(grads),
         }
         new = TrainState(state.step + 1, params, opt_state, ema, state.key, coupling_state)
         return new, metrics
