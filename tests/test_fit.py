@@ -75,6 +75,12 @@ def test_host_batches_resume_exactly(tmp_path, k):
         np.testing.assert_array_equal(x, y)
 
 
+def test_a_workdir_past_the_step_count_is_refused_not_returned(tmp_path):
+    _fit(tmp_path / "run", HostBatches(_host_batch), steps=8)
+    with pytest.raises(ValueError, match=r"checkpoint at step 8, past the run's 4 steps"):
+        _fit(tmp_path / "run", HostBatches(_host_batch), steps=4)
+
+
 def test_steps_per_call_errors_name_the_field(tmp_path):
     with pytest.raises(ValueError, match=r"training\.steps_per_call=3 must divide"):
         _fit(tmp_path / "a", HostBatches(_host_batch), k=3)

@@ -148,11 +148,20 @@ def train_loop(
 
     Returns:
       The final state.
+
+    Raises:
+      ValueError: ``workdir`` holds a checkpoint past ``num_steps`` (a longer run's folder:
+        returning its state as the ``num_steps`` model would mislabel it).
     """
     os.makedirs(workdir, exist_ok=True)
     manager = checkpoint.make_manager(workdir, keep)
     state = checkpoint.restore_latest(manager, state)
     step = start = int(state.step)  # the step count lives on the host from here on
+    if start > num_steps:
+        raise ValueError(
+            f"{workdir} holds a checkpoint at step {start}, past the run's {num_steps} steps: "
+            f"ask for at least {start} steps, or use another workdir"
+        )
     if on_start is not None:
         on_start(state)
     bar = tqdm(
